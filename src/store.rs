@@ -1,0 +1,602 @@
+//! The in-memory store of tenant records and its change fan-out.
+//!
+//! Invariants:
+//! - Every meaningful change takes the next store-wide revision; a tenant's
+//!   revision only grows, and revisions of all tenants share one order.
+//! - An update that changes nothing meaningful refreshes `observed_at` and
+//!   `valid_until` and wakes nobody.
+//! - Fan-out never waits on a reader. A per-tenant `watch` channel holds only
+//!   the latest record, and a dashboard's inbox holds only the *names* of
+//!   tenants that changed, so a slow reader costs at most one entry per
+//!   tenant and always ends with each tenant's latest record.
+//! - The store knows nothing of tonic, axum or reqwest.
+
+use std::{
+    collections::{BinaryHeap, HashMap, VecDeque},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::SystemTime,
+};
+
+use dashmap::DashMap;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::tenant::{ChangeSource, ContextId, Observation, TenantRecord, TenantState};
+
+/// How many removals are remembered for watchers that resume with
+/// `since_revision`.
+const TOMBSTONES_KEPT: usize = 10_000;
+
+/// The latest word on one tenant, as a per-tenant watch channel carries it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Slot {
+    /// Not tracked (yet).
+    Absent,
+    Present(Arc<TenantRecord>),
+    /// Forgotten at this revision.
+    Removed(u64),
+}
+
+impl Slot {
+    fn revision(&self) -> u64 {
+        match self {
+            Slot::Absent => 0,
+            Slot::Present(r) => r.revision,
+            Slot::Removed(rev) => *rev,
+        }
+    }
+}
+
+/// What a poll of SuperOffice's state API produced, as the store applies it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PollResult {
+    /// SuperOffice answered with the tenant's state.
+    Observed(Observation),
+    /// SuperOffice does not know the tenant (404, or state Unknown).
+    NotFound,
+    /// SuperOffice could not be reached or answered with an error.
+    Failed(String),
+}
+
+/// The outcome of one update.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub record: Arc<TenantRecord>,
+    /// Whether the update was a meaningful change (took a revision).
+    pub changed: bool,
+}
+
+/// The store: every tracked tenant's latest record.
+pub struct Store {
+    tenants: DashMap<ContextId, Arc<TenantRecord>>,
+    revision: AtomicU64,
+    /// Per-tenant latest-value channels, created when a tenant is watched by
+    /// name and dropped when its last watcher leaves.
+    subscriptions: DashMap<ContextId, watch::Sender<Slot>>,
+    /// Inboxes of watchers of every tenant.
+    dashboards: RwLock<Vec<Arc<Inbox>>>,
+    tombstones: Mutex<VecDeque<(u64, ContextId)>>,
+    closing: CancellationToken,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Store {
+    pub fn new() -> Self {
+        Self {
+            tenants: DashMap::new(),
+            revision: AtomicU64::new(0),
+            subscriptions: DashMap::new(),
+            dashboards: RwLock::new(Vec::new()),
+            tombstones: Mutex::new(VecDeque::new()),
+            closing: CancellationToken::new(),
+        }
+    }
+
+    /// The revision of the latest meaningful change.
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    pub fn len(&self) -> usize {
+        self.tenants.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty()
+    }
+
+    pub fn get(&self, ctx: &str) -> Option<Arc<TenantRecord>> {
+        self.tenants.get(ctx).map(|r| Arc::clone(r.value()))
+    }
+
+    pub fn contains(&self, ctx: &str) -> bool {
+        self.tenants.contains_key(ctx)
+    }
+
+    /// Counts tracked tenants by state and by staleness, for metrics.
+    pub fn count_by_state(&self) -> Vec<(TenantState, bool, usize)> {
+        let mut counts = HashMap::new();
+        for r in self.tenants.iter() {
+            *counts.entry((r.state, r.stale)).or_insert(0usize) += 1;
+        }
+        counts.into_iter().map(|((s, st), n)| (s, st, n)).collect()
+    }
+
+    /// Applies what a poll of SuperOffice produced. A failure for a tenant
+    /// that is not in the store changes nothing and returns `None`: the
+    /// network failing never creates or replaces a state.
+    pub fn apply_poll(
+        &self,
+        ctx: &ContextId,
+        result: PollResult,
+        now: SystemTime,
+    ) -> Option<Applied> {
+        self.update(ctx, now, |old| {
+            let base = old.cloned().unwrap_or_else(|| TenantRecord {
+                context_identifier: ctx.clone(),
+                state: TenantState::Unknown,
+                endpoint: String::new(),
+                api: String::new(),
+                version: String::new(),
+                valid_until: None,
+                observed_at: now,
+                revision: 0,
+                changed_at: now,
+                source: ChangeSource::Poll,
+                last_notification: None,
+                stale: false,
+                last_error: String::new(),
+            });
+            match result {
+                PollResult::Observed(o) => Some(TenantRecord {
+                    state: o.state,
+                    endpoint: o.endpoint,
+                    api: o.api,
+                    version: o.version,
+                    valid_until: o.valid_until,
+                    observed_at: now,
+                    stale: false,
+                    last_error: String::new(),
+                    ..base
+                }),
+                PollResult::NotFound => Some(TenantRecord {
+                    state: TenantState::Unknown,
+                    valid_until: None,
+                    observed_at: now,
+                    stale: false,
+                    last_error: String::new(),
+                    ..base
+                }),
+                PollResult::Failed(error) => {
+                    old?;
+                    let stale = base.valid_until.is_none_or(|v| v <= now);
+                    Some(TenantRecord {
+                        stale,
+                        last_error: error,
+                        ..base
+                    })
+                }
+            }
+        })
+    }
+
+    /// The one update path: `f` computes the new record from the old one
+    /// (or declines with `None`); a meaningful difference takes the next
+    /// revision and is published.
+    fn update(
+        &self,
+        ctx: &ContextId,
+        now: SystemTime,
+        f: impl FnOnce(Option<&TenantRecord>) -> Option<TenantRecord>,
+    ) -> Option<Applied> {
+        let applied = {
+            let mut entry = self.tenants.entry(ctx.clone());
+            let old = match &entry {
+                dashmap::Entry::Occupied(o) => Some(Arc::clone(o.get())),
+                dashmap::Entry::Vacant(_) => None,
+            };
+            let mut new = f(old.as_deref())?;
+            let changed = old.as_deref().is_none_or(|o| o.meaningfully_differs(&new));
+            if changed {
+                // Taken under the tenant's shard lock, so one tenant's
+                // revisions are stored in increasing order.
+                new.revision = self.revision.fetch_add(1, Ordering::AcqRel) + 1;
+                new.changed_at = now;
+            } else if let Some(o) = &old {
+                new.revision = o.revision;
+                new.changed_at = o.changed_at;
+                new.source = o.source;
+            }
+            let record = Arc::new(new);
+            match &mut entry {
+                dashmap::Entry::Occupied(o) => {
+                    o.insert(Arc::clone(&record));
+                }
+                dashmap::Entry::Vacant(_) => {
+                    entry.insert(Arc::clone(&record));
+                }
+            }
+            Applied { record, changed }
+        };
+        if applied.changed {
+            self.publish(ctx, Slot::Present(Arc::clone(&applied.record)));
+        }
+        Some(applied)
+    }
+
+    /// Forgets a tenant. Returns the revision of the removal, or `None` if
+    /// it was not tracked.
+    pub fn remove(&self, ctx: &ContextId) -> Option<u64> {
+        let revision = {
+            let entry = self.tenants.entry(ctx.clone());
+            let dashmap::Entry::Occupied(o) = entry else {
+                return None;
+            };
+            let rev = self.revision.fetch_add(1, Ordering::AcqRel) + 1;
+            o.remove();
+            rev
+        };
+        {
+            let mut t = self.tombstones.lock().expect("tombstones lock");
+            t.push_back((revision, ctx.clone()));
+            while t.len() > TOMBSTONES_KEPT {
+                t.pop_front();
+            }
+        }
+        self.publish(ctx, Slot::Removed(revision));
+        Some(revision)
+    }
+
+    /// Wakes the watchers of `ctx`. Runs outside the tenant's lock; the
+    /// revision check keeps a late publisher from overwriting a newer word.
+    fn publish(&self, ctx: &ContextId, slot: Slot) {
+        let revision = slot.revision();
+        if let Some(tx) = self.subscriptions.get(ctx) {
+            publish_newer(&tx, slot);
+        }
+        let dashboards = self.dashboards.read().expect("dashboards lock");
+        for inbox in dashboards.iter() {
+            inbox.mark(ctx, revision);
+        }
+    }
+
+    /// A page of tenants ordered by identifier, after `after`, in `states`
+    /// (all when empty). Returns the page and whether more follow.
+    pub fn list(
+        &self,
+        after: &str,
+        states: &[TenantState],
+        page_size: usize,
+    ) -> (Vec<Arc<TenantRecord>>, bool) {
+        // A bounded max-heap keeps the page_size smallest identifiers in
+        // one pass: O(n log k), no full sort of every tenant per page.
+        let mut heap: BinaryHeap<HeapItem> = BinaryHeap::with_capacity(page_size + 1);
+        let mut more = false;
+        for r in self.tenants.iter() {
+            if r.key().as_str() <= after || (!states.is_empty() && !states.contains(&r.state)) {
+                continue;
+            }
+            if heap.len() < page_size {
+                heap.push(HeapItem(Arc::clone(r.value())));
+            } else if let Some(top) = heap.peek() {
+                more = true;
+                if r.key() < &top.0.context_identifier {
+                    heap.pop();
+                    heap.push(HeapItem(Arc::clone(r.value())));
+                }
+            }
+        }
+        let page = heap.into_sorted_vec().into_iter().map(|h| h.0).collect();
+        (page, more)
+    }
+
+    /// Every record changed after `since`, ordered by identifier.
+    pub fn records_since(&self, since: u64) -> Vec<Arc<TenantRecord>> {
+        let mut v: Vec<_> = self
+            .tenants
+            .iter()
+            .filter(|r| r.revision > since)
+            .map(|r| Arc::clone(r.value()))
+            .collect();
+        v.sort_by(|a, b| a.context_identifier.cmp(&b.context_identifier));
+        v
+    }
+
+    /// Removals after `since` that are still remembered.
+    pub fn removed_since(&self, since: u64) -> Vec<(u64, ContextId)> {
+        let t = self.tombstones.lock().expect("tombstones lock");
+        t.iter().filter(|(rev, _)| *rev > since).cloned().collect()
+    }
+
+    /// A receiver of `ctx`'s latest slot. The channel is created on first
+    /// use and holds the current record.
+    pub fn subscribe(&self, ctx: &ContextId) -> watch::Receiver<Slot> {
+        let rx = self
+            .subscriptions
+            .entry(ctx.clone())
+            .or_insert_with(|| watch::channel(Slot::Absent).0)
+            .subscribe();
+        // A writer that stored its record before our channel existed did
+        // not see the channel; publish what the store holds now ourselves.
+        if let Some(r) = self.get(ctx) {
+            if let Some(tx) = self.subscriptions.get(ctx) {
+                publish_newer(&tx, Slot::Present(r));
+            }
+        }
+        rx
+    }
+
+    /// Drops `ctx`'s channel if nobody watches it any more.
+    pub fn unsubscribe(&self, ctx: &ContextId) {
+        self.subscriptions
+            .remove_if(ctx, |_, tx| tx.receiver_count() == 0);
+    }
+
+    /// The number of per-tenant channels and dashboard inboxes open.
+    pub fn watcher_counts(&self) -> (usize, usize) {
+        (
+            self.subscriptions.len(),
+            self.dashboards.read().expect("dashboards lock").len(),
+        )
+    }
+
+    /// Registers an inbox that hears of every change; dropping the guard
+    /// unregisters it.
+    pub fn register_dashboard(self: &Arc<Self>) -> DashboardGuard {
+        let inbox = Arc::new(Inbox::default());
+        self.dashboards
+            .write()
+            .expect("dashboards lock")
+            .push(Arc::clone(&inbox));
+        DashboardGuard {
+            store: Arc::clone(self),
+            inbox,
+        }
+    }
+
+    /// Starts the end of every watch stream (server shutdown).
+    pub fn close(&self) {
+        self.closing.cancel();
+    }
+
+    pub fn closing(&self) -> CancellationToken {
+        self.closing.clone()
+    }
+}
+
+fn publish_newer(tx: &watch::Sender<Slot>, slot: Slot) {
+    tx.send_if_modified(|cur| {
+        if slot.revision() > cur.revision() {
+            *cur = slot;
+            true
+        } else {
+            false
+        }
+    });
+}
+
+struct HeapItem(Arc<TenantRecord>);
+impl PartialEq for HeapItem {
+    fn eq(&self, o: &Self) -> bool {
+        self.0.context_identifier == o.0.context_identifier
+    }
+}
+impl Eq for HeapItem {}
+impl PartialOrd for HeapItem {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for HeapItem {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.0.context_identifier.cmp(&o.0.context_identifier)
+    }
+}
+
+/// The names of tenants that changed since a dashboard watcher last looked.
+/// A set, so its size is bounded by the number of tenants however slow the
+/// reader is.
+#[derive(Default)]
+pub struct Inbox {
+    /// Tenant name to the newest revision marked.
+    dirty: Mutex<HashMap<ContextId, u64>>,
+    notify: Notify,
+}
+
+impl Inbox {
+    fn mark(&self, ctx: &ContextId, revision: u64) {
+        let was_empty = {
+            let mut dirty = self.dirty.lock().expect("inbox lock");
+            let was_empty = dirty.is_empty();
+            let rev = dirty.entry(ctx.clone()).or_insert(revision);
+            *rev = (*rev).max(revision);
+            was_empty
+        };
+        if was_empty {
+            self.notify.notify_one();
+        }
+    }
+}
+
+/// A registered dashboard inbox; unregisters on drop.
+pub struct DashboardGuard {
+    store: Arc<Store>,
+    inbox: Arc<Inbox>,
+}
+
+impl DashboardGuard {
+    /// Waits until some tenant changed, then takes the names of all that
+    /// did, each with the newest revision marked.
+    pub async fn changed(&self) -> HashMap<ContextId, u64> {
+        loop {
+            let notified = self.inbox.notify.notified();
+            {
+                let mut dirty = self.inbox.dirty.lock().expect("inbox lock");
+                if !dirty.is_empty() {
+                    return std::mem::take(&mut *dirty);
+                }
+            }
+            notified.await;
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+}
+
+impl Drop for DashboardGuard {
+    fn drop(&mut self) {
+        let mut d = self.store.dashboards.write().expect("dashboards lock");
+        d.retain(|i| !Arc::ptr_eq(i, &self.inbox));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn ctx(s: &str) -> ContextId {
+        ContextId::parse(s).unwrap()
+    }
+
+    fn running(endpoint: &str) -> PollResult {
+        PollResult::Observed(Observation {
+            state: TenantState::Running,
+            endpoint: endpoint.into(),
+            api: format!("{endpoint}/api"),
+            version: "v1".into(),
+            valid_until: Some(SystemTime::now() + Duration::from_secs(60)),
+        })
+    }
+
+    #[test]
+    fn a_confirming_poll_refreshes_without_a_revision() {
+        let store = Store::new();
+        let c = ctx("Cust1");
+        let t0 = SystemTime::now();
+        let a = store.apply_poll(&c, running("https://sod2"), t0).unwrap();
+        assert!(a.changed);
+        assert_eq!(a.record.revision, 1);
+        let t1 = t0 + Duration::from_secs(5);
+        let b = store.apply_poll(&c, running("https://sod2"), t1).unwrap();
+        assert!(!b.changed);
+        assert_eq!(b.record.revision, 1);
+        assert_eq!(b.record.observed_at, t1);
+        assert_eq!(b.record.changed_at, t0);
+        let c2 = store.apply_poll(&c, running("https://sod3"), t1).unwrap();
+        assert!(c2.changed, "an endpoint move is meaningful");
+        assert_eq!(c2.record.revision, 2);
+        assert_eq!(store.revision(), 2);
+    }
+
+    #[test]
+    fn failures_keep_the_state_and_mark_stale_only_after_valid_until() {
+        let store = Store::new();
+        let c = ctx("Cust1");
+        let now = SystemTime::now();
+        assert!(
+            store
+                .apply_poll(&c, PollResult::Failed("down".into()), now)
+                .is_none(),
+            "a failure never creates a record"
+        );
+        store.apply_poll(&c, running("https://sod2"), now).unwrap();
+        let a = store
+            .apply_poll(&c, PollResult::Failed("timed out".into()), now)
+            .unwrap();
+        assert!(!a.changed);
+        assert!(!a.record.stale);
+        assert_eq!(a.record.last_error, "timed out");
+        assert_eq!(a.record.state, TenantState::Running);
+        let later = now + Duration::from_secs(61);
+        let b = store
+            .apply_poll(&c, PollResult::Failed("timed out".into()), later)
+            .unwrap();
+        assert!(b.changed, "turning stale is meaningful");
+        assert!(b.record.stale);
+        assert_eq!(b.record.state, TenantState::Running);
+        let c3 = store
+            .apply_poll(&c, running("https://sod2"), later)
+            .unwrap();
+        assert!(c3.changed && !c3.record.stale && c3.record.last_error.is_empty());
+    }
+
+    #[test]
+    fn list_pages_in_identifier_order_with_a_state_filter() {
+        let store = Store::new();
+        let now = SystemTime::now();
+        for i in (0..25).rev() {
+            let c = ctx(&format!("Cust{i:03}"));
+            if i % 5 == 0 {
+                store.apply_poll(&c, PollResult::NotFound, now);
+            } else {
+                store.apply_poll(&c, running("https://x"), now);
+            }
+        }
+        let (p1, more) = store.list("", &[], 10);
+        assert!(more);
+        let names: Vec<_> = p1
+            .iter()
+            .map(|r| r.context_identifier.to_string())
+            .collect();
+        assert_eq!(names[0], "Cust000");
+        assert_eq!(names[9], "Cust009");
+        let (p3, more) = store.list("Cust019", &[], 10);
+        assert!(!more);
+        assert_eq!(p3.len(), 5);
+        let (unknown, more) = store.list("", &[TenantState::Unknown], 100);
+        assert!(!more);
+        assert_eq!(unknown.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_always_ends_with_the_latest_record() {
+        let store = Arc::new(Store::new());
+        let c = ctx("Cust1");
+        let now = SystemTime::now();
+        store.apply_poll(&c, running("https://a"), now);
+        let mut rx = store.subscribe(&c);
+        assert!(matches!(&*rx.borrow_and_update(), Slot::Present(r) if r.revision == 1));
+        for i in 0..100 {
+            store.apply_poll(&c, running(&format!("https://{i}")), now);
+        }
+        rx.changed().await.unwrap();
+        assert!(matches!(&*rx.borrow_and_update(), Slot::Present(r) if r.endpoint == "https://99"));
+        store.remove(&c);
+        rx.changed().await.unwrap();
+        assert_eq!(*rx.borrow(), Slot::Removed(102));
+        drop(rx);
+        store.unsubscribe(&c);
+        assert_eq!(store.watcher_counts(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_dashboard_inbox_coalesces_and_unregisters_on_drop() {
+        let store = Arc::new(Store::new());
+        let guard = store.register_dashboard();
+        let now = SystemTime::now();
+        for i in 0..1000 {
+            let c = ctx(&format!("Cust{}", i % 3));
+            store.apply_poll(&c, running(&format!("https://{i}")), now);
+        }
+        let changed = guard.changed().await;
+        assert_eq!(
+            changed.len(),
+            3,
+            "one entry per tenant, however many changes"
+        );
+        assert_eq!(store.watcher_counts().1, 1);
+        drop(guard);
+        assert_eq!(store.watcher_counts().1, 0);
+    }
+}
