@@ -1,0 +1,518 @@
+//! The poller: one task and one delay queue for every tracked tenant.
+//!
+//! A tenant is polled again at its ValidUntil, clamped to
+//! `[min_interval, max_interval]` and pulled a little earlier by jitter, so
+//! that tenants which came due together (a restart) drift apart. Failures
+//! back off exponentially up to a cap; a 429's Retry-After is honoured. At
+//! most `concurrency` requests are in flight; the rest wait their turn in
+//! due order. A DELETED tenant is no longer polled and is forgotten after
+//! `deleted_retention`.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use futures_util::{StreamExt, future::BoxFuture, stream::FuturesUnordered};
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_util::{sync::CancellationToken, time::DelayQueue};
+
+use crate::{
+    store::{PollResult, Store},
+    superoffice::{FetchError, FetchOutcome, FetchResult, StateSource},
+    tenant::{ContextId, TenantState},
+};
+
+/// How the poller paces itself.
+#[derive(Debug, Clone)]
+pub struct PollPolicy {
+    pub min_interval: Duration,
+    pub max_interval: Duration,
+    /// The largest fraction of an interval taken off by jitter.
+    pub jitter: f64,
+    /// The first retry after a failure; doubled per failure.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// New tenants are first polled within this window, spread at random.
+    pub initial_spread: Duration,
+    pub deleted_retention: Duration,
+    pub concurrency: usize,
+}
+
+impl Default for PollPolicy {
+    fn default() -> Self {
+        Self {
+            min_interval: Duration::from_secs(5),
+            max_interval: Duration::from_secs(15 * 60),
+            jitter: 0.1,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(5 * 60),
+            initial_spread: Duration::from_secs(1),
+            deleted_retention: Duration::from_secs(24 * 3600),
+            concurrency: 32,
+        }
+    }
+}
+
+impl PollPolicy {
+    /// The delay until the next poll of a tenant that SuperOffice said is
+    /// valid until `valid_until`.
+    pub fn after_success(
+        &self,
+        valid_until: Option<SystemTime>,
+        now: SystemTime,
+        rng: &mut impl Rng,
+    ) -> Duration {
+        let wanted = valid_until
+            .map(|v| v.duration_since(now).unwrap_or_default())
+            .unwrap_or(self.min_interval);
+        let clamped = wanted.clamp(self.min_interval, self.max_interval.max(self.min_interval));
+        let cut = clamped.mul_f64(self.jitter.clamp(0.0, 1.0) * rng.random::<f64>());
+        (clamped - cut).max(self.min_interval.mul_f64(1.0 - self.jitter.clamp(0.0, 1.0)))
+    }
+
+    /// The delay before retrying after the `failures`-th failure in a row
+    /// (1 for the first).
+    pub fn after_failure(
+        &self,
+        failures: u32,
+        retry_after: Option<Duration>,
+        rng: &mut impl Rng,
+    ) -> Duration {
+        let exp = failures.saturating_sub(1).min(30);
+        let backoff = self
+            .backoff_base
+            .saturating_mul(1u32 << exp)
+            .min(self.backoff_max);
+        // "Equal jitter": between half and all of the backoff.
+        let backoff = backoff.mul_f64(0.5 + 0.5 * rng.random::<f64>());
+        backoff.max(retry_after.unwrap_or_default())
+    }
+}
+
+enum Command {
+    /// Track a tenant; poll it soon unless it is already scheduled.
+    Track(ContextId),
+    /// A lookup just applied a fresh answer; schedule from it.
+    Observed(ContextId, Option<SystemTime>),
+    /// A lookup found SuperOffice does not know the tenant; keep asking.
+    NotFound(ContextId),
+    /// Poll now (a notification arrived, say).
+    PollNow(ContextId),
+}
+
+/// Sends work to the poller task. Cheap to clone.
+#[derive(Clone)]
+pub struct PollerHandle {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl PollerHandle {
+    pub fn track(&self, ctx: ContextId) {
+        let _ = self.tx.send(Command::Track(ctx));
+    }
+    pub fn observed(&self, ctx: ContextId, valid_until: Option<SystemTime>) {
+        let _ = self.tx.send(Command::Observed(ctx, valid_until));
+    }
+    pub fn not_found(&self, ctx: ContextId) {
+        let _ = self.tx.send(Command::NotFound(ctx));
+    }
+    pub fn poll_now(&self, ctx: ContextId) {
+        let _ = self.tx.send(Command::PollNow(ctx));
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    Poll,
+    Forget,
+}
+
+#[derive(Default)]
+struct Entry {
+    key: Option<tokio_util::time::delay_queue::Key>,
+    failures: u32,
+    /// Waiting in `ready` or in flight.
+    busy: bool,
+    /// A poll was asked for while one was in flight.
+    again: bool,
+}
+
+/// The poller task's state.
+pub struct Poller {
+    store: Arc<Store>,
+    source: Arc<dyn StateSource>,
+    policy: PollPolicy,
+    rx: mpsc::UnboundedReceiver<Command>,
+    queue: DelayQueue<(ContextId, Due)>,
+    entries: HashMap<ContextId, Entry>,
+    ready: VecDeque<ContextId>,
+    inflight: FuturesUnordered<BoxFuture<'static, (ContextId, FetchResult)>>,
+    rng: rand::rngs::SmallRng,
+}
+
+impl Poller {
+    pub fn new(
+        store: Arc<Store>,
+        source: Arc<dyn StateSource>,
+        policy: PollPolicy,
+    ) -> (Self, PollerHandle) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let poller = Self {
+            store,
+            source,
+            policy,
+            rx,
+            queue: DelayQueue::new(),
+            entries: HashMap::new(),
+            ready: VecDeque::new(),
+            inflight: FuturesUnordered::new(),
+            rng: rand::SeedableRng::from_rng(&mut rand::rng()),
+        };
+        (poller, PollerHandle { tx })
+    }
+
+    /// Runs until `shutdown` fires.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            while self.inflight.len() < self.policy.concurrency.max(1) {
+                let Some(ctx) = self.ready.pop_front() else {
+                    break;
+                };
+                self.start(ctx);
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some((ctx, result)) = self.inflight.next(), if !self.inflight.is_empty() => {
+                    self.finish(ctx, result);
+                }
+                Some(cmd) = self.rx.recv() => self.command(cmd),
+                Some(expired) = self.queue.next(), if !self.queue.is_empty() => {
+                    let (ctx, due) = expired.into_inner();
+                    self.expired(ctx, due);
+                }
+            }
+        }
+    }
+
+    /// How many tenants the poller tracks.
+    pub fn tracked(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Track(ctx) => {
+                if !self.entries.contains_key(&ctx) {
+                    let d = self.policy.initial_spread.mul_f64(self.rng.random::<f64>());
+                    self.schedule(ctx, d, Due::Poll);
+                }
+            }
+            Command::Observed(ctx, valid_until) => {
+                let e = self.entries.entry(ctx.clone()).or_default();
+                e.failures = 0;
+                if e.busy {
+                    return;
+                }
+                let d = self
+                    .policy
+                    .after_success(valid_until, SystemTime::now(), &mut self.rng);
+                self.schedule(ctx, d, Due::Poll);
+            }
+            Command::NotFound(ctx) => {
+                let e = self.entries.entry(ctx.clone()).or_default();
+                if e.busy || e.key.is_some() {
+                    return;
+                }
+                e.failures += 1;
+                let d = self
+                    .policy
+                    .after_failure(e.failures, None, &mut self.rng)
+                    .min(self.policy.max_interval);
+                self.schedule(ctx, d, Due::Poll);
+            }
+            Command::PollNow(ctx) => {
+                let e = self.entries.entry(ctx.clone()).or_default();
+                if e.busy {
+                    e.again = true;
+                    return;
+                }
+                if let Some(k) = e.key.take() {
+                    self.queue.remove(&k);
+                }
+                e.busy = true;
+                self.ready.push_back(ctx);
+            }
+        }
+    }
+
+    fn schedule(&mut self, ctx: ContextId, delay: Duration, due: Due) {
+        let e = self.entries.entry(ctx.clone()).or_default();
+        match e.key {
+            Some(k) => {
+                // Replace whatever was scheduled (a Forget or an older Poll).
+                self.queue.remove(&k);
+                e.key = Some(self.queue.insert((ctx, due), delay));
+            }
+            None => e.key = Some(self.queue.insert((ctx, due), delay)),
+        }
+    }
+
+    fn expired(&mut self, ctx: ContextId, due: Due) {
+        let Some(e) = self.entries.get_mut(&ctx) else {
+            return;
+        };
+        e.key = None;
+        match due {
+            Due::Poll => {
+                e.busy = true;
+                self.ready.push_back(ctx);
+            }
+            Due::Forget => {
+                if self
+                    .store
+                    .get(&ctx)
+                    .is_some_and(|r| r.state == TenantState::Deleted)
+                {
+                    self.store.remove(&ctx);
+                    tracing::info!(tenant = %ctx, "forgot a deleted tenant after its retention");
+                }
+                self.entries.remove(&ctx);
+            }
+        }
+    }
+
+    fn start(&mut self, ctx: ContextId) {
+        let source = Arc::clone(&self.source);
+        self.inflight.push(Box::pin(async move {
+            let result = source.fetch(&ctx).await;
+            (ctx, result)
+        }));
+    }
+
+    fn finish(&mut self, ctx: ContextId, result: FetchResult) {
+        let now = SystemTime::now();
+        let Some(e) = self.entries.get_mut(&ctx) else {
+            return;
+        };
+        e.busy = false;
+        let again = std::mem::take(&mut e.again);
+        let (delay, due) = match result {
+            Ok(FetchOutcome::Found(obs)) => {
+                e.failures = 0;
+                let valid_until = obs.valid_until;
+                let deleted = obs.state == TenantState::Deleted;
+                self.store.apply_poll(&ctx, PollResult::Observed(obs), now);
+                if deleted {
+                    (self.policy.deleted_retention, Due::Forget)
+                } else {
+                    (
+                        self.policy.after_success(valid_until, now, &mut self.rng),
+                        Due::Poll,
+                    )
+                }
+            }
+            Ok(FetchOutcome::NotFound) => {
+                e.failures += 1;
+                let failures = e.failures;
+                self.store.apply_poll(&ctx, PollResult::NotFound, now);
+                (
+                    self.policy
+                        .after_failure(failures, None, &mut self.rng)
+                        .min(self.policy.max_interval),
+                    Due::Poll,
+                )
+            }
+            Err(err) => {
+                e.failures += 1;
+                let failures = e.failures;
+                let retry_after = match &err {
+                    FetchError::RateLimited(r) => *r,
+                    _ => None,
+                };
+                tracing::warn!(tenant = %ctx, failures, error = %err, "poll failed; keeping the last known state");
+                self.store
+                    .apply_poll(&ctx, PollResult::Failed(err.to_string()), now);
+                (
+                    self.policy
+                        .after_failure(failures, retry_after, &mut self.rng),
+                    Due::Poll,
+                )
+            }
+        };
+        if again && due == Due::Poll {
+            if let Some(e) = self.entries.get_mut(&ctx) {
+                e.busy = true;
+            }
+            self.ready.push_back(ctx);
+        } else {
+            self.schedule(ctx, delay, due);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use std::sync::Mutex;
+
+    fn rng() -> rand::rngs::SmallRng {
+        rand::rngs::SmallRng::seed_from_u64(7)
+    }
+
+    #[test]
+    fn next_poll_follows_valid_until_within_bounds() {
+        let p = PollPolicy::default();
+        let now = SystemTime::now();
+        let mut r = rng();
+        for _ in 0..1000 {
+            let d = p.after_success(Some(now + Duration::from_secs(60)), now, &mut r);
+            assert!(
+                d <= Duration::from_secs(60) && d >= Duration::from_secs(54),
+                "{d:?}"
+            );
+        }
+        let d = p.after_success(Some(now - Duration::from_secs(60)), now, &mut r);
+        assert!(
+            d >= Duration::from_millis(4500) && d <= p.min_interval,
+            "{d:?}"
+        );
+        let d = p.after_success(Some(now + Duration::from_secs(86400)), now, &mut r);
+        assert!(d <= p.max_interval, "{d:?}");
+    }
+
+    #[test]
+    fn jitter_spreads_tenants_that_came_due_together() {
+        let p = PollPolicy::default();
+        let now = SystemTime::now();
+        let mut r = rng();
+        let mut ds: Vec<_> = (0..1000)
+            .map(|_| p.after_success(Some(now + Duration::from_secs(60)), now, &mut r))
+            .collect();
+        ds.sort();
+        assert!(
+            ds[999] - ds[0] > Duration::from_secs(5),
+            "spread {:?}",
+            ds[999] - ds[0]
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_cap_and_honours_retry_after() {
+        let p = PollPolicy::default();
+        let mut r = rng();
+        let d1 = p.after_failure(1, None, &mut r);
+        assert!(d1 >= Duration::from_millis(500) && d1 <= Duration::from_secs(1));
+        let d4 = p.after_failure(4, None, &mut r);
+        assert!(d4 >= Duration::from_secs(4) && d4 <= Duration::from_secs(8));
+        let d_many = p.after_failure(40, None, &mut r);
+        assert!(d_many <= p.backoff_max && d_many >= p.backoff_max / 2);
+        let d = p.after_failure(1, Some(Duration::from_secs(120)), &mut r);
+        assert_eq!(d, Duration::from_secs(120));
+    }
+
+    /// A scripted source, for the scheduling logic only (no I/O).
+    struct Scripted {
+        answers: Mutex<VecDeque<FetchResult>>,
+        calls: Mutex<Vec<tokio::time::Instant>>,
+    }
+
+    impl StateSource for Scripted {
+        fn fetch<'a>(&'a self, _ctx: &'a ContextId) -> BoxFuture<'a, FetchResult> {
+            self.calls.lock().unwrap().push(tokio::time::Instant::now());
+            let a = self
+                .answers
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or(Err(FetchError::Status(503)));
+            Box::pin(async move { a })
+        }
+    }
+
+    fn running_for(secs: u64) -> FetchResult {
+        Ok(FetchOutcome::Found(crate::tenant::Observation {
+            state: TenantState::Running,
+            endpoint: "https://sod2.superoffice.com/Cust1".into(),
+            api: String::new(),
+            version: String::new(),
+            valid_until: Some(SystemTime::now() + Duration::from_secs(secs)),
+        }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn polls_at_valid_until_backs_off_on_failure_and_marks_stale() {
+        let source = Arc::new(Scripted {
+            answers: Mutex::new(VecDeque::from([
+                running_for(60),
+                // valid until already past: the failures that follow make it stale
+                running_for(0),
+                Err(FetchError::Status(503)),
+                Err(FetchError::Status(503)),
+                Err(FetchError::Status(503)),
+                running_for(60),
+            ])),
+            calls: Mutex::new(Vec::new()),
+        });
+        let store = Arc::new(Store::new());
+        let policy = PollPolicy {
+            jitter: 0.0,
+            ..PollPolicy::default()
+        };
+        let (poller, handle) = Poller::new(Arc::clone(&store), source.clone(), policy);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(poller.run(stop.clone()));
+        let ctx = ContextId::parse("Cust1").unwrap();
+        let start = tokio::time::Instant::now();
+        handle.track(ctx.clone());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(store.get("Cust1").unwrap().state, TenantState::Running);
+        // Second poll at ValidUntil (60 s), not before.
+        tokio::time::sleep(Duration::from_secs(57)).await;
+        assert_eq!(source.calls.lock().unwrap().len(), 1);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(source.calls.lock().unwrap().len(), 2);
+        // Then min_interval (5 s), then failures backing off 1 s, 2 s (with jitter).
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let calls = source.calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 6, "{calls:?}");
+        let gaps: Vec<_> = calls.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps[1] >= Duration::from_secs(5), "{gaps:?}");
+        assert!(gaps[2] >= Duration::from_millis(500) && gaps[2] <= Duration::from_secs(1));
+        assert!(gaps[3] >= Duration::from_secs(1) && gaps[3] <= Duration::from_secs(2));
+        assert!(gaps[4] >= Duration::from_secs(2) && gaps[4] <= Duration::from_secs(4));
+        let r = store.get("Cust1").unwrap();
+        assert!(!r.stale, "recovered after the failures");
+        assert!(calls[0] - start <= PollPolicy::default().initial_spread);
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_source_makes_the_record_stale_but_keeps_its_state() {
+        let source = Arc::new(Scripted {
+            answers: Mutex::new(VecDeque::from([running_for(0)])),
+            calls: Mutex::new(Vec::new()),
+        });
+        let store = Arc::new(Store::new());
+        let (poller, handle) =
+            Poller::new(Arc::clone(&store), source.clone(), PollPolicy::default());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(poller.run(stop.clone()));
+        handle.track(ContextId::parse("Cust1").unwrap());
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        let r = store.get("Cust1").unwrap();
+        assert_eq!(r.state, TenantState::Running);
+        assert!(r.stale);
+        assert!(r.last_error.contains("503"), "{}", r.last_error);
+        // Backoff: far fewer calls than one a second over ten minutes.
+        let n = source.calls.lock().unwrap().len();
+        assert!(n < 20, "{n} calls in 600 s");
+        stop.cancel();
+        task.await.unwrap();
+    }
+}

@@ -1,0 +1,84 @@
+//! Lookups: answer from the store, or fetch an untracked tenant once and
+//! track it from then on.
+
+use std::{sync::Arc, time::SystemTime};
+
+use crate::{
+    poller::PollerHandle,
+    store::{PollResult, Store},
+    superoffice::{FetchOutcome, StateSource},
+    tenant::{ContextId, TenantRecord},
+};
+
+/// Why a lookup has no record to give.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    #[error("SuperOffice does not know tenant {0}")]
+    NotFound(ContextId),
+    #[error("tenant {0} is not tracked yet and SuperOffice could not be asked: {1}")]
+    Unavailable(ContextId, String),
+}
+
+/// The store, the (single-flight) state source and the poller, together.
+pub struct Tracker {
+    store: Arc<Store>,
+    source: Arc<dyn StateSource>,
+    poller: PollerHandle,
+}
+
+impl Tracker {
+    /// `source` must share concurrent requests (see `SingleFlight`): that is
+    /// what makes a burst of lookups for one new tenant cost one request.
+    pub fn new(store: Arc<Store>, source: Arc<dyn StateSource>, poller: PollerHandle) -> Self {
+        Self {
+            store,
+            source,
+            poller,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn poller(&self) -> &PollerHandle {
+        &self.poller
+    }
+
+    /// The tenant's record: from memory if tracked, else fetched once and
+    /// tracked from then on. A tenant SuperOffice does not know is not
+    /// tracked.
+    pub async fn get_or_fetch(&self, ctx: &ContextId) -> Result<Arc<TenantRecord>, LookupError> {
+        if let Some(r) = self.store.get(ctx) {
+            return Ok(r);
+        }
+        match self.source.fetch(ctx).await {
+            Ok(FetchOutcome::Found(obs)) => {
+                let valid_until = obs.valid_until;
+                let applied = self
+                    .store
+                    .apply_poll(ctx, PollResult::Observed(obs), SystemTime::now())
+                    .expect("an observation always applies");
+                self.poller.observed(ctx.clone(), valid_until);
+                Ok(applied.record)
+            }
+            Ok(FetchOutcome::NotFound) => Err(LookupError::NotFound(ctx.clone())),
+            Err(e) => Err(LookupError::Unavailable(ctx.clone(), e.to_string())),
+        }
+    }
+
+    /// For a watcher: like `get_or_fetch`, but a tenant SuperOffice does not
+    /// know is tracked as UNKNOWN so the watcher sees it when it appears.
+    pub async fn track_for_watch(&self, ctx: &ContextId) -> Result<(), LookupError> {
+        match self.get_or_fetch(ctx).await {
+            Ok(_) => Ok(()),
+            Err(LookupError::NotFound(_)) => {
+                self.store
+                    .apply_poll(ctx, PollResult::NotFound, SystemTime::now());
+                self.poller.not_found(ctx.clone());
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
