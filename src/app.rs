@@ -1,0 +1,184 @@
+//! Wiring: `Application::build` binds the listener (so tests can use port
+//! 0 and read the port back), `run_until` serves until a shutdown future
+//! completes, then drains within the configured deadline.
+
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::{
+    config::Config,
+    grpc::{GrpcService, pb},
+    poller::{Poller, PollerHandle},
+    store::Store,
+    superoffice::{SingleFlight, StateSource, SuperOfficeClient},
+    tracker::Tracker,
+};
+
+/// The gRPC service name health reports on (besides "" for the server).
+pub const SERVICE_NAME: &str = "tenantstatus.v1.TenantStatusService";
+
+/// A built service: listener bound, not yet serving.
+pub struct Application {
+    config: Config,
+    listener: TcpListener,
+    addr: SocketAddr,
+    store: Arc<Store>,
+    tracker: Arc<Tracker>,
+    poller: Poller,
+}
+
+impl Application {
+    /// Binds the gRPC listener and assembles the store, the SuperOffice
+    /// client and the poller.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let client = SuperOfficeClient::new(&config.state_api_base_url, config.http_timeout)
+            .context("could not build the HTTP client for SuperOffice's state API")?;
+        Self::build_with_source(config, Arc::new(client)).await
+    }
+
+    /// As `build`, with another source of tenant state.
+    pub async fn build_with_source(
+        config: Config,
+        source: Arc<dyn StateSource>,
+    ) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(&config.grpc_addr)
+            .await
+            .with_context(|| format!("--grpc-addr: cannot listen on {}", config.grpc_addr))?;
+        let addr = listener.local_addr()?;
+        let store = Arc::new(Store::new());
+        let source: Arc<dyn StateSource> = Arc::new(SingleFlight::new(source));
+        let (poller, handle) = Poller::new(
+            Arc::clone(&store),
+            Arc::clone(&source),
+            config.policy.clone(),
+        );
+        let tracker = Arc::new(Tracker::new(Arc::clone(&store), source, handle));
+        Ok(Self {
+            config,
+            listener,
+            addr,
+            store,
+            tracker,
+            poller,
+        })
+    }
+
+    /// The address the gRPC listener is bound to.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn store(&self) -> Arc<Store> {
+        Arc::clone(&self.store)
+    }
+
+    pub fn poller(&self) -> PollerHandle {
+        self.tracker.poller().clone()
+    }
+
+    /// Serves until `shutdown` completes, then drains: health turns
+    /// NOT_SERVING, watch streams end with UNAVAILABLE, and the server
+    /// stops within `shutdown_timeout` even if a client never reads.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            config,
+            listener,
+            addr,
+            store,
+            tracker,
+            poller,
+        } = self;
+
+        let stop_poller = CancellationToken::new();
+        let poller_task = tokio::spawn(poller.run(stop_poller.clone()));
+        for t in &config.tenants {
+            tracker.poller().track(t.clone());
+        }
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building reflection v1")?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .context("building reflection v1alpha")?;
+
+        let draining = CancellationToken::new();
+        let signal = {
+            let draining = draining.clone();
+            let health = health.clone();
+            let store = Arc::clone(&store);
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: health NOT_SERVING, ending watch streams");
+                health
+                    .set_service_status("", ServingStatus::NotServing)
+                    .await;
+                health
+                    .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+                    .await;
+                store.close();
+                draining.cancel();
+            }
+        };
+
+        let server = Server::builder()
+            .accept_http1(true)
+            .layer(tonic_web::GrpcWebLayer::new())
+            .http2_keepalive_interval(Some(config.http2_keepalive_interval))
+            .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
+            .max_concurrent_streams(Some(config.max_concurrent_streams))
+            .tcp_nodelay(true)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(
+                GrpcService::new(Arc::clone(&tracker), config.heartbeat_interval).into_server(),
+            )
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+
+        health.set_service_status("", ServingStatus::Serving).await;
+        health
+            .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+            .await;
+        tracing::info!(
+            %addr,
+            state_api = %config.state_api_base_url,
+            tenants = config.tenants.len(),
+            "tenant-status is serving gRPC"
+        );
+
+        let mut server = tokio::spawn(server);
+        let result = tokio::select! {
+            r = &mut server => r.context("the gRPC server task failed")?.context("the gRPC server failed"),
+            _ = async {
+                draining.cancelled().await;
+                tokio::time::sleep(config.shutdown_timeout).await;
+            } => {
+                tracing::warn!(
+                    timeout = ?config.shutdown_timeout,
+                    "connections still open at the shutdown deadline; closing them"
+                );
+                server.abort();
+                Ok(())
+            }
+        };
+        stop_poller.cancel();
+        let _ = poller_task.await;
+        tracing::info!("tenant-status stopped");
+        result
+    }
+}

@@ -1,0 +1,418 @@
+//! Command-line flags (each also read from a `TENANT_STATUS_*` environment
+//! variable) and their validation into a `Config`.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use url::Url;
+
+use crate::{poller::PollPolicy, superoffice::environment_base_url, tenant::ContextId};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tenant-status",
+    version,
+    about = "Knows, at every moment, whether each SuperOffice tenant can take API calls and where its API lives; serves it over gRPC."
+)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "TENANT_STATUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Track tenants at SuperOffice and serve their state over gRPC.
+    Serve(ServeArgs),
+    /// Run against a built-in simulated SuperOffice with a dozen tenants
+    /// changing state; works offline.
+    Demo(DemoArgs),
+    /// Run only the simulated SuperOffice state API (for tests, smoke
+    /// checks and benchmarks).
+    FakeSuperoffice(FakeArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SuperOfficeEnv {
+    /// Development (sod.superoffice.com).
+    Sod,
+    /// Stage (qaonline.superoffice.com).
+    #[value(alias = "stage")]
+    Qaonline,
+    /// Production (online.superoffice.com).
+    Online,
+}
+
+impl SuperOfficeEnv {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sod => "sod",
+            Self::Qaonline => "qaonline",
+            Self::Online => "online",
+        }
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{e} (use a duration such as 500ms, 30s or 15m)"))
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address of the gRPC listener.
+    #[arg(long, env = "TENANT_STATUS_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    pub grpc_addr: String,
+    /// SuperOffice environment whose state API to poll.
+    #[arg(long, env = "TENANT_STATUS_SUPEROFFICE_ENV", value_enum)]
+    pub superoffice_env: Option<SuperOfficeEnv>,
+    /// Base URL of the state API instead of the environment's (for a proxy,
+    /// a test or the demo); `{base}/api/state/{ctx}` is requested.
+    #[arg(long, env = "TENANT_STATUS_STATE_API_BASE_URL")]
+    pub state_api_base_url: Option<String>,
+    /// A tenant to track from the start (repeatable; comma-separated in the
+    /// environment variable).
+    #[arg(long = "tenant", env = "TENANT_STATUS_TENANTS", value_delimiter = ',')]
+    pub tenants: Vec<String>,
+    /// A file of tenants to track from the start, one context identifier a
+    /// line; blank lines and lines starting with '#' are skipped.
+    #[arg(long, env = "TENANT_STATUS_TENANTS_FILE")]
+    pub tenants_file: Option<PathBuf>,
+    /// Shortest time between two polls of one tenant, whatever ValidUntil says.
+    #[arg(long, env = "TENANT_STATUS_POLL_MIN_INTERVAL", value_parser = duration, default_value = "5s")]
+    pub poll_min_interval: Duration,
+    /// Longest time between two polls of one tenant, whatever ValidUntil says.
+    #[arg(long, env = "TENANT_STATUS_POLL_MAX_INTERVAL", value_parser = duration, default_value = "15m")]
+    pub poll_max_interval: Duration,
+    /// Longest wait between retries while SuperOffice fails (backoff cap).
+    #[arg(long, env = "TENANT_STATUS_POLL_BACKOFF_MAX", value_parser = duration, default_value = "5m")]
+    pub poll_backoff_max: Duration,
+    /// Most state API requests in flight at once.
+    #[arg(long, env = "TENANT_STATUS_POLL_CONCURRENCY", default_value_t = 32)]
+    pub poll_concurrency: usize,
+    /// Timeout of one state API request.
+    #[arg(long, env = "TENANT_STATUS_HTTP_TIMEOUT", value_parser = duration, default_value = "10s")]
+    pub http_timeout: Duration,
+    /// How long a DELETED tenant is kept before it is forgotten (REMOVED).
+    #[arg(long, env = "TENANT_STATUS_DELETED_RETENTION", value_parser = duration, default_value = "24h")]
+    pub deleted_retention: Duration,
+    /// Interval of WatchTenant heartbeats.
+    #[arg(long, env = "TENANT_STATUS_HEARTBEAT_INTERVAL", value_parser = duration, default_value = "15s")]
+    pub heartbeat_interval: Duration,
+    /// Most concurrent gRPC streams on one HTTP/2 connection.
+    #[arg(
+        long,
+        env = "TENANT_STATUS_MAX_CONCURRENT_STREAMS",
+        default_value_t = 1024
+    )]
+    pub max_concurrent_streams: u32,
+    /// Interval of HTTP/2 keepalive pings, so idle watch streams survive
+    /// proxies and dead peers are noticed.
+    #[arg(long, env = "TENANT_STATUS_HTTP2_KEEPALIVE_INTERVAL", value_parser = duration, default_value = "30s")]
+    pub http2_keepalive_interval: Duration,
+    /// How long to wait for a keepalive ping's answer before closing.
+    #[arg(long, env = "TENANT_STATUS_HTTP2_KEEPALIVE_TIMEOUT", value_parser = duration, default_value = "10s")]
+    pub http2_keepalive_timeout: Duration,
+    /// Longest wait for open calls and streams to finish at shutdown.
+    #[arg(long, env = "TENANT_STATUS_SHUTDOWN_TIMEOUT", value_parser = duration, default_value = "10s")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Address of the gRPC listener.
+    #[arg(
+        long,
+        env = "TENANT_STATUS_GRPC_ADDR",
+        default_value = "127.0.0.1:50051"
+    )]
+    pub grpc_addr: String,
+    /// Interval of WatchTenant heartbeats.
+    #[arg(long, env = "TENANT_STATUS_HEARTBEAT_INTERVAL", value_parser = duration, default_value = "15s")]
+    pub heartbeat_interval: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FakeArgs {
+    /// Address to serve the simulated state API on.
+    #[arg(long, default_value = "127.0.0.1:8099")]
+    pub addr: String,
+    /// Serve the demo's scripted dozen tenants.
+    #[arg(long)]
+    pub demo_script: bool,
+    /// Also serve this many steady Running tenants, Cust1 to CustN.
+    #[arg(long, default_value_t = 0)]
+    pub tenants: usize,
+    /// ValidUntil is this far after each request.
+    #[arg(long, value_parser = duration, default_value = "60s")]
+    pub valid_for: Duration,
+}
+
+/// A validated configuration of the service.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub grpc_addr: String,
+    pub state_api_base_url: Url,
+    pub tenants: Vec<ContextId>,
+    pub policy: PollPolicy,
+    pub http_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    pub max_concurrent_streams: u32,
+    pub http2_keepalive_interval: Duration,
+    pub http2_keepalive_timeout: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+/// A setting that cannot be used, named with what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {problem}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub problem: String,
+}
+
+fn bad(setting: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting,
+        problem: problem.into(),
+    }
+}
+
+impl ServeArgs {
+    /// Checks every setting and resolves the state API base URL and the
+    /// tenant list.
+    pub fn validate(&self) -> Result<Config, ConfigError> {
+        let state_api_base_url = match (&self.state_api_base_url, self.superoffice_env) {
+            (Some(u), _) => {
+                let url = Url::parse(u)
+                    .map_err(|e| bad("--state-api-base-url", format!("{u:?} is not a URL: {e}")))?;
+                if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                    return Err(bad(
+                        "--state-api-base-url",
+                        format!("{u:?} must be an http or https URL with a host"),
+                    ));
+                }
+                url
+            }
+            (None, Some(env)) => {
+                environment_base_url(env.name()).expect("every SuperOfficeEnv has a URL")
+            }
+            (None, None) => {
+                return Err(bad(
+                    "--superoffice-env",
+                    "say which SuperOffice environment to poll (sod, qaonline or online), or give --state-api-base-url",
+                ));
+            }
+        };
+        let mut tenants = Vec::new();
+        for t in &self.tenants {
+            let t = t.trim();
+            if t.is_empty() {
+                continue;
+            }
+            tenants.push(ContextId::parse(t).map_err(|e| bad("--tenant", format!("{t:?}: {e}")))?);
+        }
+        if let Some(path) = &self.tenants_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                bad(
+                    "--tenants-file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let before = tenants.len();
+            for (i, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                tenants.push(ContextId::parse(line).map_err(|e| {
+                    bad(
+                        "--tenants-file",
+                        format!("{} line {}: {e}", path.display(), i + 1),
+                    )
+                })?);
+            }
+            if tenants.len() == before {
+                return Err(bad(
+                    "--tenants-file",
+                    format!("{} names no tenant", path.display()),
+                ));
+            }
+        }
+        tenants.sort();
+        tenants.dedup();
+        if self.poll_min_interval.is_zero() {
+            return Err(bad("--poll-min-interval", "must be more than zero"));
+        }
+        if self.poll_min_interval > self.poll_max_interval {
+            return Err(bad(
+                "--poll-min-interval",
+                format!(
+                    "{} is longer than --poll-max-interval {}",
+                    humantime::format_duration(self.poll_min_interval),
+                    humantime::format_duration(self.poll_max_interval)
+                ),
+            ));
+        }
+        if self.poll_concurrency == 0 {
+            return Err(bad("--poll-concurrency", "must be at least 1"));
+        }
+        if self.http_timeout.is_zero() {
+            return Err(bad("--http-timeout", "must be more than zero"));
+        }
+        if self.heartbeat_interval.is_zero() {
+            return Err(bad("--heartbeat-interval", "must be more than zero"));
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err(bad("--max-concurrent-streams", "must be at least 1"));
+        }
+        Ok(Config {
+            grpc_addr: self.grpc_addr.clone(),
+            state_api_base_url,
+            tenants,
+            policy: PollPolicy {
+                min_interval: self.poll_min_interval,
+                max_interval: self.poll_max_interval,
+                backoff_max: self.poll_backoff_max,
+                concurrency: self.poll_concurrency,
+                deleted_retention: self.deleted_retention,
+                ..PollPolicy::default()
+            },
+            http_timeout: self.http_timeout,
+            heartbeat_interval: self.heartbeat_interval,
+            max_concurrent_streams: self.max_concurrent_streams,
+            http2_keepalive_interval: self.http2_keepalive_interval,
+            http2_keepalive_timeout: self.http2_keepalive_timeout,
+            shutdown_timeout: self.shutdown_timeout,
+        })
+    }
+}
+
+impl Config {
+    /// A configuration for a state API at `base_url` with the defaults of
+    /// `serve`; the gRPC listener on a free loopback port.
+    pub fn for_base_url(base_url: &str) -> Result<Self, ConfigError> {
+        let args = Cli::try_parse_from([
+            "tenant-status",
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--state-api-base-url",
+            base_url,
+        ])
+        .map_err(|e| bad("--state-api-base-url", e.to_string()))?;
+        match args.command {
+            Command::Serve(s) => s.validate(),
+            _ => unreachable!("parsed a serve command"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> Result<Config, String> {
+        let mut all = vec!["tenant-status", "serve"];
+        all.extend_from_slice(args);
+        let cli = Cli::try_parse_from(all).map_err(|e| e.to_string())?;
+        let Command::Serve(s) = cli.command else {
+            unreachable!()
+        };
+        s.validate().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn environments_and_base_urls() {
+        let c = serve(&["--superoffice-env", "stage"]).unwrap();
+        assert_eq!(
+            c.state_api_base_url.as_str(),
+            "https://qaonline.superoffice.com/"
+        );
+        let c = serve(&["--state-api-base-url", "http://127.0.0.1:9/x"]).unwrap();
+        assert_eq!(c.state_api_base_url.as_str(), "http://127.0.0.1:9/x");
+        assert!(serve(&[]).unwrap_err().starts_with("--superoffice-env:"));
+        assert!(
+            serve(&["--state-api-base-url", "ftp://x"])
+                .unwrap_err()
+                .starts_with("--state-api-base-url:")
+        );
+        assert!(serve(&["--superoffice-env", "prod"]).is_err());
+    }
+
+    #[test]
+    fn tenants_are_validated_and_deduplicated() {
+        let c = serve(&[
+            "--superoffice-env",
+            "sod",
+            "--tenant",
+            "Cust2",
+            "--tenant",
+            "Cust1,Cust2",
+        ])
+        .unwrap();
+        let names: Vec<_> = c.tenants.iter().map(|t| t.to_string()).collect();
+        assert_eq!(names, ["Cust1", "Cust2"]);
+        let e = serve(&["--superoffice-env", "sod", "--tenant", "../etc"]).unwrap_err();
+        assert!(e.starts_with("--tenant:"), "{e}");
+    }
+
+    #[test]
+    fn durations_and_bounds() {
+        let c = serve(&[
+            "--superoffice-env",
+            "sod",
+            "--poll-min-interval",
+            "500ms",
+            "--poll-max-interval",
+            "15m",
+        ])
+        .unwrap();
+        assert_eq!(c.policy.min_interval, Duration::from_millis(500));
+        let e = serve(&["--superoffice-env", "sod", "--poll-min-interval", "20m"]).unwrap_err();
+        assert!(e.contains("longer than --poll-max-interval"), "{e}");
+        assert!(serve(&["--superoffice-env", "sod", "--poll-min-interval", "soon"]).is_err());
+    }
+
+    #[test]
+    fn a_tenants_file_is_read_and_must_name_someone() {
+        let dir = std::env::temp_dir().join(format!("ts-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.txt");
+        std::fs::write(&good, "# ours\nCust1\n\n  Cust3  \n").unwrap();
+        let c = serve(&[
+            "--superoffice-env",
+            "sod",
+            "--tenants-file",
+            good.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(c.tenants.len(), 2);
+        let empty = dir.join("empty.txt");
+        std::fs::write(&empty, "# nobody\n").unwrap();
+        let e = serve(&[
+            "--superoffice-env",
+            "sod",
+            "--tenants-file",
+            empty.to_str().unwrap(),
+        ])
+        .unwrap_err();
+        assert!(e.contains("names no tenant"), "{e}");
+        let e = serve(&[
+            "--superoffice-env",
+            "sod",
+            "--tenants-file",
+            "/nonexistent/x",
+        ])
+        .unwrap_err();
+        assert!(e.contains("cannot read"), "{e}");
+    }
+}

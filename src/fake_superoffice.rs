@@ -1,0 +1,415 @@
+//! A simulated SuperOffice state API: a real HTTP server with scripted
+//! tenant states, injectable failures and request counts.
+//!
+//! Tests, the demo and the benchmarks talk to it over real sockets, exactly
+//! as tenant-status talks to SuperOffice.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use axum::{
+    Json, Router,
+    body::{Body, Bytes},
+    extract::{Path, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+/// What the fake says about one tenant during one step of its script.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantSpec {
+    /// SuperOffice's state name ("Running", "OfflineMaintenance", ...).
+    pub state: String,
+    pub endpoint: Option<String>,
+    pub api: Option<String>,
+    pub version: Option<String>,
+    /// ValidUntil is this far after the request (or the step's end, if
+    /// sooner).
+    pub valid_for: Duration,
+}
+
+impl TenantSpec {
+    /// A tenant in `state` on `host`, the way SuperOffice lays out URLs.
+    pub fn new(state: &str, ctx: &str, host: &str) -> Self {
+        Self {
+            state: state.to_owned(),
+            endpoint: Some(format!("https://{host}/{ctx}")),
+            api: Some(format!("https://{host}/{ctx}/api")),
+            version: Some("Release_11.10_2026.02.24-02".to_owned()),
+            valid_for: Duration::from_secs(60),
+        }
+    }
+
+    pub fn running(ctx: &str, host: &str) -> Self {
+        Self::new("Running", ctx, host)
+    }
+
+    pub fn valid_for(mut self, d: Duration) -> Self {
+        self.valid_for = d;
+        self
+    }
+
+    pub fn version(mut self, v: &str) -> Self {
+        self.version = Some(v.to_owned());
+        self
+    }
+}
+
+/// A failure the fake serves instead of an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// An HTTP status with a JSON error body.
+    Status(u16),
+    /// 429 with `Retry-After: secs`.
+    RateLimited(u64),
+    /// Answer normally, but only after this long.
+    Delay(Duration),
+    /// 200 with a body that is not JSON.
+    InvalidJson,
+    /// 200 with a body larger than any state response.
+    HugeBody(usize),
+    /// Send the headers, then break the connection mid-body.
+    Reset,
+}
+
+struct Script {
+    steps: Vec<(Duration, TenantSpec)>,
+    started: Instant,
+}
+
+impl Script {
+    /// The current step and when it ends.
+    fn current(&self, now: Instant) -> (&TenantSpec, Instant) {
+        let total: Duration = self.steps.iter().map(|(d, _)| *d).sum();
+        if self.steps.len() == 1 || total.is_zero() {
+            return (&self.steps[0].1, now + Duration::from_secs(86400));
+        }
+        let elapsed = now.duration_since(self.started);
+        let cycles = elapsed.as_nanos() / total.as_nanos();
+        let mut at = self.started + total * cycles as u32;
+        for (d, spec) in &self.steps {
+            at += *d;
+            if now < at {
+                return (spec, at);
+            }
+        }
+        (&self.steps[0].1, at)
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    tenants: HashMap<String, Script>,
+    /// Failures for one tenant, then for any (key "").
+    failures: HashMap<String, VecDeque<Failure>>,
+    requests: HashMap<String, u64>,
+    total: u64,
+    unknown_as_200: bool,
+}
+
+/// A handle to a running fake; cheap to clone.
+#[derive(Clone)]
+pub struct FakeSuperOffice {
+    inner: Arc<Mutex<Inner>>,
+    addr: SocketAddr,
+}
+
+impl FakeSuperOffice {
+    /// Serves on `listener` until `shutdown` completes.
+    pub fn serve(
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<(Self, tokio::task::JoinHandle<()>)> {
+        let addr = listener.local_addr()?;
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let app = Router::new()
+            .route("/api/state/{ctx}", get(state))
+            .with_state(Arc::clone(&inner));
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "the fake SuperOffice stopped");
+            }
+        });
+        Ok((Self { inner, addr }, task))
+    }
+
+    /// Binds 127.0.0.1 on a free port and serves until the returned
+    /// handle's task is aborted or the process ends.
+    pub async fn start() -> std::io::Result<(Self, tokio::task::JoinHandle<()>)> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::serve(listener, std::future::pending())
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL to give tenant-status as `--state-api-base-url`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets a tenant's state from now on.
+    pub fn set(&self, ctx: &str, spec: TenantSpec) {
+        self.script(ctx, vec![(Duration::ZERO, spec)]);
+    }
+
+    /// Runs a tenant through `steps` (each held for its duration), over and
+    /// over.
+    pub fn script(&self, ctx: &str, steps: Vec<(Duration, TenantSpec)>) {
+        assert!(!steps.is_empty(), "a script needs at least one step");
+        self.lock().tenants.insert(
+            ctx.to_owned(),
+            Script {
+                steps,
+                started: Instant::now(),
+            },
+        );
+    }
+
+    /// Makes SuperOffice forget a tenant.
+    pub fn remove(&self, ctx: &str) {
+        self.lock().tenants.remove(ctx);
+    }
+
+    /// Serves `failure` for the next `times` requests for `ctx` (any tenant
+    /// when `None`).
+    pub fn fail(&self, ctx: Option<&str>, failure: Failure, times: usize) {
+        let mut inner = self.lock();
+        let q = inner
+            .failures
+            .entry(ctx.unwrap_or_default().to_owned())
+            .or_default();
+        q.extend(std::iter::repeat_n(failure, times));
+    }
+
+    /// Drops every queued failure.
+    pub fn heal(&self) {
+        self.lock().failures.clear();
+    }
+
+    /// Answer unknown tenants with 200 and State "Unknown" instead of 404.
+    pub fn unknown_as_200(&self, yes: bool) {
+        self.lock().unknown_as_200 = yes;
+    }
+
+    /// Requests received for `ctx`.
+    pub fn requests(&self, ctx: &str) -> u64 {
+        self.lock().requests.get(ctx).copied().unwrap_or(0)
+    }
+
+    /// Requests received in all.
+    pub fn total_requests(&self) -> u64 {
+        self.lock().total
+    }
+}
+
+/// ValidUntil as SuperOffice writes it: 7 fractional digits and a Z.
+pub fn format_valid_until(t: SystemTime) -> String {
+    let s = humantime::format_rfc3339_nanos(t).to_string();
+    format!("{}Z", &s[..27])
+}
+
+async fn state(State(inner): State<Arc<Mutex<Inner>>>, Path(ctx): Path<String>) -> Response {
+    let (failure, answer) = {
+        let mut g = inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.total += 1;
+        *g.requests.entry(ctx.clone()).or_default() += 1;
+        let failure = match g.failures.get_mut(&ctx).and_then(|q| q.pop_front()) {
+            Some(f) => Some(f),
+            None => g.failures.get_mut("").and_then(|q| q.pop_front()),
+        };
+        let now = Instant::now();
+        let answer = match g.tenants.get(&ctx) {
+            Some(script) => {
+                let (spec, step_end) = script.current(now);
+                let valid_for = spec.valid_for.min(step_end - now);
+                Some(body_for(&ctx, spec, SystemTime::now() + valid_for))
+            }
+            None if g.unknown_as_200 => Some(json!({
+                "ContextIdentifier": ctx, "State": "Unknown", "IsRunning": false,
+            })),
+            None => None,
+        };
+        (failure, answer)
+    };
+    match failure {
+        Some(Failure::Status(code)) => {
+            let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return (code, Json(json!({"error": "injected failure"}))).into_response();
+        }
+        Some(Failure::RateLimited(secs)) => {
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, secs.to_string())],
+                Json(json!({"error": "too many requests"})),
+            )
+                .into_response();
+        }
+        Some(Failure::Delay(d)) => tokio::time::sleep(d).await,
+        Some(Failure::InvalidJson) => {
+            return (
+                [(header::CONTENT_TYPE, "application/json")],
+                "{\"State\": \"Runn",
+            )
+                .into_response();
+        }
+        Some(Failure::HugeBody(n)) => {
+            return ([(header::CONTENT_TYPE, "application/json")], vec![b' '; n]).into_response();
+        }
+        Some(Failure::Reset) => {
+            let broken = futures_util::stream::iter([
+                Ok(Bytes::from_static(b"{\"ContextIdent")),
+                Err(std::io::Error::other("injected reset")),
+            ]);
+            return (
+                [(header::CONTENT_TYPE, "application/json")],
+                Body::from_stream(broken),
+            )
+                .into_response();
+        }
+        None => {}
+    }
+    match answer {
+        Some(body) => Json(body).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": format!("unknown tenant {ctx}")})),
+        )
+            .into_response(),
+    }
+}
+
+fn body_for(ctx: &str, spec: &TenantSpec, valid_until: SystemTime) -> serde_json::Value {
+    let is_running = matches!(spec.state.as_str(), "Running" | "OnlineMaintenance");
+    let mut body = json!({
+        "ContextIdentifier": ctx,
+        "State": spec.state,
+        "IsRunning": is_running,
+        "ValidUntil": format_valid_until(valid_until),
+    });
+    let o = body.as_object_mut().expect("an object");
+    if let Some(e) = &spec.endpoint {
+        o.insert("Endpoint".into(), json!(e));
+    }
+    if let Some(a) = &spec.api {
+        o.insert("Api".into(), json!(a));
+    }
+    if let Some(v) = &spec.version {
+        o.insert("Version".into(), json!(v));
+    }
+    body
+}
+
+/// The demo's dozen tenants, moving through realistic states: an upgrade
+/// through OfflineMaintenance, a suspension and resume, moves to another
+/// endpoint host, and a deletion.
+pub fn demo_script(fake: &FakeSuperOffice, valid_for: Duration) {
+    let s = |secs| Duration::from_secs(secs);
+    let t =
+        |state: &str, ctx: &str, host: &str| TenantSpec::new(state, ctx, host).valid_for(valid_for);
+    fake.set(
+        "Cust10001",
+        t("Running", "Cust10001", "sod2.superoffice.com"),
+    );
+    fake.script(
+        "Cust10002",
+        vec![
+            (
+                s(40),
+                t("Running", "Cust10002", "sod2.superoffice.com")
+                    .version("Release_11.9_2025.12.01-01"),
+            ),
+            (
+                s(20),
+                t("OfflineMaintenance", "Cust10002", "sod2.superoffice.com")
+                    .version("Release_11.9_2025.12.01-01"),
+            ),
+            (s(60), t("Running", "Cust10002", "sod2.superoffice.com")),
+        ],
+    );
+    fake.script(
+        "Cust10003",
+        vec![
+            (s(45), t("Running", "Cust10003", "sod2.superoffice.com")),
+            (s(30), t("Suspended", "Cust10003", "sod2.superoffice.com")),
+        ],
+    );
+    fake.script(
+        "Cust10004",
+        vec![
+            (s(35), t("Running", "Cust10004", "sod2.superoffice.com")),
+            (s(35), t("Running", "Cust10004", "sod3.superoffice.com")),
+        ],
+    );
+    fake.script(
+        "Cust10005",
+        vec![
+            (s(40), t("Running", "Cust10005", "sod3.superoffice.com")),
+            (
+                s(20),
+                t("OnlineMaintenance", "Cust10005", "sod3.superoffice.com"),
+            ),
+        ],
+    );
+    fake.set(
+        "Cust10006",
+        t("MigrationPending", "Cust10006", "sod2.superoffice.com"),
+    );
+    fake.script(
+        "Cust10007",
+        vec![
+            (
+                s(20),
+                t("Provisioning", "Cust10007", "sod3.superoffice.com"),
+            ),
+            (s(100), t("Running", "Cust10007", "sod3.superoffice.com")),
+        ],
+    );
+    let mut no_endpoint = t("Running", "Cust10008", "sod2.superoffice.com");
+    no_endpoint.endpoint = None;
+    fake.set("Cust10008", no_endpoint);
+    fake.script(
+        "Cust10009",
+        vec![
+            (s(50), t("Running", "Cust10009", "sod2.superoffice.com")),
+            (s(15), t("Deleting", "Cust10009", "sod2.superoffice.com")),
+            (s(600), t("Deleted", "Cust10009", "sod2.superoffice.com")),
+        ],
+    );
+    fake.set(
+        "Cust10010",
+        t("Running", "Cust10010", "sod3.superoffice.com"),
+    );
+    fake.script(
+        "Cust10011",
+        vec![
+            (s(50), t("Running", "Cust10011", "sod2.superoffice.com")),
+            (s(50), t("Running", "Cust10011", "app.superoffice.com")),
+        ],
+    );
+    fake.set(
+        "Cust10012",
+        t("Suspended", "Cust10012", "sod2.superoffice.com"),
+    );
+}
+
+/// The demo's tenant identifiers.
+pub fn demo_tenants() -> Vec<String> {
+    (10001..=10012).map(|n| format!("Cust{n}")).collect()
+}

@@ -1,0 +1,262 @@
+//! The gRPC layer: maps requests to the core and records to protobuf. The
+//! only module that knows protobuf types.
+
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use futures_util::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    tenant::{ChangeSource, ChangeType, ContextId, TenantRecord, TenantState},
+    tracker::{LookupError, Tracker},
+    watch::{WatchEvent, watch},
+};
+
+/// The generated protobuf types, client and server.
+#[allow(clippy::all)] // generated code; its doc comments are the proto's
+pub mod pb {
+    tonic::include_proto!("tenantstatus.v1");
+
+    /// The encoded descriptors of the proto and its imports, for reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("tenant_status_descriptor");
+}
+
+use pb::tenant_status_service_server::TenantStatusService;
+
+/// The most tenants one WatchTenant call may name.
+pub const MAX_WATCHED_NAMES: usize = 1000;
+/// ListTenants' page size when the request gives none, and its largest.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// Implements `tenantstatus.v1.TenantStatusService`.
+pub struct GrpcService {
+    tracker: Arc<Tracker>,
+    heartbeat: Duration,
+}
+
+impl GrpcService {
+    pub fn new(tracker: Arc<Tracker>, heartbeat: Duration) -> Self {
+        Self { tracker, heartbeat }
+    }
+
+    pub fn into_server(self) -> pb::tenant_status_service_server::TenantStatusServiceServer<Self> {
+        pb::tenant_status_service_server::TenantStatusServiceServer::new(self)
+    }
+}
+
+fn parse_ctx(field: &str, raw: &str) -> Result<ContextId, Status> {
+    ContextId::parse(raw)
+        .map_err(|e| Status::invalid_argument(format!("{field} is not valid: {e}")))
+}
+
+fn lookup_status(e: LookupError) -> Status {
+    match e {
+        LookupError::NotFound(_) => Status::not_found(e.to_string()),
+        LookupError::Unavailable(..) => Status::unavailable(e.to_string()),
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchTenantResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl TenantStatusService for GrpcService {
+    async fn get_tenant_state(
+        &self,
+        request: Request<pb::GetTenantStateRequest>,
+    ) -> Result<Response<pb::GetTenantStateResponse>, Status> {
+        let ctx = parse_ctx("context_identifier", &request.get_ref().context_identifier)?;
+        let record = self
+            .tracker
+            .get_or_fetch(&ctx)
+            .await
+            .map_err(lookup_status)?;
+        Ok(Response::new(pb::GetTenantStateResponse {
+            tenant: Some(tenant_to_pb(&record)),
+        }))
+    }
+
+    type WatchTenantStream = WatchStream;
+
+    async fn watch_tenant(
+        &self,
+        request: Request<pb::WatchTenantRequest>,
+    ) -> Result<Response<Self::WatchTenantStream>, Status> {
+        let req = request.into_inner();
+        if req.context_identifiers.len() > MAX_WATCHED_NAMES {
+            return Err(Status::invalid_argument(format!(
+                "context_identifiers names {} tenants; at most {MAX_WATCHED_NAMES} may be watched by name in one call (an empty list watches all)",
+                req.context_identifiers.len()
+            )));
+        }
+        let names = req
+            .context_identifiers
+            .iter()
+            .map(|raw| parse_ctx("context_identifiers", raw))
+            .collect::<Result<Vec<_>, _>>()?;
+        let store = self.tracker.store();
+        let untracked: Vec<_> = names.iter().filter(|n| !store.contains(n)).collect();
+        let fetched = futures_util::future::join_all(
+            untracked.iter().map(|n| self.tracker.track_for_watch(n)),
+        )
+        .await;
+        if let Some(e) = fetched.into_iter().find_map(Result::err) {
+            return Err(lookup_status(e));
+        }
+        let stream = watch(Arc::clone(store), names, req.since_revision, self.heartbeat).map(
+            |event| match event {
+                WatchEvent::Closing => Err(Status::unavailable(
+                    "tenant-status is shutting down; reconnect with since_revision set to the last revision seen",
+                )),
+                other => Ok(event_to_pb(other)),
+            },
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_tenants(
+        &self,
+        request: Request<pb::ListTenantsRequest>,
+    ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        let req = request.into_inner();
+        let page_size = match req.page_size as usize {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        if !req.page_token.is_empty() {
+            ContextId::parse(&req.page_token).map_err(|_| {
+                Status::invalid_argument("page_token is not one this server issued; pass the next_page_token of the previous page, or an empty one to start")
+            })?;
+        }
+        let states = req
+            .states
+            .iter()
+            .map(|n| {
+                TenantState::from_number(i64::from(*n)).ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "states holds {n}, which is not a TenantState"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let store = self.tracker.store();
+        let revision = store.revision();
+        let (page, more) = store.list(&req.page_token, &states, page_size);
+        let next_page_token = match (more, page.last()) {
+            (true, Some(last)) => last.context_identifier.to_string(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListTenantsResponse {
+            tenants: page.iter().map(|r| tenant_to_pb(r)).collect(),
+            next_page_token,
+            revision,
+        }))
+    }
+}
+
+fn state_to_pb(s: TenantState) -> pb::TenantState {
+    match s {
+        TenantState::Unknown => pb::TenantState::Unknown,
+        TenantState::Provisioning => pb::TenantState::Provisioning,
+        TenantState::Running => pb::TenantState::Running,
+        TenantState::Deleted => pb::TenantState::Deleted,
+        TenantState::Suspended => pb::TenantState::Suspended,
+        TenantState::OnlineMaintenance => pb::TenantState::OnlineMaintenance,
+        TenantState::OfflineMaintenance => pb::TenantState::OfflineMaintenance,
+        TenantState::ProvisioningFailed => pb::TenantState::ProvisioningFailed,
+        TenantState::Deleting => pb::TenantState::Deleting,
+        TenantState::DeleteFailed => pb::TenantState::DeleteFailed,
+        TenantState::MigrationPending => pb::TenantState::MigrationPending,
+    }
+}
+
+fn change_type_to_pb(c: ChangeType) -> pb::ChangeType {
+    match c {
+        ChangeType::Upgrade => pb::ChangeType::Upgrade,
+        ChangeType::BackupRestored => pb::ChangeType::BackupRestored,
+        ChangeType::Suspend => pb::ChangeType::Suspend,
+        ChangeType::Resume => pb::ChangeType::Resume,
+        ChangeType::Delete => pb::ChangeType::Delete,
+        ChangeType::Move => pb::ChangeType::Move,
+    }
+}
+
+/// A record as the proto carries it.
+pub fn tenant_to_pb(r: &TenantRecord) -> pb::Tenant {
+    pb::Tenant {
+        context_identifier: r.context_identifier.to_string(),
+        state: state_to_pb(r.state) as i32,
+        is_running: r.is_running(),
+        endpoint: r.endpoint.clone(),
+        api: r.api.clone(),
+        version: r.version.clone(),
+        valid_until: r.valid_until.map(Into::into),
+        observed_at: Some(r.observed_at.into()),
+        revision: r.revision,
+        last_change_source: match r.source {
+            ChangeSource::Poll => pb::ChangeSource::Poll,
+            ChangeSource::Notification => pb::ChangeSource::Notification,
+        } as i32,
+        last_notification: r.last_notification.as_ref().map(|n| pb::Notification {
+            change_type: change_type_to_pb(n.change_type) as i32,
+            version_name: n.version_name.clone(),
+            file_version: n.file_version.clone(),
+            public_endpoint: n.public_endpoint.clone(),
+            received_at: Some(n.received_at.into()),
+        }),
+        stale: r.stale,
+        last_error: r.last_error.clone(),
+        changed_at: Some(r.changed_at.into()),
+    }
+}
+
+fn event_to_pb(e: WatchEvent) -> pb::WatchTenantResponse {
+    use pb::WatchEventType as T;
+    let tenant_event = |t: T, r: &TenantRecord| pb::WatchTenantResponse {
+        r#type: t as i32,
+        tenant: Some(tenant_to_pb(r)),
+        context_identifier: r.context_identifier.to_string(),
+        revision: r.revision,
+    };
+    let marker = |t: T, ctx: String, revision: u64| pb::WatchTenantResponse {
+        r#type: t as i32,
+        tenant: None,
+        context_identifier: ctx,
+        revision,
+    };
+    match e {
+        WatchEvent::Snapshot(r) => tenant_event(T::Snapshot, &r),
+        WatchEvent::Changed(r) => tenant_event(T::Changed, &r),
+        WatchEvent::Synced(rev) => marker(T::Synced, String::new(), rev),
+        WatchEvent::Heartbeat(rev) => marker(T::Heartbeat, String::new(), rev),
+        WatchEvent::Removed(ctx, rev) => marker(T::Removed, ctx.to_string(), rev),
+        WatchEvent::Closing => marker(T::Unspecified, String::new(), 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_maps_to_the_same_number() {
+        for s in TenantState::ALL {
+            assert_eq!(state_to_pb(s) as i32, s as i32, "{s}");
+        }
+    }
+
+    #[test]
+    fn change_types_are_superoffice_numbers_plus_one() {
+        for c in [
+            ChangeType::Upgrade,
+            ChangeType::BackupRestored,
+            ChangeType::Suspend,
+            ChangeType::Resume,
+            ChangeType::Delete,
+            ChangeType::Move,
+        ] {
+            assert_eq!(change_type_to_pb(c) as i32, c as i32 + 1);
+        }
+    }
+}

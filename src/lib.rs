@@ -1,0 +1,57 @@
+//! tenant-status: knows, at every moment, whether each SuperOffice CRM
+//! Online tenant can take API calls and where its API lives, and serves it
+//! over gRPC.
+//!
+//! Layout, one file per concern:
+//! - `tenant`: the domain (context identifiers, states, records). No I/O.
+//! - `store`: the dashmap of records, the store-wide revision, and the
+//!   fan-out to watchers. Knows nothing of tonic, axum or reqwest.
+//! - `watch`: watch streams (snapshot, SYNCED, changes, heartbeats) as
+//!   protocol-free events.
+//! - `superoffice`: the state API client, its response parser, and the
+//!   single-flight wrapper.
+//! - `poller`: one task and one delay queue that polls every tracked tenant.
+//! - `tracker`: lookups that fetch an untracked tenant once and track it.
+//! - `grpc`: the tonic service; the only module that knows protobuf types.
+//! - `app`: `Application::build` binds, `run_until` serves and drains.
+//! - `config`: flags, environment variables and their validation.
+//! - `fake_superoffice`: the simulated state API for tests, demo, benches.
+//! - `demo`: `tenant-status demo`.
+//! - `telemetry`: logging setup.
+
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod fake_superoffice;
+pub mod grpc;
+pub mod poller;
+pub mod store;
+pub mod superoffice;
+pub mod telemetry;
+pub mod tenant;
+pub mod tracker;
+pub mod watch;
+
+pub use grpc::pb;
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
