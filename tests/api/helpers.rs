@@ -1,0 +1,166 @@
+//! `spawn_app()`: the real server on port 0, talking to a real fake
+//! SuperOffice on port 0, with a generated gRPC client.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tenant_status::{
+    app::Application,
+    config::Config,
+    fake_superoffice::{FakeSuperOffice, TenantSpec},
+    pb::{self, WatchTenantResponse, tenant_status_service_client::TenantStatusServiceClient},
+    store::Store,
+};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{Status, Streaming, transport::Channel};
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: TenantStatusServiceClient<Channel>,
+    pub channel: Channel,
+    pub fake: FakeSuperOffice,
+    pub store: Arc<Store>,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// A test configuration: fast polls and short deadlines.
+pub fn test_config(base_url: &str) -> Config {
+    let mut config = Config::for_base_url(base_url).expect("a valid test configuration");
+    config.policy.min_interval = Duration::from_millis(100);
+    config.policy.backoff_base = Duration::from_millis(100);
+    config.policy.backoff_max = Duration::from_secs(2);
+    config.policy.initial_spread = Duration::from_millis(50);
+    config.http_timeout = Duration::from_secs(2);
+    config.shutdown_timeout = Duration::from_secs(3);
+    config
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_, _| {}).await
+}
+
+/// Spawns the app after `setup` has scripted the fake and adjusted the
+/// configuration.
+pub async fn spawn_app_with(setup: impl FnOnce(&FakeSuperOffice, &mut Config)) -> TestApp {
+    let (fake, _) = FakeSuperOffice::start().await.expect("fake SuperOffice");
+    let mut config = test_config(&fake.url());
+    setup(&fake, &mut config);
+    spawn_with_config(fake, config).await
+}
+
+pub async fn spawn_with_config(fake: FakeSuperOffice, config: Config) -> TestApp {
+    let app = Application::build(config).await.expect("the app builds");
+    let addr = app.grpc_addr();
+    let store = app.store();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connects to the server");
+    TestApp {
+        addr,
+        client: TenantStatusServiceClient::new(channel.clone()),
+        channel,
+        fake,
+        store,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+impl TestApp {
+    /// Starts the shutdown (as SIGTERM would).
+    pub fn begin_shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+
+    /// Shuts down and waits for the server to stop.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.begin_shutdown();
+        self.task.take().unwrap().await.unwrap()
+    }
+
+    pub async fn get(&self, ctx: &str) -> Result<pb::Tenant, Status> {
+        self.client
+            .clone()
+            .get_tenant_state(pb::GetTenantStateRequest {
+                context_identifier: ctx.into(),
+            })
+            .await
+            .map(|r| r.into_inner().tenant.expect("a tenant"))
+    }
+
+    pub async fn watch(
+        &self,
+        names: &[&str],
+        since: u64,
+    ) -> Result<Streaming<WatchTenantResponse>, Status> {
+        self.client
+            .clone()
+            .watch_tenant(pb::WatchTenantRequest {
+                context_identifiers: names.iter().map(|s| s.to_string()).collect(),
+                since_revision: since,
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+}
+
+/// A Running tenant on `host`, valid for `valid_for`.
+pub fn running(ctx: &str, host: &str, valid_for: Duration) -> TenantSpec {
+    TenantSpec::running(ctx, host).valid_for(valid_for)
+}
+
+/// The next message of a stream, failing the test after 10 s.
+pub async fn next(stream: &mut Streaming<WatchTenantResponse>) -> WatchTenantResponse {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("an event within 10 s")
+        .expect("no stream error")
+        .expect("the stream is open")
+}
+
+/// Reads events until one matches, failing after 10 s.
+pub async fn next_matching(
+    stream: &mut Streaming<WatchTenantResponse>,
+    what: &str,
+    f: impl Fn(&WatchTenantResponse) -> bool,
+) -> WatchTenantResponse {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ev = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("no event {what} within 10 s"))
+            .expect("no stream error")
+            .expect("the stream is open");
+        if f(&ev) {
+            return ev;
+        }
+    }
+}
+
+/// Waits until `f` holds, failing after 10 s.
+pub async fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within 10 s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn kind(ev: &WatchTenantResponse) -> pb::WatchEventType {
+    pb::WatchEventType::try_from(ev.r#type).expect("a known event type")
+}
+
+pub fn state(t: &pb::Tenant) -> pb::TenantState {
+    pb::TenantState::try_from(t.state).expect("a known state")
+}

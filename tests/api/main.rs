@@ -1,0 +1,9 @@
+//! Integration tests: the real server over real sockets, through the
+//! generated client, against the project's fake SuperOffice.
+
+mod get;
+mod helpers;
+mod list;
+mod poll;
+mod serving;
+mod watch;

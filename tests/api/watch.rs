@@ -1,0 +1,327 @@
+use std::time::{Duration, SystemTime};
+
+use tenant_status::{
+    fake_superoffice::{Failure, TenantSpec},
+    pb::{TenantState, WatchEventType as E},
+    store::PollResult,
+    tenant::{ContextId, Observation, TenantState as S},
+};
+use tonic::Code;
+
+use crate::helpers::*;
+
+fn observed(endpoint: &str) -> PollResult {
+    PollResult::Observed(Observation {
+        state: S::Running,
+        endpoint: endpoint.into(),
+        api: String::new(),
+        version: String::new(),
+        valid_until: Some(SystemTime::now() + Duration::from_secs(600)),
+    })
+}
+
+#[tokio::test]
+async fn snapshot_then_synced_then_changes_then_heartbeats() {
+    let app = spawn_app_with(|fake, config| {
+        fake.set(
+            "Cust1",
+            running("Cust1", "sod2.superoffice.com", Duration::from_millis(200)),
+        );
+        fake.set(
+            "Cust2",
+            running("Cust2", "sod2.superoffice.com", Duration::from_secs(600)),
+        );
+        config.tenants = vec![
+            ContextId::parse("Cust1").unwrap(),
+            ContextId::parse("Cust2").unwrap(),
+        ];
+        config.heartbeat_interval = Duration::from_millis(300);
+    })
+    .await;
+    eventually("both tenants polled", || app.store.len() == 2).await;
+    let mut s = app.watch(&["Cust1"], 0).await.unwrap();
+    let first = next(&mut s).await;
+    assert_eq!(kind(&first), E::Snapshot);
+    assert_eq!(first.context_identifier, "Cust1");
+    let t = first.tenant.unwrap();
+    assert_eq!(t.endpoint, "https://sod2.superoffice.com/Cust1");
+    assert_eq!(first.revision, t.revision);
+    let synced = next(&mut s).await;
+    assert_eq!(kind(&synced), E::Synced);
+    assert!(synced.revision >= t.revision);
+
+    // A move at SuperOffice reaches the watcher within a poll.
+    app.fake.set(
+        "Cust1",
+        running("Cust1", "sod3.superoffice.com", Duration::from_millis(200)),
+    );
+    let changed = next_matching(&mut s, "CHANGED", |e| kind(e) != E::Heartbeat).await;
+    assert_eq!(kind(&changed), E::Changed);
+    let t2 = changed.tenant.unwrap();
+    assert_eq!(t2.endpoint, "https://sod3.superoffice.com/Cust1");
+    assert!(t2.revision > t.revision);
+
+    // Polls confirming the same state send nothing; heartbeats carry the revision.
+    let hb = next(&mut s).await;
+    assert_eq!(kind(&hb), E::Heartbeat, "{hb:?}");
+    assert!(hb.revision >= t2.revision);
+    let hb2 = next(&mut s).await;
+    assert_eq!(
+        kind(&hb2),
+        E::Heartbeat,
+        "confirming polls are not changes: {hb2:?}"
+    );
+    assert!(app.fake.requests("Cust1") >= 3);
+}
+
+#[tokio::test]
+async fn an_empty_list_watches_every_tenant_including_new_ones() {
+    let app = spawn_app_with(|fake, config| {
+        for c in ["Cust1", "Cust2", "Cust3"] {
+            fake.set(
+                c,
+                running(c, "sod2.superoffice.com", Duration::from_secs(600)),
+            );
+        }
+        config.tenants = ["Cust3", "Cust1", "Cust2"]
+            .iter()
+            .map(|c| ContextId::parse(c).unwrap())
+            .collect();
+    })
+    .await;
+    eventually("three tenants polled", || app.store.len() == 3).await;
+    let mut s = app.watch(&[], 0).await.unwrap();
+    let mut names = vec![];
+    for _ in 0..3 {
+        let ev = next(&mut s).await;
+        assert_eq!(kind(&ev), E::Snapshot);
+        names.push(ev.context_identifier);
+    }
+    assert_eq!(
+        names,
+        ["Cust1", "Cust2", "Cust3"],
+        "snapshot ordered by identifier"
+    );
+    assert_eq!(kind(&next(&mut s).await), E::Synced);
+    // A tenant tracked later shows up as CHANGED.
+    app.fake.set(
+        "Cust4",
+        running("Cust4", "sod3.superoffice.com", Duration::from_secs(600)),
+    );
+    app.get("Cust4").await.unwrap();
+    let ev = next(&mut s).await;
+    assert_eq!(kind(&ev), E::Changed);
+    assert_eq!(ev.context_identifier, "Cust4");
+}
+
+#[tokio::test]
+async fn since_revision_sends_only_what_changed_after_it() {
+    let app = spawn_app().await;
+    let now = SystemTime::now();
+    for i in 1..=5 {
+        app.store.apply_poll(
+            &ContextId::parse(&format!("Cust{i}")).unwrap(),
+            observed("https://a"),
+            now,
+        );
+    }
+    let mark = app.store.revision();
+    app.store.apply_poll(
+        &ContextId::parse("Cust2").unwrap(),
+        observed("https://b"),
+        now,
+    );
+    app.store.remove(&ContextId::parse("Cust4").unwrap());
+    let mut s = app.watch(&[], mark).await.unwrap();
+    let a = next(&mut s).await;
+    assert_eq!(
+        (kind(&a), a.context_identifier.as_str()),
+        (E::Snapshot, "Cust2")
+    );
+    let b = next(&mut s).await;
+    assert_eq!(
+        (kind(&b), b.context_identifier.as_str()),
+        (E::Removed, "Cust4")
+    );
+    assert_eq!(kind(&next(&mut s).await), E::Synced);
+    // The same for a watch by name.
+    let mut s = app.watch(&["Cust1", "Cust2"], mark).await.unwrap();
+    let a = next(&mut s).await;
+    assert_eq!(
+        (kind(&a), a.context_identifier.as_str()),
+        (E::Snapshot, "Cust2")
+    );
+    assert_eq!(kind(&next(&mut s).await), E::Synced);
+}
+
+#[tokio::test]
+async fn a_tenant_superoffice_does_not_know_stays_unknown_until_it_appears() {
+    let app = spawn_app().await;
+    let mut s = app.watch(&["Cust9"], 0).await.unwrap();
+    let first = next(&mut s).await;
+    assert_eq!(kind(&first), E::Snapshot);
+    assert_eq!(state(first.tenant.as_ref().unwrap()), TenantState::Unknown);
+    assert_eq!(kind(&next(&mut s).await), E::Synced);
+    app.fake.set(
+        "Cust9",
+        running("Cust9", "sod3.superoffice.com", Duration::from_secs(600)),
+    );
+    let ev = next_matching(&mut s, "CHANGED to running", |e| kind(e) == E::Changed).await;
+    assert_eq!(state(ev.tenant.as_ref().unwrap()), TenantState::Running);
+}
+
+#[tokio::test]
+async fn watching_an_untracked_tenant_while_superoffice_fails_is_unavailable() {
+    let app = spawn_app().await;
+    app.fake.fail(None, Failure::Status(502), 1);
+    let e = app.watch(&["Cust1"], 0).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert!(e.message().contains("HTTP 502"), "{}", e.message());
+    let e = app.watch(&["ok", "not/ok"], 0).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("context_identifiers"),
+        "{}",
+        e.message()
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_tenant_stops_being_polled_and_is_removed_after_retention() {
+    let app = spawn_app_with(|fake, config| {
+        fake.set(
+            "Cust1",
+            running("Cust1", "sod2.superoffice.com", Duration::from_millis(100)),
+        );
+        config.policy.deleted_retention = Duration::from_millis(500);
+    })
+    .await;
+    let mut s = app.watch(&["Cust1"], 0).await.unwrap();
+    assert_eq!(kind(&next(&mut s).await), E::Snapshot);
+    assert_eq!(kind(&next(&mut s).await), E::Synced);
+    app.fake.set(
+        "Cust1",
+        TenantSpec::new("Deleted", "Cust1", "sod2.superoffice.com"),
+    );
+    let ev = next(&mut s).await;
+    assert_eq!(kind(&ev), E::Changed);
+    assert_eq!(state(ev.tenant.as_ref().unwrap()), TenantState::Deleted);
+    let polls = app.fake.requests("Cust1");
+    let ev = next(&mut s).await;
+    assert_eq!(kind(&ev), E::Removed);
+    assert_eq!(ev.context_identifier, "Cust1");
+    assert!(ev.revision > 0);
+    assert_eq!(
+        app.fake.requests("Cust1"),
+        polls,
+        "a deleted tenant is not polled"
+    );
+    assert!(!app.store.contains("Cust1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_does_not_read_gets_the_latest_state_without_every_step() {
+    let app = spawn_app().await;
+    let now = SystemTime::now();
+    let ctx = ContextId::parse("Cust1").unwrap();
+    app.store.apply_poll(&ctx, observed("https://start"), now);
+    let mut named = app.watch(&["Cust1"], 0).await.unwrap();
+    let mut all = app.watch(&[], 0).await.unwrap();
+    // Neither stream is read while the tenant changes many times.
+    const CHANGES: usize = 20_000;
+    for i in 0..CHANGES {
+        app.store
+            .apply_poll(&ctx, observed(&format!("https://step/{i}")), now);
+    }
+    let last = format!("https://step/{}", CHANGES - 1);
+    for (name, s) in [("named", &mut named), ("all", &mut all)] {
+        let mut seen = 0;
+        loop {
+            let ev = next(s).await;
+            if kind(&ev) == E::Changed {
+                seen += 1;
+                if ev.tenant.as_ref().unwrap().endpoint == last {
+                    break;
+                }
+            }
+        }
+        assert!(
+            seen < CHANGES,
+            "{name}: {seen} events for {CHANGES} changes: not coalesced"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_disconnected_watcher_frees_its_resources() {
+    let app = spawn_app().await;
+    app.store.apply_poll(
+        &ContextId::parse("Cust1").unwrap(),
+        observed("https://a"),
+        SystemTime::now(),
+    );
+    let mut named = app.watch(&["Cust1"], 0).await.unwrap();
+    let mut all = app.watch(&[], 0).await.unwrap();
+    next(&mut named).await;
+    next(&mut all).await;
+    assert_eq!(app.store.watcher_counts(), (1, 1));
+    drop(named);
+    drop(all);
+    eventually("watchers released", || app.store.watcher_counts() == (0, 0)).await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_streams_with_unavailable_and_the_server_stops() {
+    // A deadline far beyond the test's patience: the server must stop
+    // because every stream ended, not because the deadline passed.
+    let mut app =
+        spawn_app_with(|_, config| config.shutdown_timeout = Duration::from_secs(600)).await;
+    app.store.apply_poll(
+        &ContextId::parse("Cust1").unwrap(),
+        observed("https://a"),
+        SystemTime::now(),
+    );
+    let mut named = app.watch(&["Cust1"], 0).await.unwrap();
+    let mut all = app.watch(&[], 0).await.unwrap();
+    next(&mut named).await;
+    next(&mut all).await;
+    app.begin_shutdown();
+    for s in [&mut named, &mut all] {
+        let end = loop {
+            match tokio::time::timeout(Duration::from_secs(5), s.message())
+                .await
+                .expect("stream ends")
+            {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(end.code(), Code::Unavailable);
+        assert!(end.message().contains("shutting down"), "{}", end.message());
+    }
+    tokio::time::timeout(Duration::from_secs(30), app.shutdown())
+        .await
+        .expect("the server drained without waiting for its deadline")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_finishes_within_the_deadline_when_a_client_never_reads() {
+    let mut app = spawn_app().await;
+    let now = SystemTime::now();
+    let ctx = ContextId::parse("Cust1").unwrap();
+    app.store.apply_poll(&ctx, observed("https://a"), now);
+    // Fill the connection's flow-control window and never read.
+    let _stuck = app.watch(&[], 0).await.unwrap();
+    for i in 0..20_000 {
+        app.store.apply_poll(
+            &ctx,
+            observed(&format!("https://{i}/{}", "x".repeat(200))),
+            now,
+        );
+    }
+    app.begin_shutdown();
+    let r = tokio::time::timeout(Duration::from_secs(8), app.shutdown()).await;
+    assert!(r.is_ok(), "the server did not stop within its deadline");
+}
