@@ -62,11 +62,14 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchTenantResponse, Sta
 
 #[tonic::async_trait]
 impl TenantStatusService for GrpcService {
+    #[tracing::instrument(name = "GetTenantState", skip_all, fields(tenant = tracing::field::Empty))]
     async fn get_tenant_state(
         &self,
         request: Request<pb::GetTenantStateRequest>,
     ) -> Result<Response<pb::GetTenantStateResponse>, Status> {
         let ctx = parse_ctx("context_identifier", &request.get_ref().context_identifier)?;
+        // Recorded only once valid: raw input never reaches a log line.
+        tracing::Span::current().record("tenant", ctx.as_str());
         let record = self
             .tracker
             .get_or_fetch(&ctx)
@@ -79,6 +82,7 @@ impl TenantStatusService for GrpcService {
 
     type WatchTenantStream = WatchStream;
 
+    #[tracing::instrument(name = "WatchTenant", skip_all, fields(tenants = tracing::field::Empty))]
     async fn watch_tenant(
         &self,
         request: Request<pb::WatchTenantRequest>,
@@ -95,6 +99,8 @@ impl TenantStatusService for GrpcService {
             .iter()
             .map(|raw| parse_ctx("context_identifiers", raw))
             .collect::<Result<Vec<_>, _>>()?;
+        tracing::Span::current().record("tenants", names.len());
+        tracing::debug!(since = req.since_revision, "watch opened");
         let store = self.tracker.store();
         let untracked: Vec<_> = names.iter().filter(|n| !store.contains(n)).collect();
         let fetched = futures_util::future::join_all(
@@ -115,6 +121,7 @@ impl TenantStatusService for GrpcService {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    #[tracing::instrument(name = "ListTenants", skip_all)]
     async fn list_tenants(
         &self,
         request: Request<pb::ListTenantsRequest>,
