@@ -48,6 +48,16 @@ pub async fn spawn_app_with(setup: impl FnOnce(&FakeSuperOffice, &mut Config)) -
     spawn_with_config(fake, config).await
 }
 
+/// The app tracking `ctx` from the start, which the fake serves as Running
+/// on sod2, valid for `valid_for`.
+pub async fn spawn_app_tracking(ctx: &str, valid_for: Duration) -> TestApp {
+    spawn_app_with(|fake, config| {
+        fake.set(ctx, running(ctx, "sod2.superoffice.com", valid_for));
+        config.tenants = vec![tenant_status::tenant::ContextId::parse(ctx).unwrap()];
+    })
+    .await
+}
+
 pub async fn spawn_with_config(fake: FakeSuperOffice, config: Config) -> TestApp {
     let app = Application::build(config).await.expect("the app builds");
     let addr = app.grpc_addr();

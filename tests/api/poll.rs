@@ -3,21 +3,13 @@ use std::time::Duration;
 use tenant_status::{
     fake_superoffice::Failure,
     pb::{TenantState, WatchEventType as E},
-    tenant::ContextId,
 };
 
 use crate::helpers::*;
 
 #[tokio::test]
 async fn configured_tenants_are_polled_at_valid_until() {
-    let app = spawn_app_with(|fake, config| {
-        fake.set(
-            "Cust1",
-            running("Cust1", "sod2.superoffice.com", Duration::from_millis(300)),
-        );
-        config.tenants = vec![ContextId::parse("Cust1").unwrap()];
-    })
-    .await;
+    let app = spawn_app_tracking("Cust1", Duration::from_millis(300)).await;
     eventually("first poll", || app.store.contains("Cust1")).await;
     eventually("polled again after ValidUntil", || {
         app.fake.requests("Cust1") >= 3
@@ -31,14 +23,7 @@ async fn configured_tenants_are_polled_at_valid_until() {
 
 #[tokio::test]
 async fn failures_keep_the_last_state_mark_it_stale_and_recover() {
-    let app = spawn_app_with(|fake, config| {
-        fake.set(
-            "Cust1",
-            running("Cust1", "sod2.superoffice.com", Duration::from_millis(100)),
-        );
-        config.tenants = vec![ContextId::parse("Cust1").unwrap()];
-    })
-    .await;
+    let app = spawn_app_tracking("Cust1", Duration::from_millis(100)).await;
     let mut s = app.watch(&["Cust1"], 0).await.unwrap();
     assert_eq!(kind(&next(&mut s).await), E::Snapshot);
     assert_eq!(kind(&next(&mut s).await), E::Synced);
@@ -75,14 +60,7 @@ async fn each_kind_of_failure_is_survived() {
         Failure::Status(404),
         Failure::Delay(Duration::from_secs(5)), // beyond the 2 s test timeout
     ] {
-        let app = spawn_app_with(|fake, config| {
-            fake.set(
-                "Cust1",
-                running("Cust1", "sod2.superoffice.com", Duration::from_millis(100)),
-            );
-            config.tenants = vec![ContextId::parse("Cust1").unwrap()];
-        })
-        .await;
+        let app = spawn_app_tracking("Cust1", Duration::from_millis(100)).await;
         eventually("first poll", || app.store.contains("Cust1")).await;
         let before = app.store.get("Cust1").unwrap();
         app.fake.fail(Some("Cust1"), failure.clone(), 1);
@@ -103,14 +81,7 @@ async fn each_kind_of_failure_is_survived() {
 
 #[tokio::test]
 async fn a_429_retry_after_is_honoured() {
-    let app = spawn_app_with(|fake, config| {
-        fake.set(
-            "Cust1",
-            running("Cust1", "sod2.superoffice.com", Duration::from_millis(100)),
-        );
-        config.tenants = vec![ContextId::parse("Cust1").unwrap()];
-    })
-    .await;
+    let app = spawn_app_tracking("Cust1", Duration::from_millis(100)).await;
     eventually("first poll", || app.store.contains("Cust1")).await;
     app.fake.fail(Some("Cust1"), Failure::RateLimited(2), 1);
     let n = app.fake.requests("Cust1");
