@@ -278,9 +278,14 @@ impl Poller {
                     .is_some_and(|r| r.state == TenantState::Deleted)
                 {
                     self.store.remove(&ctx);
+                    self.entries.remove(&ctx);
                     tracing::info!(tenant = %ctx, "forgot a deleted tenant after its retention");
+                } else {
+                    // No longer deleted (restored, say): never drop a
+                    // tracked tenant from the schedule; poll it instead.
+                    e.busy = true;
+                    self.ready.push_back(ctx);
                 }
-                self.entries.remove(&ctx);
             }
         }
     }
@@ -488,6 +493,57 @@ mod tests {
         let r = store.get("Cust1").unwrap();
         assert!(!r.stale, "recovered after the failures");
         assert!(calls[0] - start <= PollPolicy::default().initial_spread);
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deleted_tenant_is_forgotten_unless_it_came_back_meanwhile() {
+        let deleted = || {
+            Ok(FetchOutcome::Found(crate::tenant::Observation {
+                state: TenantState::Deleted,
+                endpoint: String::new(),
+                api: String::new(),
+                version: String::new(),
+                valid_until: None,
+            }))
+        };
+        let source = Arc::new(Scripted {
+            answers: Mutex::new(VecDeque::from([deleted(), deleted(), running_for(600)])),
+            calls: Mutex::new(Vec::new()),
+        });
+        let store = Arc::new(Store::new());
+        let policy = PollPolicy {
+            deleted_retention: Duration::from_secs(10),
+            ..PollPolicy::default()
+        };
+        let (poller, handle) = Poller::new(Arc::clone(&store), source.clone(), policy);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(poller.run(stop.clone()));
+        let (one, two) = (
+            ContextId::parse("Cust1").unwrap(),
+            ContextId::parse("Cust2").unwrap(),
+        );
+        handle.track(one.clone());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        handle.track(two.clone());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(store.get("Cust1").unwrap().state, TenantState::Deleted);
+        assert_eq!(store.get("Cust2").unwrap().state, TenantState::Deleted);
+        // Cust2 comes back (as a notification or lookup would record it).
+        store.apply_poll(&two, PollResult::NotFound, SystemTime::now());
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(store.get("Cust1").is_none(), "forgotten after retention");
+        assert_eq!(
+            source.calls.lock().unwrap().len(),
+            3,
+            "no polls while deleted; one for the returner"
+        );
+        assert_eq!(
+            store.get("Cust2").unwrap().state,
+            TenantState::Running,
+            "still tracked"
+        );
         stop.cancel();
         task.await.unwrap();
     }
