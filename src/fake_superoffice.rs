@@ -92,9 +92,10 @@ impl Script {
         if self.steps.len() == 1 || total.is_zero() {
             return (&self.steps[0].1, now + Duration::from_secs(86400));
         }
-        let elapsed = now.duration_since(self.started);
-        let cycles = elapsed.as_nanos() / total.as_nanos();
-        let mut at = self.started + total * cycles as u32;
+        let elapsed = now.duration_since(self.started).as_nanos();
+        let into_cycle = elapsed % total.as_nanos();
+        let cycle_start = now - Duration::from_nanos(into_cycle as u64);
+        let mut at = cycle_start;
         for (d, spec) in &self.steps {
             at += *d;
             if now < at {

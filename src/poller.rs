@@ -25,6 +25,9 @@ use crate::{
     tenant::{ContextId, TenantState},
 };
 
+/// The longest the poller ever waits to poll or forget a tenant.
+pub const MAX_DELAY: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// How the poller paces itself.
 #[derive(Debug, Clone)]
 pub struct PollPolicy {
@@ -250,6 +253,9 @@ impl Poller {
     }
 
     fn schedule(&mut self, ctx: ContextId, delay: Duration, due: Due) {
+        // DelayQueue panics past about two years; nothing here should wait
+        // longer than a year, whatever a server or a flag says.
+        let delay = delay.min(MAX_DELAY);
         let e = self.entries.entry(ctx.clone()).or_default();
         match e.key {
             Some(k) => {
@@ -544,6 +550,36 @@ mod tests {
             TenantState::Running,
             "still tracked"
         );
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn absurd_delays_are_capped_instead_of_killing_the_poller() {
+        let source = Arc::new(Scripted {
+            answers: Mutex::new(VecDeque::from([
+                Err(FetchError::RateLimited(Some(Duration::from_secs(
+                    u64::MAX / 4,
+                )))),
+                running_for(60),
+            ])),
+            calls: Mutex::new(Vec::new()),
+        });
+        let store = Arc::new(Store::new());
+        let (poller, handle) =
+            Poller::new(Arc::clone(&store), source.clone(), PollPolicy::default());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(poller.run(stop.clone()));
+        handle.track(ContextId::parse("Cust1").unwrap());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(source.calls.lock().unwrap().len(), 1);
+        tokio::time::sleep(MAX_DELAY).await;
+        assert_eq!(
+            source.calls.lock().unwrap().len(),
+            2,
+            "polled again after the cap"
+        );
+        assert!(!task.is_finished(), "the poller is alive");
         stop.cancel();
         task.await.unwrap();
     }

@@ -162,14 +162,23 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The longest Retry-After honoured.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
 /// Retry-After in seconds or as an HTTP date.
 fn parse_retry_after(v: &str) -> Option<Duration> {
     let v = v.trim();
     if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs.min(24 * 3600)));
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
     }
     let when = httpdate_parse(v)?;
-    Some(when.duration_since(SystemTime::now()).unwrap_or_default())
+    // A date is capped like a number of seconds: a server's far-future date
+    // must not stop polling for years.
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .min(MAX_RETRY_AFTER),
+    )
 }
 
 fn httpdate_parse(v: &str) -> Option<SystemTime> {
@@ -422,6 +431,11 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(
+            parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT"),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(parse_retry_after("99999999999"), Some(MAX_RETRY_AFTER));
     }
 
     #[test]
