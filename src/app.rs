@@ -51,7 +51,7 @@ impl Application {
             .await
             .with_context(|| format!("--grpc-addr: cannot listen on {}", config.grpc_addr))?;
         let addr = listener.local_addr()?;
-        let store = Arc::new(Store::new());
+        let store = Arc::new(Store::starting_from_clock());
         let source: Arc<dyn StateSource> = Arc::new(SingleFlight::new(source));
         let (poller, handle) = Poller::new(
             Arc::clone(&store),

@@ -3,6 +3,10 @@
 //! Invariants:
 //! - Every meaningful change takes the next store-wide revision; a tenant's
 //!   revision only grows, and revisions of all tenants share one order.
+//! - Revisions are assigned, stored and published in one ordered section,
+//!   so `revision()` never names a change a watcher could still miss: every
+//!   change at or below it is in the map and in every watcher's channel or
+//!   inbox.
 //! - An update that changes nothing meaningful refreshes `observed_at` and
 //!   `valid_until` and wakes nobody.
 //! - Fan-out never waits on a reader. A per-tenant `watch` channel holds only
@@ -72,7 +76,11 @@ pub struct Applied {
 /// The store: every tracked tenant's latest record.
 pub struct Store {
     tenants: DashMap<ContextId, Arc<TenantRecord>>,
+    /// The last revision assigned; written only under `order`.
     revision: AtomicU64,
+    /// Held (inside a tenant's shard lock) while a revision is assigned,
+    /// stored and published, so changes are published in revision order.
+    order: Mutex<()>,
     /// Per-tenant latest-value channels, created when a tenant is watched by
     /// name and dropped when its last watcher leaves.
     subscriptions: DashMap<ContextId, watch::Sender<Slot>>,
@@ -89,10 +97,17 @@ impl Default for Store {
 }
 
 impl Store {
+    /// A store whose first change takes revision 1.
     pub fn new() -> Self {
+        Self::starting_after(0)
+    }
+
+    /// A store whose revisions continue above `base`.
+    pub fn starting_after(base: u64) -> Self {
         Self {
             tenants: DashMap::new(),
-            revision: AtomicU64::new(0),
+            revision: AtomicU64::new(base),
+            order: Mutex::new(()),
             subscriptions: DashMap::new(),
             dashboards: RwLock::new(Vec::new()),
             tombstones: Mutex::new(VecDeque::new()),
@@ -100,7 +115,20 @@ impl Store {
         }
     }
 
-    /// The revision of the latest meaningful change.
+    /// A store whose revisions start from the clock (microseconds since the
+    /// Unix epoch), so that a revision issued after a restart is larger than
+    /// any issued before it, and `since_revision` from a client that watched
+    /// the previous process still means "after that".
+    pub fn starting_from_clock() -> Self {
+        let micros = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros();
+        Self::starting_after(u64::try_from(micros).unwrap_or(u64::MAX / 2))
+    }
+
+    /// The revision of the latest meaningful change. Every change at or
+    /// below it has been published to watchers.
     pub fn revision(&self) -> u64 {
         self.revision.load(Ordering::Acquire)
     }
@@ -140,21 +168,12 @@ impl Store {
         now: SystemTime,
     ) -> Option<Applied> {
         self.update(ctx, now, |old| {
-            let base = old.cloned().unwrap_or_else(|| TenantRecord {
-                context_identifier: ctx.clone(),
-                state: TenantState::Unknown,
-                endpoint: String::new(),
-                api: String::new(),
-                version: String::new(),
-                valid_until: None,
-                observed_at: now,
-                revision: 0,
-                changed_at: now,
+            // A change made here is the poll's doing; when nothing
+            // meaningful changes, `update` keeps the old source.
+            let base = TenantRecord {
                 source: ChangeSource::Poll,
-                last_notification: None,
-                stale: false,
-                last_error: String::new(),
-            });
+                ..old.cloned().unwrap_or_else(|| Self::blank(ctx, now))
+            };
             match result {
                 PollResult::Observed(o) => Some(TenantRecord {
                     state: o.state,
@@ -197,53 +216,54 @@ impl Store {
         now: SystemTime,
         f: impl FnOnce(Option<&TenantRecord>) -> Option<TenantRecord>,
     ) -> Option<Applied> {
-        let applied = {
-            let mut entry = self.tenants.entry(ctx.clone());
-            let old = match &entry {
-                dashmap::Entry::Occupied(o) => Some(Arc::clone(o.get())),
-                dashmap::Entry::Vacant(_) => None,
-            };
-            let mut new = f(old.as_deref())?;
-            let changed = old.as_deref().is_none_or(|o| o.meaningfully_differs(&new));
-            if changed {
-                // Taken under the tenant's shard lock, so one tenant's
-                // revisions are stored in increasing order.
-                new.revision = self.revision.fetch_add(1, Ordering::AcqRel) + 1;
-                new.changed_at = now;
-            } else if let Some(o) = &old {
+        let entry = self.tenants.entry(ctx.clone());
+        let old = match &entry {
+            dashmap::Entry::Occupied(o) => Some(Arc::clone(o.get())),
+            dashmap::Entry::Vacant(_) => None,
+        };
+        let mut new = f(old.as_deref())?;
+        let changed = old.as_deref().is_none_or(|o| o.meaningfully_differs(&new));
+        let store = |entry: dashmap::Entry<'_, ContextId, Arc<TenantRecord>>,
+                     record: &Arc<TenantRecord>| match entry {
+            dashmap::Entry::Occupied(mut o) => {
+                o.insert(Arc::clone(record));
+            }
+            dashmap::Entry::Vacant(v) => {
+                v.insert(Arc::clone(record));
+            }
+        };
+        if !changed {
+            // A refresh (observed_at, valid_until, error text): no revision,
+            // no wake-up.
+            if let Some(o) = &old {
                 new.revision = o.revision;
                 new.changed_at = o.changed_at;
                 new.source = o.source;
             }
             let record = Arc::new(new);
-            match &mut entry {
-                dashmap::Entry::Occupied(o) => {
-                    o.insert(Arc::clone(&record));
-                }
-                dashmap::Entry::Vacant(_) => {
-                    entry.insert(Arc::clone(&record));
-                }
-            }
-            Applied { record, changed }
-        };
-        if applied.changed {
-            self.publish(ctx, Slot::Present(Arc::clone(&applied.record)));
+            store(entry, &record);
+            return Some(Applied { record, changed });
         }
-        Some(applied)
+        let _order = self.order.lock().expect("order lock");
+        new.revision = self.revision.load(Ordering::Relaxed) + 1;
+        new.changed_at = now;
+        let record = Arc::new(new);
+        store(entry, &record);
+        self.publish(ctx, Slot::Present(Arc::clone(&record)));
+        self.revision.store(record.revision, Ordering::Release);
+        Some(Applied { record, changed })
     }
 
     /// Forgets a tenant. Returns the revision of the removal, or `None` if
     /// it was not tracked.
     pub fn remove(&self, ctx: &ContextId) -> Option<u64> {
-        let revision = {
-            let entry = self.tenants.entry(ctx.clone());
-            let dashmap::Entry::Occupied(o) = entry else {
-                return None;
-            };
-            let rev = self.revision.fetch_add(1, Ordering::AcqRel) + 1;
-            o.remove();
-            rev
+        let entry = self.tenants.entry(ctx.clone());
+        let dashmap::Entry::Occupied(o) = entry else {
+            return None;
         };
+        let _order = self.order.lock().expect("order lock");
+        let revision = self.revision.load(Ordering::Relaxed) + 1;
+        o.remove();
         {
             let mut t = self.tombstones.lock().expect("tombstones lock");
             t.push_back((revision, ctx.clone()));
@@ -252,11 +272,46 @@ impl Store {
             }
         }
         self.publish(ctx, Slot::Removed(revision));
+        self.revision.store(revision, Ordering::Release);
         Some(revision)
     }
 
-    /// Wakes the watchers of `ctx`. Runs outside the tenant's lock; the
-    /// revision check keeps a late publisher from overwriting a newer word.
+    /// The revision at which `ctx` was last removed, if still remembered.
+    pub fn removed_at(&self, ctx: &ContextId) -> Option<u64> {
+        let t = self.tombstones.lock().expect("tombstones lock");
+        t.iter().rev().find(|(_, c)| c == ctx).map(|(rev, _)| *rev)
+    }
+
+    /// Tracks `ctx` as UNKNOWN (SuperOffice does not know it) unless it is
+    /// already tracked: an answer that raced ahead is never overwritten.
+    pub fn track_unknown(&self, ctx: &ContextId, now: SystemTime) -> Option<Applied> {
+        self.update(ctx, now, |old| match old {
+            Some(_) => None,
+            None => Some(Self::blank(ctx, now)),
+        })
+    }
+
+    fn blank(ctx: &ContextId, now: SystemTime) -> TenantRecord {
+        TenantRecord {
+            context_identifier: ctx.clone(),
+            state: TenantState::Unknown,
+            endpoint: String::new(),
+            api: String::new(),
+            version: String::new(),
+            valid_until: None,
+            observed_at: now,
+            revision: 0,
+            changed_at: now,
+            source: ChangeSource::Poll,
+            last_notification: None,
+            stale: false,
+            last_error: String::new(),
+        }
+    }
+
+    /// Wakes the watchers of `ctx`. Called in the ordered section; the
+    /// revision check in `publish_newer` is a second guard against a
+    /// newer word being overwritten.
     fn publish(&self, ctx: &ContextId, slot: Slot) {
         let revision = slot.revision();
         if let Some(tx) = self.subscriptions.get(ctx) {
@@ -448,6 +503,11 @@ impl DashboardGuard {
         }
     }
 
+    /// Takes whatever changed so far, without waiting.
+    pub fn take_now(&self) -> HashMap<ContextId, u64> {
+        std::mem::take(&mut *self.inbox.dirty.lock().expect("inbox lock"))
+    }
+
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
@@ -497,6 +557,38 @@ mod tests {
         assert!(c2.changed, "an endpoint move is meaningful");
         assert_eq!(c2.record.revision, 2);
         assert_eq!(store.revision(), 2);
+    }
+
+    #[test]
+    fn revisions_after_a_restart_are_above_those_before_it() {
+        let before = Store::starting_from_clock();
+        let c = ctx("Cust1");
+        for i in 0..1000 {
+            before.apply_poll(&c, running(&format!("https://{i}")), SystemTime::now());
+        }
+        let after = Store::starting_from_clock();
+        let a = after
+            .apply_poll(&c, running("https://x"), SystemTime::now())
+            .unwrap();
+        assert!(
+            a.record.revision > before.revision(),
+            "{} <= {}",
+            a.record.revision,
+            before.revision()
+        );
+    }
+
+    #[test]
+    fn track_unknown_never_overwrites_a_known_tenant() {
+        let store = Store::new();
+        let c = ctx("Cust1");
+        store.apply_poll(&c, running("https://a"), SystemTime::now());
+        assert!(store.track_unknown(&c, SystemTime::now()).is_none());
+        assert_eq!(store.get("Cust1").unwrap().state, TenantState::Running);
+        let u = store
+            .track_unknown(&ctx("Cust2"), SystemTime::now())
+            .unwrap();
+        assert_eq!(u.record.state, TenantState::Unknown);
     }
 
     #[test]

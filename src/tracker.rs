@@ -73,9 +73,11 @@ impl Tracker {
         match self.get_or_fetch(ctx).await {
             Ok(_) => Ok(()),
             Err(LookupError::NotFound(_)) => {
-                self.store
-                    .apply_poll(ctx, PollResult::NotFound, SystemTime::now());
-                self.poller.not_found(ctx.clone());
+                // Only if nothing tracked it meanwhile: a lookup that raced
+                // ahead may already hold a newer answer.
+                if self.store.track_unknown(ctx, SystemTime::now()).is_some() {
+                    self.poller.not_found(ctx.clone());
+                }
                 Ok(())
             }
             Err(e) => Err(e),

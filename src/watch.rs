@@ -4,9 +4,14 @@
 //! A stream is a plain `Stream` (no task of its own), so a client that
 //! disconnects frees everything the moment tonic drops it.
 
-use std::{collections::VecDeque, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    pin::Pin,
+    sync::Arc,
+    time::Duration,
+};
 
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_stream::{StreamMap, wrappers::WatchStream};
 use tokio_util::sync::WaitForCancellationFutureOwned;
@@ -69,12 +74,17 @@ pub fn watch(
     names.sort();
     names.dedup();
     let mut pending = VecDeque::new();
+    // The revision SYNCED reports. Every change at or below
+    // `store.revision()` has been published, so reading it before taking the
+    // snapshot makes the snapshot hold everything up to it.
+    let synced;
     let floor;
     let source = if names.is_empty() {
         // Register first, then read: a change racing the snapshot lands in
         // the inbox and is sent after SYNCED.
         let guard = store.register_dashboard();
         floor = store.revision();
+        synced = floor;
         for r in store.records_since(since) {
             if r.revision <= floor {
                 pending.push_back(WatchEvent::Snapshot(r));
@@ -89,6 +99,7 @@ pub fn watch(
         }
         Source::All(guard)
     } else {
+        synced = store.revision();
         let mut map = StreamMap::with_capacity(names.len());
         for n in &names {
             let mut rx = store.subscribe(n);
@@ -106,7 +117,7 @@ pub fn watch(
         floor = 0;
         Source::Named(map)
     };
-    pending.push_back(WatchEvent::Synced(store.revision()));
+    pending.push_back(WatchEvent::Synced(synced));
     let mut hb = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     hb.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let state = State {
@@ -130,6 +141,9 @@ pub fn watch(
             tokio::select! {
                 biased;
                 _ = st.closing.as_mut() => {
+                    // What changed before the close is still sent.
+                    let events = ready_changes(&mut st.source, &st.store, st.floor);
+                    st.pending.extend(events);
                     st.done = true;
                     st.pending.push_back(WatchEvent::Closing);
                 }
@@ -137,40 +151,82 @@ pub fn watch(
                     st.pending.extend(events);
                 }
                 _ = st.heartbeat.tick() => {
-                    st.pending.push_back(WatchEvent::Heartbeat(st.store.revision()));
+                    // Read first, then send what is ready: every change at
+                    // or below the heartbeat's revision goes out before it,
+                    // so a client may resume from it.
+                    let revision = st.store.revision();
+                    let events = ready_changes(&mut st.source, &st.store, st.floor);
+                    st.pending.extend(events);
+                    st.pending.push_back(WatchEvent::Heartbeat(revision));
                 }
             }
         }
     })
 }
 
+/// Waits for the next changes.
 async fn next_changes(source: &mut Source, store: &Store, floor: u64) -> Vec<WatchEvent> {
     match source {
-        Source::All(guard) => {
-            let changed = guard.changed().await;
-            let mut events: Vec<WatchEvent> = changed
-                .into_iter()
-                .filter_map(|(ctx, rev)| match store.get(&ctx) {
-                    Some(r) if r.revision > floor => Some(WatchEvent::Changed(r)),
-                    Some(_) => None,
-                    None if rev > floor => Some(WatchEvent::Removed(ctx, rev)),
-                    None => None,
-                })
-                .collect();
-            events.sort_by_key(|e| match e {
-                WatchEvent::Changed(r) => r.revision,
-                WatchEvent::Removed(_, rev) => *rev,
-                _ => 0,
-            });
-            events
-        }
+        Source::All(guard) => dashboard_events(guard.changed().await, store, floor),
         Source::Named(map) => match map.next().await {
-            Some((_, Slot::Present(r))) => vec![WatchEvent::Changed(r)],
-            Some((ctx, Slot::Removed(rev))) => vec![WatchEvent::Removed(ctx, rev)],
-            Some((_, Slot::Absent)) => vec![],
+            Some((ctx, slot)) => slot_event(ctx, slot).into_iter().collect(),
             // Every channel closed: cannot happen while we hold receivers,
             // but never spin if it does.
             None => std::future::pending().await,
         },
     }
+}
+
+/// The changes already waiting, without waiting for more.
+fn ready_changes(source: &mut Source, store: &Store, floor: u64) -> Vec<WatchEvent> {
+    match source {
+        Source::All(guard) => dashboard_events(guard.take_now(), store, floor),
+        Source::Named(map) => {
+            let mut events = Vec::new();
+            while let Some(Some((ctx, slot))) = map.next().now_or_never() {
+                events.extend(slot_event(ctx, slot));
+            }
+            events
+        }
+    }
+}
+
+fn slot_event(ctx: ContextId, slot: Slot) -> Option<WatchEvent> {
+    match slot {
+        Slot::Present(r) => Some(WatchEvent::Changed(r)),
+        Slot::Removed(rev) => Some(WatchEvent::Removed(ctx, rev)),
+        Slot::Absent => None,
+    }
+}
+
+/// A dashboard's changed names as events: each tenant's latest record, in
+/// revision order.
+fn dashboard_events(
+    changed: HashMap<ContextId, u64>,
+    store: &Store,
+    floor: u64,
+) -> Vec<WatchEvent> {
+    let mut events: Vec<WatchEvent> = changed
+        .into_iter()
+        .filter_map(|(ctx, rev)| match store.get(&ctx) {
+            Some(r) if r.revision > floor => Some(WatchEvent::Changed(r)),
+            Some(_) => None,
+            // Gone. Report the removal under its own revision: if this mark
+            // is an older change's, the removal's own mark is on its way.
+            None => match store.removed_at(&ctx) {
+                Some(removed) if removed == rev && rev > floor => {
+                    Some(WatchEvent::Removed(ctx, rev))
+                }
+                Some(_) => None,
+                None if rev > floor => Some(WatchEvent::Removed(ctx, rev)),
+                None => None,
+            },
+        })
+        .collect();
+    events.sort_by_key(|e| match e {
+        WatchEvent::Changed(r) => r.revision,
+        WatchEvent::Removed(_, rev) => *rev,
+        _ => 0,
+    });
+    events
 }

@@ -325,3 +325,84 @@ async fn shutdown_finishes_within_the_deadline_when_a_client_never_reads() {
     let r = tokio::time::timeout(Duration::from_secs(8), app.shutdown()).await;
     assert!(r.is_ok(), "the server did not stop within its deadline");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_comes_after_every_change_at_or_below_its_revision() {
+    let app =
+        spawn_app_with(|_, config| config.heartbeat_interval = Duration::from_millis(2)).await;
+    let one = ContextId::parse("Cust1").unwrap();
+    let other = ContextId::parse("Cust2").unwrap();
+    app.store
+        .apply_poll(&one, observed("https://0"), SystemTime::now());
+    app.store
+        .apply_poll(&other, observed("https://0"), SystemTime::now());
+    let mut named = app.watch(&["Cust1"], 0).await.unwrap();
+    let mut all = app.watch(&[], 0).await.unwrap();
+    // A writer changes both tenants while the streams heartbeat.
+    let store = std::sync::Arc::clone(&app.store);
+    let writer = tokio::spawn(async move {
+        let mut revisions = vec![];
+        for i in 1..=3000 {
+            let ctx = if i % 2 == 0 { &one } else { &other };
+            let a = store.apply_poll(ctx, observed(&format!("https://{i}")), SystemTime::now());
+            revisions.push((ctx.to_string(), a.unwrap().record.revision));
+            if i % 50 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        revisions
+    });
+    let mut logs = vec![];
+    for s in [&mut named, &mut all] {
+        let mut log = vec![];
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+        while tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_millis(100), s.message()).await {
+                Ok(Ok(Some(ev))) => log.push(ev),
+                Ok(other) => panic!("stream ended: {other:?}"),
+                Err(_) => {}
+            }
+        }
+        logs.push(log);
+    }
+    let revisions = writer.await.unwrap();
+    // Per tenant, its change revisions in order (they only grow).
+    let mut by_tenant: std::collections::HashMap<String, Vec<u64>> = Default::default();
+    for (ctx, rev) in revisions {
+        by_tenant.entry(ctx).or_default().push(rev);
+    }
+    for (which, log) in ["named", "all"].iter().zip(&logs) {
+        let mut latest: std::collections::HashMap<String, u64> = Default::default();
+        let mut heartbeats = 0;
+        for ev in log {
+            match kind(ev) {
+                E::Snapshot | E::Changed => {
+                    latest.insert(ev.context_identifier.clone(), ev.revision);
+                }
+                E::Heartbeat | E::Synced => {
+                    heartbeats += 1;
+                    // Each watched tenant's newest change at or below this
+                    // revision has been received already.
+                    for (ctx, revs) in &by_tenant {
+                        if *which == "named" && ctx != "Cust1" {
+                            continue;
+                        }
+                        let at_or_below = revs.partition_point(|r| *r <= ev.revision);
+                        if at_or_below == 0 {
+                            continue;
+                        }
+                        let newest = revs[at_or_below - 1];
+                        let got = latest.get(ctx).copied().unwrap_or(0);
+                        assert!(
+                            got >= newest,
+                            "{which}: heartbeat {} before {ctx}'s change {newest} (had {got})",
+                            ev.revision
+                        );
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(heartbeats > 10, "{which}: only {heartbeats} heartbeats");
+    }
+}
