@@ -445,6 +445,44 @@ mod tests {
         }
     }
 
+    /// A running poller over a scripted source.
+    struct Harness {
+        store: Arc<Store>,
+        source: Arc<Scripted>,
+        handle: PollerHandle,
+        stop: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn start(answers: Vec<FetchResult>, policy: PollPolicy) -> Harness {
+        let source = Arc::new(Scripted {
+            answers: Mutex::new(answers.into()),
+            calls: Mutex::new(Vec::new()),
+        });
+        let store = Arc::new(Store::new());
+        let (poller, handle) = Poller::new(Arc::clone(&store), source.clone(), policy);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(poller.run(stop.clone()));
+        Harness {
+            store,
+            source,
+            handle,
+            stop,
+            task,
+        }
+    }
+
+    impl Harness {
+        fn calls(&self) -> usize {
+            self.source.calls.lock().unwrap().len()
+        }
+
+        async fn stop(self) {
+            self.stop.cancel();
+            self.task.await.unwrap();
+        }
+    }
+
     fn running_for(secs: u64) -> FetchResult {
         Ok(FetchOutcome::Found(crate::tenant::Observation {
             state: TenantState::Running,
@@ -457,8 +495,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn polls_at_valid_until_backs_off_on_failure_and_marks_stale() {
-        let source = Arc::new(Scripted {
-            answers: Mutex::new(VecDeque::from([
+        let policy = PollPolicy {
+            jitter: 0.0,
+            ..PollPolicy::default()
+        };
+        let h = start(
+            vec![
                 running_for(60),
                 // valid until already past: the failures that follow make it stale
                 running_for(0),
@@ -466,41 +508,33 @@ mod tests {
                 Err(FetchError::Status(503)),
                 Err(FetchError::Status(503)),
                 running_for(60),
-            ])),
-            calls: Mutex::new(Vec::new()),
-        });
-        let store = Arc::new(Store::new());
-        let policy = PollPolicy {
-            jitter: 0.0,
-            ..PollPolicy::default()
-        };
-        let (poller, handle) = Poller::new(Arc::clone(&store), source.clone(), policy);
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(poller.run(stop.clone()));
-        let ctx = ContextId::parse("Cust1").unwrap();
-        let start = tokio::time::Instant::now();
-        handle.track(ctx.clone());
+            ],
+            policy,
+        );
+        let begin = tokio::time::Instant::now();
+        h.handle.track(ContextId::parse("Cust1").unwrap());
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert_eq!(store.get("Cust1").unwrap().state, TenantState::Running);
+        assert_eq!(h.store.get("Cust1").unwrap().state, TenantState::Running);
         // Second poll at ValidUntil (60 s), not before.
         tokio::time::sleep(Duration::from_secs(57)).await;
-        assert_eq!(source.calls.lock().unwrap().len(), 1);
+        assert_eq!(h.calls(), 1);
         tokio::time::sleep(Duration::from_secs(5)).await;
-        assert_eq!(source.calls.lock().unwrap().len(), 2);
+        assert_eq!(h.calls(), 2);
         // Then min_interval (5 s), then failures backing off 1 s, 2 s (with jitter).
         tokio::time::sleep(Duration::from_secs(20)).await;
-        let calls = source.calls.lock().unwrap().clone();
+        let calls = h.source.calls.lock().unwrap().clone();
         assert_eq!(calls.len(), 6, "{calls:?}");
         let gaps: Vec<_> = calls.windows(2).map(|w| w[1] - w[0]).collect();
         assert!(gaps[1] >= Duration::from_secs(5), "{gaps:?}");
         assert!(gaps[2] >= Duration::from_millis(500) && gaps[2] <= Duration::from_secs(1));
         assert!(gaps[3] >= Duration::from_secs(1) && gaps[3] <= Duration::from_secs(2));
         assert!(gaps[4] >= Duration::from_secs(2) && gaps[4] <= Duration::from_secs(4));
-        let r = store.get("Cust1").unwrap();
-        assert!(!r.stale, "recovered after the failures");
-        assert!(calls[0] - start <= PollPolicy::default().initial_spread);
-        stop.cancel();
-        task.await.unwrap();
+        assert!(
+            !h.store.get("Cust1").unwrap().stale,
+            "recovered after the failures"
+        );
+        assert!(calls[0] - begin <= PollPolicy::default().initial_spread);
+        h.stop().await;
     }
 
     #[tokio::test(start_paused = true)]
@@ -514,97 +548,57 @@ mod tests {
                 valid_until: None,
             }))
         };
-        let source = Arc::new(Scripted {
-            answers: Mutex::new(VecDeque::from([deleted(), deleted(), running_for(600)])),
-            calls: Mutex::new(Vec::new()),
-        });
-        let store = Arc::new(Store::new());
         let policy = PollPolicy {
             deleted_retention: Duration::from_secs(10),
             ..PollPolicy::default()
         };
-        let (poller, handle) = Poller::new(Arc::clone(&store), source.clone(), policy);
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(poller.run(stop.clone()));
-        let (one, two) = (
-            ContextId::parse("Cust1").unwrap(),
-            ContextId::parse("Cust2").unwrap(),
-        );
-        handle.track(one.clone());
+        let h = start(vec![deleted(), deleted(), running_for(600)], policy);
+        let two = ContextId::parse("Cust2").unwrap();
+        h.handle.track(ContextId::parse("Cust1").unwrap());
         tokio::time::sleep(Duration::from_secs(2)).await;
-        handle.track(two.clone());
+        h.handle.track(two.clone());
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert_eq!(store.get("Cust1").unwrap().state, TenantState::Deleted);
-        assert_eq!(store.get("Cust2").unwrap().state, TenantState::Deleted);
+        assert_eq!(h.store.get("Cust1").unwrap().state, TenantState::Deleted);
+        assert_eq!(h.store.get("Cust2").unwrap().state, TenantState::Deleted);
         // Cust2 comes back (as a notification or lookup would record it).
-        store.apply_poll(&two, PollResult::NotFound, SystemTime::now());
+        h.store
+            .apply_poll(&two, PollResult::NotFound, SystemTime::now());
         tokio::time::sleep(Duration::from_secs(20)).await;
-        assert!(store.get("Cust1").is_none(), "forgotten after retention");
-        assert_eq!(
-            source.calls.lock().unwrap().len(),
-            3,
-            "no polls while deleted; one for the returner"
-        );
-        assert_eq!(
-            store.get("Cust2").unwrap().state,
-            TenantState::Running,
-            "still tracked"
-        );
-        stop.cancel();
-        task.await.unwrap();
+        assert!(h.store.get("Cust1").is_none(), "forgotten after retention");
+        assert_eq!(h.calls(), 3, "no polls while deleted; one for the returner");
+        let back = h.store.get("Cust2").unwrap();
+        assert_eq!(back.state, TenantState::Running, "still tracked");
+        h.stop().await;
     }
 
     #[tokio::test(start_paused = true)]
     async fn absurd_delays_are_capped_instead_of_killing_the_poller() {
-        let source = Arc::new(Scripted {
-            answers: Mutex::new(VecDeque::from([
-                Err(FetchError::RateLimited(Some(Duration::from_secs(
-                    u64::MAX / 4,
-                )))),
-                running_for(60),
-            ])),
-            calls: Mutex::new(Vec::new()),
-        });
-        let store = Arc::new(Store::new());
-        let (poller, handle) =
-            Poller::new(Arc::clone(&store), source.clone(), PollPolicy::default());
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(poller.run(stop.clone()));
-        handle.track(ContextId::parse("Cust1").unwrap());
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        assert_eq!(source.calls.lock().unwrap().len(), 1);
-        tokio::time::sleep(MAX_DELAY).await;
-        assert_eq!(
-            source.calls.lock().unwrap().len(),
-            2,
-            "polled again after the cap"
+        let absurd = Duration::from_secs(u64::MAX / 4);
+        let h = start(
+            vec![Err(FetchError::RateLimited(Some(absurd))), running_for(60)],
+            PollPolicy::default(),
         );
-        assert!(!task.is_finished(), "the poller is alive");
-        stop.cancel();
-        task.await.unwrap();
+        h.handle.track(ContextId::parse("Cust1").unwrap());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(h.calls(), 1);
+        tokio::time::sleep(MAX_DELAY).await;
+        assert_eq!(h.calls(), 2, "polled again after the cap");
+        assert!(!h.task.is_finished(), "the poller is alive");
+        h.stop().await;
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_failing_source_makes_the_record_stale_but_keeps_its_state() {
-        let source = Arc::new(Scripted {
-            answers: Mutex::new(VecDeque::from([running_for(0)])),
-            calls: Mutex::new(Vec::new()),
-        });
-        let store = Arc::new(Store::new());
-        let (poller, handle) =
-            Poller::new(Arc::clone(&store), source.clone(), PollPolicy::default());
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(poller.run(stop.clone()));
-        handle.track(ContextId::parse("Cust1").unwrap());
+        let h = start(vec![running_for(0)], PollPolicy::default());
+        h.handle.track(ContextId::parse("Cust1").unwrap());
         tokio::time::sleep(Duration::from_secs(600)).await;
-        let r = store.get("Cust1").unwrap();
+        let r = h.store.get("Cust1").unwrap();
         assert_eq!(r.state, TenantState::Running);
         assert!(r.stale);
         assert!(r.last_error.contains("503"), "{}", r.last_error);
         // Backoff: far fewer calls than one a second over ten minutes.
-        let n = source.calls.lock().unwrap().len();
+        let n = h.calls();
         assert!(n < 20, "{n} calls in 600 s");
-        stop.cancel();
-        task.await.unwrap();
+        h.stop().await;
     }
 }
