@@ -17,6 +17,8 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 FAKE_PORT=$(free_port)
 GRPC_PORT=$(free_port)
 DEMO_PORT=$(free_port)
+HOOK_PORT=$(free_port)
+DEMO_HOOK_PORT=$(free_port)
 A=127.0.0.1:$GRPC_PORT
 S=tenantstatus.v1.TenantStatusService
 LOG=$(mktemp -d)
@@ -34,7 +36,7 @@ expect() { # expect WHAT PATTERN OUTPUT
 
 "$BIN" fake-superoffice --addr "127.0.0.1:$FAKE_PORT" --demo-script --valid-for 2s >"$LOG/fake.log" 2>&1 &
 pids+=($!)
-"$BIN" serve --grpc-addr "$A" --state-api-base-url "http://127.0.0.1:$FAKE_PORT" \
+"$BIN" serve --grpc-addr "$A" --webhook-addr "127.0.0.1:$HOOK_PORT" --state-api-base-url "http://127.0.0.1:$FAKE_PORT" \
   --tenant Cust10001,Cust10002,Cust10004 --poll-min-interval 500ms --heartbeat-interval 1s \
   --shutdown-timeout 5s >"$LOG/serve.log" 2>&1 &
 SERVE_PID=$!
@@ -63,6 +65,9 @@ expect "WatchTenant snapshot" "WATCH_EVENT_TYPE_SNAPSHOT" "$WATCH"
 expect "WatchTenant synced" "WATCH_EVENT_TYPE_SYNCED" "$WATCH"
 expect "WatchTenant heartbeat" "WATCH_EVENT_TYPE_HEARTBEAT" "$WATCH"
 
+expect "the webhook listener serves nothing else" '"reason":"not_found"' \
+  "$(curl -s "http://127.0.0.1:$HOOK_PORT/metrics" || true)"
+
 kill -TERM "$SERVE_PID"
 for _ in $(seq 1 100); do kill -0 "$SERVE_PID" 2>/dev/null || break; sleep 0.1; done
 kill -0 "$SERVE_PID" 2>/dev/null && fail "serve did not exit within 10 s of SIGTERM"
@@ -73,11 +78,24 @@ passed=$((passed + 1))
 OUT=$("$BIN" serve 2>&1 || true)
 expect "a missing setting is named" "superoffice-env" "$OUT"
 
-"$BIN" demo --grpc-addr "127.0.0.1:$DEMO_PORT" >"$LOG/demo.log" 2>&1 &
+"$BIN" demo --grpc-addr "127.0.0.1:$DEMO_PORT" --webhook-addr "127.0.0.1:$DEMO_HOOK_PORT" >"$LOG/demo.log" 2>&1 &
 DEMO_PID=$!
 pids+=($DEMO_PID)
 for _ in $(seq 1 100); do grpcurl -plaintext "127.0.0.1:$DEMO_PORT" list >/dev/null 2>&1 && break; sleep 0.1; done
 DEMO=$(grpcurl -plaintext -max-time 2 -d '{}' "127.0.0.1:$DEMO_PORT" $S/WatchTenant 2>&1 || true)
 expect "demo WatchTenant of every tenant" "Cust10012" "$DEMO"
 expect "demo prints grpcurl commands" "grpcurl -plaintext" "$(cat "$LOG/demo.log")"
+
+# The README's hand-posted notification: the curl command the demo prints.
+CURL=$(grep -m1 '^  curl -i ' "$LOG/demo.log") || fail "the demo prints no curl command"
+grpcurl -plaintext -max-time 3 -d '{"context_identifiers":["Cust10001"]}' "127.0.0.1:$DEMO_PORT" $S/WatchTenant >"$LOG/watch.log" 2>&1 &
+sleep 1
+expect "a signed notification is accepted" "204 No Content" "$(eval "$CURL" 2>/dev/null)"
+expect "the same one again is a replay" "token_replayed" "$(eval "$CURL" 2>/dev/null || true)"
+FORGED=$(curl -s "http://127.0.0.1:$DEMO_HOOK_PORT/NotifyCustomerStateChange" -H 'content-type: application/json' \
+  -d '{"ChangeType":2,"ContextIdentifier":"Cust10001","Token":"eyJhbGciOiJub25lIn0.eyJleHAiOjk5OTk5OTk5OTl9."}' || true)
+expect "an alg:none token is refused" "token_algorithm" "$FORGED"
+sleep 2.5
+expect "the watcher sees the notification" "CHANGE_TYPE_UPGRADE" "$(cat "$LOG/watch.log")"
+expect "marked as coming from a notification" "CHANGE_SOURCE_NOTIFICATION" "$(cat "$LOG/watch.log")"
 echo "smoke: $passed passed, 0 failed"

@@ -1,5 +1,5 @@
-//! Wiring: `Application::build` binds the listener (so tests can use port
-//! 0 and read the port back), `run_until` serves until a shutdown future
+//! Wiring: `Application::build` binds the gRPC and webhook listeners (so
+//! tests can use port 0 and read the ports back), `run_until` serves until a shutdown future
 //! completes, then drains within the configured deadline.
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
@@ -14,20 +14,26 @@ use tonic_health::ServingStatus;
 use crate::{
     config::Config,
     grpc::{GrpcService, pb},
-    poller::{Poller, PollerHandle},
+    poller::Poller,
     store::Store,
     superoffice::{SingleFlight, StateSource, SuperOfficeClient},
+    token::{SeenTokens, Verifier},
     tracker::Tracker,
+    webhook::Webhook,
 };
 
 /// The gRPC service name health reports on (besides "" for the server).
 pub const SERVICE_NAME: &str = "tenantstatus.v1.TenantStatusService";
 
-/// A built service: listener bound, not yet serving.
+/// A built service: listeners bound, not yet serving.
 pub struct Application {
     config: Config,
     listener: TcpListener,
     addr: SocketAddr,
+    webhook_listener: TcpListener,
+    webhook_addr: SocketAddr,
+    webhook: Arc<Webhook>,
+    verifier: Arc<Verifier>,
     store: Arc<Store>,
     tracker: Arc<Tracker>,
     poller: Poller,
@@ -51,6 +57,10 @@ impl Application {
             .await
             .with_context(|| format!("--grpc-addr: cannot listen on {}", config.grpc_addr))?;
         let addr = listener.local_addr()?;
+        let webhook_listener = TcpListener::bind(&config.webhook.addr)
+            .await
+            .with_context(|| format!("--webhook-addr: cannot listen on {}", config.webhook.addr))?;
+        let webhook_addr = webhook_listener.local_addr()?;
         let store = Arc::new(Store::starting_from_clock());
         let source: Arc<dyn StateSource> = Arc::new(SingleFlight::new(source));
         let (poller, handle) = Poller::new(
@@ -58,11 +68,27 @@ impl Application {
             Arc::clone(&source),
             config.policy.clone(),
         );
+        let verifier = Arc::new(
+            Verifier::new(config.webhook.verifier.clone())
+                .context("could not build the notification token verifier")?,
+        );
+        let webhook = Arc::new(Webhook::new(
+            Arc::clone(&verifier),
+            SeenTokens::new(config.webhook.seen_tokens_max),
+            Arc::clone(&store),
+            handle.clone(),
+            config.webhook.verifier.leeway,
+            config.webhook.path.clone(),
+        ));
         let tracker = Arc::new(Tracker::new(Arc::clone(&store), source, handle));
         Ok(Self {
             config,
             listener,
             addr,
+            webhook_listener,
+            webhook_addr,
+            webhook,
+            verifier,
             store,
             tracker,
             poller,
@@ -74,12 +100,13 @@ impl Application {
         self.addr
     }
 
-    pub fn store(&self) -> Arc<Store> {
-        Arc::clone(&self.store)
+    /// The address the public webhook listener is bound to.
+    pub fn webhook_addr(&self) -> SocketAddr {
+        self.webhook_addr
     }
 
-    pub fn poller(&self) -> PollerHandle {
-        self.tracker.poller().clone()
+    pub fn store(&self) -> Arc<Store> {
+        Arc::clone(&self.store)
     }
 
     /// Serves until `shutdown` completes, then drains: health turns
@@ -93,10 +120,15 @@ impl Application {
             config,
             listener,
             addr,
+            webhook_listener,
+            webhook_addr,
+            webhook,
+            verifier,
             store,
             tracker,
             poller,
         } = self;
+        tokio::spawn(async move { verifier.prefetch().await });
 
         let stop_poller = CancellationToken::new();
         let poller_task = tokio::spawn(poller.run(stop_poller.clone()));
@@ -156,9 +188,33 @@ impl Application {
             "tenant-status is serving gRPC"
         );
 
-        let mut server = tokio::spawn(server);
+        // The webhook stops accepting when draining starts and finishes the
+        // requests in flight: an acknowledged notification is applied.
+        let webhook_server = axum::serve(
+            webhook_listener,
+            webhook
+                .router()
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(draining.clone().cancelled_owned());
+        tracing::info!(
+            addr = %webhook_addr,
+            path = %config.webhook.path,
+            issuer = %config.webhook.verifier.issuer,
+            jwks = ?config.webhook.verifier.jwks_url.as_ref().map(|u| u.as_str()),
+            certificate_keys = config.webhook.verifier.keys.len(),
+            "serving the state-change webhook"
+        );
+        let both = async move {
+            let (grpc, hook) = tokio::join!(server, webhook_server.into_future());
+            grpc.context("the gRPC server failed")?;
+            hook.context("the webhook server failed")?;
+            anyhow::Ok(())
+        };
+
+        let mut server = tokio::spawn(both);
         let result = tokio::select! {
-            r = &mut server => r.context("the gRPC server task failed")?.context("the gRPC server failed"),
+            r = &mut server => r.context("the server task failed")?,
             _ = async {
                 draining.cancelled().await;
                 tokio::time::sleep(config.shutdown_timeout).await;

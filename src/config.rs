@@ -6,7 +6,12 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use url::Url;
 
-use crate::{poller::PollPolicy, superoffice::environment_base_url, tenant::ContextId};
+use crate::{
+    poller::PollPolicy,
+    superoffice::environment_base_url,
+    tenant::ContextId,
+    token::{JWKS_REFETCH_INTERVAL, VerifierSettings, load_keys},
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,7 +36,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Track tenants at SuperOffice and serve their state over gRPC.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run against a built-in simulated SuperOffice with a dozen tenants
     /// changing state; works offline.
     Demo(DemoArgs),
@@ -124,6 +129,56 @@ pub struct ServeArgs {
     /// Longest wait for open calls and streams to finish at shutdown.
     #[arg(long, env = "TENANT_STATUS_SHUTDOWN_TIMEOUT", value_parser = duration, default_value = "10s")]
     pub shutdown_timeout: Duration,
+    #[command(flatten)]
+    pub webhook: WebhookArgs,
+}
+
+/// The public state-change webhook.
+#[derive(Debug, Clone, Args)]
+pub struct WebhookArgs {
+    /// Address of the public webhook listener (SuperOffice's State Change
+    /// URL points here). It serves the webhook path and nothing else.
+    #[arg(
+        long,
+        env = "TENANT_STATUS_WEBHOOK_ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub webhook_addr: String,
+    /// Path of the webhook.
+    #[arg(
+        long,
+        env = "TENANT_STATUS_WEBHOOK_PATH",
+        default_value = "/NotifyCustomerStateChange"
+    )]
+    pub webhook_path: String,
+    /// A PEM certificate (as SuperOffice distributes its
+    /// SOD_SuperOfficeFederatedLogin.crt), PEM public key or DER certificate
+    /// whose key signs notification tokens (repeatable, for rotation).
+    #[arg(
+        long = "jwt-certificate",
+        env = "TENANT_STATUS_JWT_CERTIFICATES",
+        value_delimiter = ','
+    )]
+    pub jwt_certificates: Vec<PathBuf>,
+    /// JWKS URL of the signing keys [default: the environment's
+    /// /login/.well-known/jwks, unless --jwt-certificate is given].
+    #[arg(long, env = "TENANT_STATUS_JWKS_URL")]
+    pub jwks_url: Option<String>,
+    /// Issuer that notification tokens must name [default:
+    /// https://{env}.superoffice.com, or the origin of
+    /// --state-api-base-url].
+    #[arg(long, env = "TENANT_STATUS_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Audience that notification tokens must name (not checked when unset).
+    #[arg(long, env = "TENANT_STATUS_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Clock leeway for a token's exp and nbf.
+    #[arg(long, env = "TENANT_STATUS_JWT_LEEWAY", value_parser = duration, default_value = "60s")]
+    pub jwt_leeway: Duration,
+    /// Most notification tokens remembered to refuse replays (about 50
+    /// bytes each); past it, the token expiring first is forgotten.
+    #[arg(long, env = "TENANT_STATUS_SEEN_TOKENS_MAX", default_value_t = 100_000)]
+    pub seen_tokens_max: usize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -135,6 +190,13 @@ pub struct DemoArgs {
         default_value = "127.0.0.1:50051"
     )]
     pub grpc_addr: String,
+    /// Address of the state-change webhook listener.
+    #[arg(
+        long,
+        env = "TENANT_STATUS_WEBHOOK_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub webhook_addr: String,
     /// Interval of WatchTenant heartbeats.
     #[arg(long, env = "TENANT_STATUS_HEARTBEAT_INTERVAL", value_parser = duration, default_value = "15s")]
     pub heartbeat_interval: Duration,
@@ -169,6 +231,16 @@ pub struct Config {
     pub http2_keepalive_interval: Duration,
     pub http2_keepalive_timeout: Duration,
     pub shutdown_timeout: Duration,
+    pub webhook: WebhookConfig,
+}
+
+/// A validated webhook configuration.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub addr: String,
+    pub path: String,
+    pub verifier: VerifierSettings,
+    pub seen_tokens_max: usize,
 }
 
 /// A setting that cannot be used, named with what is wrong.
@@ -274,6 +346,9 @@ impl ServeArgs {
         if self.max_concurrent_streams == 0 {
             return Err(bad("--max-concurrent-streams", "must be at least 1"));
         }
+        let webhook = self
+            .webhook
+            .validate(self.superoffice_env, &state_api_base_url)?;
         Ok(Config {
             grpc_addr: self.grpc_addr.clone(),
             state_api_base_url,
@@ -292,6 +367,80 @@ impl ServeArgs {
             http2_keepalive_interval: self.http2_keepalive_interval,
             http2_keepalive_timeout: self.http2_keepalive_timeout,
             shutdown_timeout: self.shutdown_timeout,
+            webhook,
+        })
+    }
+}
+
+impl WebhookArgs {
+    fn validate(
+        &self,
+        env: Option<SuperOfficeEnv>,
+        state_api: &Url,
+    ) -> Result<WebhookConfig, ConfigError> {
+        if !self.webhook_path.starts_with('/') || self.webhook_path.len() < 2 {
+            return Err(bad(
+                "--webhook-path",
+                format!(
+                    "{:?} must be a path such as /NotifyCustomerStateChange",
+                    self.webhook_path
+                ),
+            ));
+        }
+        if self.webhook_path.contains(['{', '}', '*', '?', '#']) {
+            return Err(bad(
+                "--webhook-path",
+                format!("{:?} may not hold {{, }}, *, ? or #", self.webhook_path),
+            ));
+        }
+        // The environment's origin: https://{env}.superoffice.com, or that of
+        // the state API's base URL (a proxy, a test, the demo).
+        let origin = match env {
+            Some(env) => format!("https://{}.superoffice.com", env.name()),
+            None => state_api.origin().ascii_serialization(),
+        };
+        let issuer = self.jwt_issuer.clone().unwrap_or_else(|| origin.clone());
+        if issuer.trim().is_empty() {
+            return Err(bad("--jwt-issuer", "must not be empty"));
+        }
+        let mut keys = Vec::new();
+        for path in &self.jwt_certificates {
+            keys.extend(load_keys(path).map_err(|e| bad("--jwt-certificate", e))?);
+        }
+        let jwks_url = match (&self.jwks_url, keys.is_empty()) {
+            (Some(u), _) => {
+                let url = Url::parse(u)
+                    .map_err(|e| bad("--jwks-url", format!("{u:?} is not a URL: {e}")))?;
+                if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                    return Err(bad(
+                        "--jwks-url",
+                        format!("{u:?} must be an http or https URL with a host"),
+                    ));
+                }
+                Some(url)
+            }
+            (None, true) => Some(
+                Url::parse(&format!("{origin}/login/.well-known/jwks")).map_err(|e| {
+                    bad("--jwks-url", format!("cannot derive it from {origin}: {e}"))
+                })?,
+            ),
+            (None, false) => None,
+        };
+        if self.seen_tokens_max == 0 {
+            return Err(bad("--seen-tokens-max", "must be at least 1"));
+        }
+        Ok(WebhookConfig {
+            addr: self.webhook_addr.clone(),
+            path: self.webhook_path.clone(),
+            verifier: VerifierSettings {
+                issuer: issuer.trim_end_matches('/').to_owned(),
+                audience: self.jwt_audience.clone().filter(|a| !a.is_empty()),
+                leeway: self.jwt_leeway,
+                keys,
+                jwks_url,
+                jwks_refetch_interval: JWKS_REFETCH_INTERVAL,
+            },
+            seen_tokens_max: self.seen_tokens_max,
         })
     }
 }
@@ -304,6 +453,8 @@ impl Config {
             "tenant-status",
             "serve",
             "--grpc-addr",
+            "127.0.0.1:0",
+            "--webhook-addr",
             "127.0.0.1:0",
             "--state-api-base-url",
             base_url,
@@ -414,5 +565,30 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn webhook_keys_and_issuer_follow_the_environment() {
+        let c = serve(&["--superoffice-env", "online"]).unwrap();
+        assert_eq!(c.webhook.verifier.issuer, "https://online.superoffice.com");
+        assert_eq!(
+            c.webhook.verifier.jwks_url.as_ref().unwrap().as_str(),
+            "https://online.superoffice.com/login/.well-known/jwks"
+        );
+        assert_eq!(c.webhook.path, "/NotifyCustomerStateChange");
+        let c = serve(&["--state-api-base-url", "http://127.0.0.1:9/x"]).unwrap();
+        assert_eq!(c.webhook.verifier.issuer, "http://127.0.0.1:9");
+        let e = serve(&[
+            "--superoffice-env",
+            "sod",
+            "--jwt-certificate",
+            "/nonexistent/so.crt",
+        ])
+        .unwrap_err();
+        assert!(e.starts_with("--jwt-certificate: cannot read"), "{e}");
+        let e = serve(&["--superoffice-env", "sod", "--webhook-path", "notify"]).unwrap_err();
+        assert!(e.starts_with("--webhook-path:"), "{e}");
+        let e = serve(&["--superoffice-env", "sod", "--jwks-url", "file:///x"]).unwrap_err();
+        assert!(e.starts_with("--jwks-url:"), "{e}");
     }
 }

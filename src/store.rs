@@ -28,7 +28,10 @@ use dashmap::DashMap;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::tenant::{ChangeSource, ContextId, Observation, TenantRecord, TenantState};
+use crate::tenant::{
+    ChangeSource, ChangeType, ContextId, NotificationInfo, Observation, TenantRecord, TenantState,
+    moved_url,
+};
 
 /// How many removals are remembered for watchers that resume with
 /// `since_revision`.
@@ -169,42 +172,90 @@ impl Store {
     ) -> Option<Applied> {
         self.update(ctx, now, |old| {
             // A change made here is the poll's doing; when nothing
-            // meaningful changes, `update` keeps the old source.
-            let base = TenantRecord {
-                source: ChangeSource::Poll,
-                ..old.cloned().unwrap_or_else(|| Self::blank(ctx, now))
+            // meaningful changes, `update` keeps the old source. Only the
+            // fields a poll does not set are carried over from `old`.
+            let empty = String::new();
+            let (last_notification, endpoint, api, version) = match old {
+                Some(o) => (o.last_notification.clone(), &o.endpoint, &o.api, &o.version),
+                None => (None, &empty, &empty, &empty),
             };
+            let record =
+                |state, endpoint, api, version, valid_until, stale, last_error| TenantRecord {
+                    context_identifier: ctx.clone(),
+                    state,
+                    endpoint,
+                    api,
+                    version,
+                    valid_until,
+                    observed_at: now,
+                    revision: 0,
+                    changed_at: now,
+                    source: ChangeSource::Poll,
+                    last_notification,
+                    stale,
+                    last_error,
+                };
             match result {
-                PollResult::Observed(o) => Some(TenantRecord {
-                    state: o.state,
-                    endpoint: o.endpoint,
-                    api: o.api,
-                    version: o.version,
-                    valid_until: o.valid_until,
-                    observed_at: now,
-                    stale: false,
-                    last_error: String::new(),
-                    ..base
-                }),
-                PollResult::NotFound => Some(TenantRecord {
-                    state: TenantState::Unknown,
-                    valid_until: None,
-                    observed_at: now,
-                    stale: false,
-                    last_error: String::new(),
-                    ..base
-                }),
+                PollResult::Observed(o) => Some(record(
+                    o.state,
+                    o.endpoint,
+                    o.api,
+                    o.version,
+                    o.valid_until,
+                    false,
+                    String::new(),
+                )),
+                PollResult::NotFound => Some(record(
+                    TenantState::Unknown,
+                    endpoint.clone(),
+                    api.clone(),
+                    version.clone(),
+                    None,
+                    false,
+                    String::new(),
+                )),
                 PollResult::Failed(error) => {
-                    old?;
-                    let stale = base.valid_until.is_none_or(|v| v <= now);
+                    let old = old?;
+                    let stale = old.valid_until.is_none_or(|v| v <= now);
                     Some(TenantRecord {
                         stale,
                         last_error: error,
-                        ..base
+                        source: ChangeSource::Poll,
+                        ..old.clone()
                     })
                 }
             }
         })
+    }
+
+    /// Applies a verified state-change notification: records it, and sets
+    /// the state it implies at once (Upgrade: OfflineMaintenance is coming;
+    /// Suspend; Delete; Move: the new endpoint host). Resume and
+    /// BackupRestored leave the state to the confirming poll. A tenant not
+    /// yet tracked is added. The poll that follows has the last word.
+    pub fn apply_notification(
+        &self,
+        ctx: &ContextId,
+        note: NotificationInfo,
+        now: SystemTime,
+    ) -> Applied {
+        self.update(ctx, now, |old| {
+            let mut r = old.cloned().unwrap_or_else(|| Self::blank(ctx, now));
+            match note.change_type {
+                ChangeType::Upgrade => r.state = TenantState::OfflineMaintenance,
+                ChangeType::Suspend => r.state = TenantState::Suspended,
+                ChangeType::Delete => r.state = TenantState::Deleted,
+                ChangeType::Move => {
+                    r.endpoint = moved_url(&r.endpoint, &note.public_endpoint, ctx, "");
+                    r.api = moved_url(&r.api, &note.public_endpoint, ctx, "/api");
+                }
+                ChangeType::Resume | ChangeType::BackupRestored => {}
+            }
+            r.source = ChangeSource::Notification;
+            r.last_notification = Some(note);
+            Some(r)
+        })
+        .expect("a notification always makes a record")
     }
 
     /// The one update path: `f` computes the new record from the old one
@@ -506,10 +557,6 @@ impl DashboardGuard {
     /// Takes whatever changed so far, without waiting.
     pub fn take_now(&self) -> HashMap<ContextId, u64> {
         std::mem::take(&mut *self.inbox.dirty.lock().expect("inbox lock"))
-    }
-
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
     }
 }
 

@@ -192,6 +192,44 @@ pub struct NotificationInfo {
     pub received_at: SystemTime,
 }
 
+impl ChangeType {
+    /// The change type with SuperOffice's number.
+    pub fn from_number(n: i64) -> Option<Self> {
+        Some(match n {
+            0 => Self::Upgrade,
+            1 => Self::BackupRestored,
+            2 => Self::Suspend,
+            3 => Self::Resume,
+            4 => Self::Delete,
+            5 => Self::Move,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Upgrade => "Upgrade",
+            Self::BackupRestored => "BackupRestored",
+            Self::Suspend => "Suspend",
+            Self::Resume => "Resume",
+            Self::Delete => "Delete",
+            Self::Move => "Move",
+        }
+    }
+}
+
+/// `url` with its host replaced by `host` (a Move to another endpoint
+/// host). When `url` is empty or unusable, SuperOffice's layout is assumed:
+/// `https://{host}/{ctx}{suffix}`.
+pub fn moved_url(url: &str, host: &str, ctx: &ContextId, suffix: &str) -> String {
+    if let Ok(mut u) = url::Url::parse(url) {
+        if u.has_host() && u.set_host(Some(host)).is_ok() {
+            return u.to_string();
+        }
+    }
+    format!("https://{host}/{ctx}{suffix}")
+}
+
 /// What SuperOffice's state API said about a tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observation {
@@ -297,5 +335,28 @@ mod tests {
             running,
             vec![TenantState::Running, TenantState::OnlineMaintenance]
         );
+    }
+
+    #[test]
+    fn a_move_replaces_the_host_and_keeps_the_path() {
+        let ctx = ContextId::parse("Cust1").unwrap();
+        assert_eq!(
+            moved_url(
+                "https://sod2.superoffice.com/Cust1/api",
+                "sod3.superoffice.com",
+                &ctx,
+                "/api"
+            ),
+            "https://sod3.superoffice.com/Cust1/api"
+        );
+        assert_eq!(
+            moved_url("", "sod3.superoffice.com", &ctx, ""),
+            "https://sod3.superoffice.com/Cust1"
+        );
+        for n in 0..=5 {
+            assert_eq!(ChangeType::from_number(n).map(|c| c as i64), Some(n));
+        }
+        assert_eq!(ChangeType::from_number(6), None);
+        assert_eq!(ChangeType::from_number(-1), None);
     }
 }

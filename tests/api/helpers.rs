@@ -9,12 +9,17 @@ use tenant_status::{
     fake_superoffice::{FakeSuperOffice, TenantSpec},
     pb::{self, WatchTenantResponse, tenant_status_service_client::TenantStatusServiceClient},
     store::Store,
+    tenant::ChangeType,
 };
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{Status, Streaming, transport::Channel};
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The webhook's full URL.
+    pub webhook_url: String,
+    pub webhook_addr: SocketAddr,
+    pub http: reqwest::Client,
     pub client: TenantStatusServiceClient<Channel>,
     pub channel: Channel,
     pub fake: FakeSuperOffice,
@@ -30,6 +35,7 @@ pub fn test_config(base_url: &str) -> Config {
     config.policy.backoff_base = Duration::from_millis(100);
     config.policy.backoff_max = Duration::from_secs(2);
     config.policy.initial_spread = Duration::from_millis(50);
+    config.policy.settle_interval = Duration::from_millis(200);
     config.http_timeout = Duration::from_secs(2);
     config.shutdown_timeout = Duration::from_secs(3);
     config
@@ -59,8 +65,11 @@ pub async fn spawn_app_tracking(ctx: &str, valid_for: Duration) -> TestApp {
 }
 
 pub async fn spawn_with_config(fake: FakeSuperOffice, config: Config) -> TestApp {
+    let config_path = config.webhook.path.clone();
     let app = Application::build(config).await.expect("the app builds");
     let addr = app.grpc_addr();
+    let webhook_addr = app.webhook_addr();
+    let webhook_url = format!("http://{webhook_addr}{}", config_path);
     let store = app.store();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until(async {
@@ -73,6 +82,9 @@ pub async fn spawn_with_config(fake: FakeSuperOffice, config: Config) -> TestApp
         .expect("connects to the server");
     TestApp {
         addr,
+        webhook_url,
+        webhook_addr,
+        http: reqwest::Client::new(),
         client: TenantStatusServiceClient::new(channel.clone()),
         channel,
         fake,
@@ -94,6 +106,42 @@ impl TestApp {
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.begin_shutdown();
         self.task.take().unwrap().await.unwrap()
+    }
+
+    /// POSTs `body` to the webhook as JSON; returns the status and the
+    /// JSON body (Null when empty).
+    pub async fn post_notification(
+        &self,
+        body: &serde_json::Value,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        self.post_raw(Some("application/json"), body.to_string().into_bytes())
+            .await
+    }
+
+    /// POSTs raw bytes to the webhook with `content_type`.
+    pub async fn post_raw(
+        &self,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let mut req = self.http.post(&self.webhook_url).body(body);
+        if let Some(ct) = content_type {
+            req = req.header(reqwest::header::CONTENT_TYPE, ct);
+        }
+        json_response(req.send().await.expect("the webhook answers")).await
+    }
+
+    /// SuperOffice sends a signed notification; returns the status.
+    pub async fn notify(
+        &self,
+        change: ChangeType,
+        ctx: &str,
+        public_endpoint: Option<&str>,
+    ) -> reqwest::StatusCode {
+        self.fake
+            .notify(&self.http, &self.webhook_url, change, ctx, public_endpoint)
+            .await
+            .expect("the webhook answers")
     }
 
     pub async fn get(&self, ctx: &str) -> Result<pb::Tenant, Status> {
@@ -120,6 +168,18 @@ impl TestApp {
             .await
             .map(|r| r.into_inner())
     }
+}
+
+/// A response's status and JSON body (Null when empty).
+pub async fn json_response(r: reqwest::Response) -> (reqwest::StatusCode, serde_json::Value) {
+    let status = r.status();
+    let bytes = r.bytes().await.expect("a body");
+    let json = if bytes.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&bytes).expect("a JSON body")
+    };
+    (status, json)
 }
 
 /// A Running tenant on `host`, valid for `valid_for`.

@@ -7,3 +7,4 @@ mod list;
 mod poll;
 mod serving;
 mod watch;
+mod webhook;

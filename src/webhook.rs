@@ -1,0 +1,517 @@
+//! The public state-change webhook: SuperOffice POSTs a notification when
+//! it upgrades, suspends, resumes, deletes, restores or moves a tenant.
+//!
+//! The listener faces the internet, so it serves the one path and nothing
+//! else, reads at most `MAX_BODY` bytes, verifies the token before anything
+//! is applied, applies a token once, and answers 204 only once the change
+//! is in the store. Every refusal is a JSON body naming the reason, is
+//! logged once and counted, and never contains the token.
+
+use std::{net::SocketAddr, sync::Arc, time::SystemTime};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{ConnectInfo, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::any,
+};
+use serde::Deserialize;
+
+use crate::{
+    poller::PollerHandle,
+    signer::unix_seconds,
+    store::Store,
+    tenant::{ChangeType, ContextId, NotificationInfo},
+    token::{SeenTokens, TokenError, Verifier},
+};
+
+/// The largest notification body read. SuperOffice's are well under 2 KiB.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The longest VersionName or FileVersion kept.
+pub const MAX_VERSION_LEN: usize = 256;
+
+/// A notification as SuperOffice sends it. Unknown fields are ignored; the
+/// camelCase spellings are accepted too, as .NET serialisers may use them.
+#[derive(Deserialize)]
+struct RawNotification {
+    #[serde(rename = "ChangeType", alias = "changeType")]
+    change_type: i64,
+    #[serde(rename = "ContextIdentifier", alias = "contextIdentifier")]
+    context_identifier: String,
+    #[serde(rename = "VersionName", alias = "versionName", default)]
+    version_name: Option<String>,
+    #[serde(rename = "FileVersion", alias = "fileVersion", default)]
+    file_version: Option<String>,
+    #[serde(rename = "PublicEndpoint", alias = "publicEndpoint", default)]
+    public_endpoint: Option<String>,
+    #[serde(rename = "Token", alias = "token")]
+    token: String,
+}
+
+/// A well-formed notification, its token not yet verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    pub change_type: ChangeType,
+    pub context_identifier: ContextId,
+    pub version_name: String,
+    pub file_version: String,
+    /// A bare host name, lower case; empty when not given.
+    pub public_endpoint: String,
+    pub token: String,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("{message}")]
+    BadRequest {
+        reason: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    Token(#[from] TokenError),
+    #[error("the body is larger than {MAX_BODY} bytes")]
+    TooLarge,
+    #[error("the content type must be application/json")]
+    UnsupportedMediaType,
+    #[error("only POST is accepted here")]
+    MethodNotAllowed,
+    #[error("nothing is served here; notifications go to {0}")]
+    NotFound(String),
+}
+
+impl Rejection {
+    fn bad(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::Token(_) => StatusCode::UNAUTHORIZED,
+            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+        }
+    }
+
+    /// A short, stable label for metrics, logs and the response body.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::BadRequest { reason, .. } => reason,
+            Self::Token(t) => t.reason(),
+            Self::TooLarge => "body_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::NotFound(_) => "not_found",
+        }
+    }
+}
+
+/// Parses and checks a notification body (everything but the token's
+/// validity). Never panics, whatever the bytes.
+pub fn parse_notification(body: &[u8]) -> Result<Notification, Rejection> {
+    let raw: RawNotification = serde_json::from_slice(body).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                "the body is not valid JSON"
+            }
+            _ => "the body is not a notification",
+        };
+        Rejection::bad("malformed_body", format!("{what}: {}", scrub(&e)))
+    })?;
+    let change_type = ChangeType::from_number(raw.change_type).ok_or_else(|| {
+        Rejection::bad(
+            "unknown_change_type",
+            format!(
+                "ChangeType {} is not one of 0 (Upgrade), 1 (BackupRestored), 2 (Suspend), 3 (Resume), 4 (Delete), 5 (Move)",
+                raw.change_type
+            ),
+        )
+    })?;
+    let context_identifier = ContextId::parse(&raw.context_identifier)
+        .map_err(|e| Rejection::bad("bad_context_identifier", format!("ContextIdentifier: {e}")))?;
+    let version_name = bounded("VersionName", raw.version_name)?;
+    let file_version = bounded("FileVersion", raw.file_version)?;
+    let public_endpoint = match raw.public_endpoint.as_deref().map(str::trim) {
+        None | Some("") => String::new(),
+        Some(e) => public_host(e).ok_or_else(|| {
+            Rejection::bad(
+                "bad_public_endpoint",
+                "PublicEndpoint must be a host name such as sod3.superoffice.com",
+            )
+        })?,
+    };
+    if change_type == ChangeType::Move && public_endpoint.is_empty() {
+        return Err(Rejection::bad(
+            "missing_public_endpoint",
+            "PublicEndpoint is required with ChangeType 5 (Move)",
+        ));
+    }
+    if raw.token.is_empty() {
+        return Err(Rejection::bad("missing_token", "Token is empty"));
+    }
+    Ok(Notification {
+        change_type,
+        context_identifier,
+        version_name,
+        file_version,
+        public_endpoint,
+        token: raw.token,
+    })
+}
+
+/// serde_json's message, cut short: it quotes parts of the input.
+fn scrub(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    if text.len() <= 200 {
+        return text;
+    }
+    let mut cut = 200;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &text[..cut])
+}
+
+fn bounded(field: &str, value: Option<String>) -> Result<String, Rejection> {
+    let value = value.unwrap_or_default();
+    if value.chars().count() > MAX_VERSION_LEN {
+        return Err(Rejection::bad(
+            "field_too_long",
+            format!("{field} is longer than {MAX_VERSION_LEN} characters"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Rejection::bad(
+            "bad_field",
+            format!("{field} holds control characters"),
+        ));
+    }
+    Ok(value)
+}
+
+/// The host of a PublicEndpoint: a bare host (`sod3.superoffice.com`) as
+/// SuperOffice sends it, or the host of an http(s) URL.
+fn public_host(s: &str) -> Option<String> {
+    let host = if s.contains("://") {
+        let url = url::Url::parse(s).ok()?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return None;
+        }
+        url.host_str()?.to_owned()
+    } else {
+        s.trim_end_matches('/').to_owned()
+    };
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    valid.then(|| host.to_ascii_lowercase())
+}
+
+/// The webhook's shared state.
+pub struct Webhook {
+    verifier: Arc<Verifier>,
+    seen: SeenTokens,
+    store: Arc<Store>,
+    poller: PollerHandle,
+    /// Seconds a token stays usable past `exp`; it is remembered that long.
+    leeway: u64,
+    path: String,
+}
+
+impl Webhook {
+    pub fn new(
+        verifier: Arc<Verifier>,
+        seen: SeenTokens,
+        store: Arc<Store>,
+        poller: PollerHandle,
+        leeway: std::time::Duration,
+        path: String,
+    ) -> Self {
+        Self {
+            verifier,
+            seen,
+            store,
+            poller,
+            leeway: leeway.as_secs(),
+            path,
+        }
+    }
+
+    /// The router: the webhook path, and a JSON 404 for anything else.
+    pub fn router(self: Arc<Self>) -> Router {
+        let path = self.path.clone();
+        Router::new()
+            .route(&path, any(notify))
+            .fallback(not_found)
+            .with_state(self)
+    }
+
+    /// Verifies and applies a notification. Returns the applied revision.
+    pub async fn accept(&self, body: &[u8]) -> Result<(Notification, u64), Rejection> {
+        let n = parse_notification(body)?;
+        let verified = self
+            .verifier
+            .verify(&n.token, &n.context_identifier)
+            .await?;
+        let now = SystemTime::now();
+        let forget_after = verified.expires_at.saturating_add(self.leeway);
+        if forget_after < unix_seconds(now) {
+            return Err(TokenError::Expired.into());
+        }
+        if !self.seen.first_use(&n.token, forget_after, now) {
+            return Err(TokenError::Replayed.into());
+        }
+        let applied = self.store.apply_notification(
+            &n.context_identifier,
+            NotificationInfo {
+                change_type: n.change_type,
+                version_name: n.version_name.clone(),
+                file_version: n.file_version.clone(),
+                public_endpoint: n.public_endpoint.clone(),
+                received_at: now,
+            },
+            now,
+        );
+        self.poller.confirm(n.context_identifier.clone());
+        Ok((n, applied.record.revision))
+    }
+}
+
+async fn notify(
+    State(hook): State<Arc<Webhook>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        if method != Method::POST {
+            return Err(Rejection::MethodNotAllowed);
+        }
+        if !is_json(&headers) {
+            return Err(Rejection::UnsupportedMediaType);
+        }
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY as u64) {
+            return Err(Rejection::TooLarge);
+        }
+        let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|e| {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                Rejection::TooLarge
+            } else {
+                Rejection::bad("body_unreadable", "the body could not be read to its end")
+            }
+        })?;
+        hook.accept(&bytes).await
+    }
+    .await;
+    match result {
+        Ok((n, revision)) => {
+            metrics::counter!("tenant_status_notifications_total", "outcome" => "accepted", "reason" => "none")
+                .increment(1);
+            tracing::info!(
+                tenant = %n.context_identifier,
+                change = n.change_type.name(),
+                revision,
+                %peer,
+                "applied a state-change notification"
+            );
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(rejection) => refuse(rejection, Some(peer)),
+    }
+}
+
+async fn not_found(State(hook): State<Arc<Webhook>>) -> Response {
+    refuse(Rejection::NotFound(hook.path.clone()), None)
+}
+
+fn refuse(rejection: Rejection, peer: Option<SocketAddr>) -> Response {
+    let reason = rejection.reason();
+    metrics::counter!("tenant_status_notifications_total", "outcome" => "rejected", "reason" => reason)
+        .increment(1);
+    // A stray request for another path is noise, not a refusal worth a
+    // warning each.
+    if !matches!(rejection, Rejection::NotFound(_)) {
+        let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+        tracing::warn!(reason, %peer, "refused a notification: {rejection}");
+    }
+    let status = rejection.status();
+    let mut response = (
+        status,
+        axum::Json(serde_json::json!({
+            "error": rejection.to_string(),
+            "reason": reason,
+        })),
+    )
+        .into_response();
+    let h = response.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        h.insert(header::ALLOW, HeaderValue::from_static("POST"));
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        h.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        );
+    }
+    response
+}
+
+/// `application/json`, with or without parameters (`; charset=utf-8`).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(v: serde_json::Value) -> Vec<u8> {
+        v.to_string().into_bytes()
+    }
+
+    #[test]
+    fn a_notification_as_superoffice_sends_it_parses() {
+        let n = parse_notification(&body(serde_json::json!({
+            "ChangeType": 5,
+            "ContextIdentifier": "Cust12345",
+            "VersionName": "Release 8.4 R08",
+            "FileVersion": "8.4.12.1234",
+            "PublicEndpoint": "SOD3.superoffice.com",
+            "Token": "t",
+            "SomethingNew": [1, 2]
+        })))
+        .unwrap();
+        assert_eq!(n.change_type, ChangeType::Move);
+        assert_eq!(n.context_identifier.as_str(), "Cust12345");
+        assert_eq!(n.public_endpoint, "sod3.superoffice.com");
+        assert_eq!(n.version_name, "Release 8.4 R08");
+        let n = parse_notification(&body(serde_json::json!({
+            "changeType": 0, "contextIdentifier": "Cust1", "token": "t",
+            "VersionName": null
+        })))
+        .unwrap();
+        assert_eq!(n.change_type, ChangeType::Upgrade);
+        assert_eq!(n.version_name, "");
+        let n = parse_notification(&body(serde_json::json!({
+            "ChangeType": 5, "ContextIdentifier": "Cust1", "Token": "t",
+            "PublicEndpoint": "https://sod3.superoffice.com/"
+        })))
+        .unwrap();
+        assert_eq!(n.public_endpoint, "sod3.superoffice.com");
+    }
+
+    #[test]
+    fn malformed_bodies_are_refused_with_their_reason() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"not json".to_vec(), "malformed_body"),
+            (b"{\"ChangeType\":0,".to_vec(), "malformed_body"),
+            (b"[]".to_vec(), "malformed_body"),
+            (
+                body(
+                    serde_json::json!({"ChangeType": "0", "ContextIdentifier": "C", "Token": "t"}),
+                ),
+                "malformed_body",
+            ),
+            (
+                body(serde_json::json!({"ContextIdentifier": "C", "Token": "t"})),
+                "malformed_body",
+            ),
+            (
+                body(serde_json::json!({"ChangeType": 9, "ContextIdentifier": "C", "Token": "t"})),
+                "unknown_change_type",
+            ),
+            (
+                body(
+                    serde_json::json!({"ChangeType": 1e300, "ContextIdentifier": "C", "Token": "t"}),
+                ),
+                "malformed_body",
+            ),
+            (
+                body(
+                    serde_json::json!({"ChangeType": 0, "ContextIdentifier": "../x", "Token": "t"}),
+                ),
+                "bad_context_identifier",
+            ),
+            (
+                body(serde_json::json!({"ChangeType": 5, "ContextIdentifier": "C", "Token": "t"})),
+                "missing_public_endpoint",
+            ),
+            (
+                body(
+                    serde_json::json!({"ChangeType": 5, "ContextIdentifier": "C", "Token": "t", "PublicEndpoint": "evil/../x"}),
+                ),
+                "bad_public_endpoint",
+            ),
+            (
+                body(serde_json::json!({"ChangeType": 0, "ContextIdentifier": "C", "Token": ""})),
+                "missing_token",
+            ),
+            (
+                body(
+                    serde_json::json!({"ChangeType": 0, "ContextIdentifier": "C", "Token": "t", "VersionName": "v".repeat(300)}),
+                ),
+                "field_too_long",
+            ),
+            (
+                br#"{"ChangeType":0,"ChangeType":1,"ContextIdentifier":"C","Token":"t"}"#.to_vec(),
+                "malformed_body",
+            ),
+            (
+                format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(),
+                "malformed_body",
+            ),
+        ];
+        for (b, reason) in cases {
+            let e = parse_notification(&b).unwrap_err();
+            assert_eq!(
+                e.reason(),
+                reason,
+                "{:.60}: {e}",
+                String::from_utf8_lossy(&b)
+            );
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        }
+    }
+
+    #[test]
+    fn public_hosts_are_host_names() {
+        assert_eq!(
+            public_host("sod3.superoffice.com").as_deref(),
+            Some("sod3.superoffice.com")
+        );
+        for bad in [
+            "", "a b", "x/y", "ftp://x", "-a.com", "a..b", "é.com", "a:443",
+        ] {
+            assert_eq!(public_host(bad), None, "{bad}");
+        }
+    }
+}

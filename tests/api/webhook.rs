@@ -1,0 +1,547 @@
+//! The state-change webhook over real sockets: SuperOffice's signed POSTs
+//! reach WatchTenant streams, are confirmed by a poll, are applied once, and
+//! every bad request is refused with its status and reason, changing
+//! nothing.
+
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{Value, json};
+use tenant_status::{
+    pb,
+    signer::{Signer, unix_seconds},
+    tenant::ChangeType,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::*;
+
+fn change_type(t: &pb::Tenant) -> pb::ChangeType {
+    pb::ChangeType::try_from(
+        t.last_notification
+            .as_ref()
+            .expect("a notification")
+            .change_type,
+    )
+    .unwrap()
+}
+
+fn source(t: &pb::Tenant) -> pb::ChangeSource {
+    pb::ChangeSource::try_from(t.last_change_source).unwrap()
+}
+
+#[tokio::test]
+async fn a_notification_reaches_a_watcher_at_once_and_a_poll_confirms_it() {
+    let app = spawn_app_tracking("Cust1", Duration::from_secs(600)).await;
+    let mut stream = app.watch(&["Cust1"], 0).await.unwrap();
+    let first = next_matching(&mut stream, "a RUNNING snapshot", |ev| {
+        ev.tenant
+            .as_ref()
+            .is_some_and(|t| state(t) == pb::TenantState::Running)
+    })
+    .await;
+    let polls_before = app.fake.requests("Cust1");
+    // SuperOffice suspends the tenant: its state API and its notification
+    // agree.
+    let mut suspended = running("Cust1", "sod2.superoffice.com", Duration::from_secs(600));
+    suspended.state = "Suspended".into();
+    app.fake.set("Cust1", suspended);
+
+    assert_eq!(
+        app.notify(ChangeType::Suspend, "Cust1", None).await,
+        reqwest::StatusCode::NO_CONTENT
+    );
+    // Acknowledged means stored.
+    assert_eq!(
+        app.store.get("Cust1").unwrap().state,
+        tenant_status::tenant::TenantState::Suspended
+    );
+    let ev = next_matching(&mut stream, "CHANGED", |ev| {
+        kind(ev) == pb::WatchEventType::Changed
+    })
+    .await;
+    let t = ev.tenant.unwrap();
+    assert_eq!(state(&t), pb::TenantState::Suspended);
+    assert!(!t.is_running);
+    assert_eq!(source(&t), pb::ChangeSource::Notification);
+    assert_eq!(change_type(&t), pb::ChangeType::Suspend);
+    let n = t.last_notification.as_ref().unwrap();
+    assert_eq!(n.version_name, "Release_11.10_2026.02.24-02");
+    assert_eq!(n.file_version, "11.10.2026.0224");
+    assert!(n.received_at.is_some());
+    assert!(t.revision > first.tenant.unwrap().revision);
+
+    // Polled at once to confirm, long before ValidUntil (10 minutes).
+    eventually("a confirming poll", || {
+        app.fake.requests("Cust1") > polls_before
+    })
+    .await;
+    // The poll agrees, so nothing meaningful changes: no further event.
+    let quiet = tokio::time::timeout(Duration::from_millis(500), stream.message()).await;
+    assert!(quiet.is_err(), "unexpected event {quiet:?}");
+    let t = app.get("Cust1").await.unwrap();
+    assert_eq!(state(&t), pb::TenantState::Suspended);
+}
+
+#[tokio::test]
+async fn the_poll_has_the_last_word_when_it_disagrees() {
+    let app = spawn_app_tracking("Cust1", Duration::from_secs(600)).await;
+    let mut stream = app.watch(&["Cust1"], 0).await.unwrap();
+    next_matching(&mut stream, "a RUNNING snapshot", |ev| {
+        ev.tenant
+            .as_ref()
+            .is_some_and(|t| state(t) == pb::TenantState::Running)
+    })
+    .await;
+    // An upgrade is announced; the state API still says Running.
+    assert_eq!(
+        app.notify(ChangeType::Upgrade, "Cust1", None).await,
+        reqwest::StatusCode::NO_CONTENT
+    );
+    let announced = next_matching(&mut stream, "CHANGED", |ev| {
+        kind(ev) == pb::WatchEventType::Changed
+    })
+    .await
+    .tenant
+    .unwrap();
+    assert_eq!(state(&announced), pb::TenantState::OfflineMaintenance);
+    assert_eq!(source(&announced), pb::ChangeSource::Notification);
+    let confirmed = next(&mut stream).await.tenant.unwrap();
+    assert_eq!(state(&confirmed), pb::TenantState::Running);
+    assert_eq!(source(&confirmed), pb::ChangeSource::Poll);
+    // The notification stays on the record.
+    assert_eq!(change_type(&confirmed), pb::ChangeType::Upgrade);
+}
+
+#[tokio::test]
+async fn a_move_points_the_endpoint_at_the_new_host_at_once() {
+    let app = spawn_app_tracking("Cust1", Duration::from_secs(600)).await;
+    let mut stream = app.watch(&["Cust1"], 0).await.unwrap();
+    next_matching(&mut stream, "a snapshot on sod2", |ev| {
+        ev.tenant
+            .as_ref()
+            .is_some_and(|t| t.endpoint == "https://sod2.superoffice.com/Cust1")
+    })
+    .await;
+    app.fake.set(
+        "Cust1",
+        running("Cust1", "sod3.superoffice.com", Duration::from_secs(600)),
+    );
+    assert_eq!(
+        app.notify(ChangeType::Move, "Cust1", Some("sod3.superoffice.com"))
+            .await,
+        reqwest::StatusCode::NO_CONTENT
+    );
+    let t = next_matching(&mut stream, "CHANGED", |ev| {
+        kind(ev) == pb::WatchEventType::Changed
+    })
+    .await
+    .tenant
+    .unwrap();
+    assert_eq!(t.endpoint, "https://sod3.superoffice.com/Cust1");
+    assert_eq!(t.api, "https://sod3.superoffice.com/Cust1/api");
+    assert_eq!(change_type(&t), pb::ChangeType::Move);
+    assert_eq!(
+        t.last_notification.unwrap().public_endpoint,
+        "sod3.superoffice.com"
+    );
+    assert!(t.is_running);
+}
+
+#[tokio::test]
+async fn a_notification_for_an_untracked_tenant_starts_tracking_it() {
+    let app = spawn_app().await;
+    let mut deleted = running("Cust5", "sod2.superoffice.com", Duration::from_secs(600));
+    deleted.state = "Deleted".into();
+    app.fake.set("Cust5", deleted);
+    assert!(!app.store.contains("Cust5"));
+    assert_eq!(
+        app.notify(ChangeType::Delete, "Cust5", None).await,
+        reqwest::StatusCode::NO_CONTENT
+    );
+    // Stored before the answer; the confirming poll may already have
+    // filled in the endpoint, but the notification stays on the record.
+    let t = app.get("Cust5").await.unwrap();
+    assert_eq!(state(&t), pb::TenantState::Deleted);
+    assert_eq!(change_type(&t), pb::ChangeType::Delete);
+    eventually("the poller to confirm Cust5", || {
+        app.fake.requests("Cust5") >= 1
+    })
+    .await;
+    // Settling: polled again shortly after, whatever ValidUntil says.
+    eventually("a second confirming poll", || {
+        app.fake.requests("Cust5") >= 2
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_same_notification_delivered_twice_is_applied_once() {
+    let app = spawn_app_tracking("Cust1", Duration::from_secs(600)).await;
+    eventually("Cust1 tracked", || app.store.contains("Cust1")).await;
+    let body = app.fake.notification(ChangeType::Resume, "Cust1", None);
+    let (status, _) = app.post_notification(&body).await;
+    assert_eq!(status, reqwest::StatusCode::NO_CONTENT);
+    let revision = app.store.revision();
+    let (status, json) = app.post_notification(&body).await;
+    assert_eq!(status, reqwest::StatusCode::UNAUTHORIZED);
+    assert_eq!(json["reason"], "token_replayed");
+    assert_eq!(app.store.revision(), revision, "a replay changes nothing");
+}
+
+/// The claims of a token the fake would sign for `ctx`.
+fn claims(app: &TestApp, ctx: &str) -> Value {
+    app.fake
+        .signer()
+        .notification_claims(ctx, Duration::from_secs(300))
+}
+
+fn b64(v: &Value) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+fn with_token(ctx: &str, token: &str) -> Value {
+    json!({
+        "ChangeType": 2,
+        "ContextIdentifier": ctx,
+        "VersionName": "v",
+        "FileVersion": "1",
+        "Token": token,
+    })
+}
+
+#[tokio::test]
+async fn every_kind_of_bad_token_is_refused_with_its_reason_and_changes_nothing() {
+    let app = spawn_app().await;
+    let signer = app.fake.signer().clone();
+    let foreign = Signer::generate(signer.issuer()).unwrap();
+    let now = unix_seconds(std::time::SystemTime::now());
+    let ctx = "Cust9";
+    let with = |patch: Value| {
+        let mut c = claims(&app, ctx);
+        for (k, v) in patch.as_object().unwrap() {
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        c
+    };
+    let good = signer.sign(&claims(&app, ctx));
+    let tampered = {
+        let parts: Vec<&str> = good.split('.').collect();
+        format!(
+            "{}.{}.{}",
+            parts[0],
+            b64(&with(json!({"exp": now + 86_400}))),
+            parts[2]
+        )
+    };
+    let hs256 = |secret: &str| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims(&app, ctx),
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "a foreign key",
+            foreign.sign(&claims(&app, ctx)),
+            "token_signature",
+        ),
+        (
+            "expired",
+            signer.sign(&with(json!({"nbf": now - 900, "exp": now - 600}))),
+            "token_expired",
+        ),
+        (
+            "not yet valid",
+            signer.sign(&with(json!({"nbf": now + 600, "exp": now + 900}))),
+            "token_not_yet_valid",
+        ),
+        (
+            "another issuer",
+            signer.sign(&with(json!({"iss": "https://online.superoffice.com"}))),
+            "token_issuer",
+        ),
+        (
+            "no expiry",
+            signer.sign(&with(json!({"exp": null}))),
+            "token_missing_claim",
+        ),
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                b64(&json!({"alg": "none", "typ": "JWT"})),
+                b64(&claims(&app, ctx))
+            ),
+            "token_algorithm",
+        ),
+        (
+            "HS256 keyed with the certificate",
+            hs256(signer.certificate_pem()),
+            "token_algorithm",
+        ),
+        (
+            "HS256 keyed with the public key",
+            hs256(signer.public_key_pem()),
+            "token_algorithm",
+        ),
+        (
+            "another tenant's token",
+            signer.sign(&claims(&app, "Cust10")),
+            "token_context_mismatch",
+        ),
+        ("a tampered payload", tampered, "token_signature"),
+        ("garbage", "not-a-token".into(), "token_malformed"),
+        ("three dots", "a.b.c".into(), "token_malformed"),
+    ];
+    let revision = app.store.revision();
+    for (what, token, reason) in cases {
+        let (status, json) = app.post_notification(&with_token(ctx, &token)).await;
+        assert_eq!(status, reqwest::StatusCode::UNAUTHORIZED, "{what}: {json}");
+        assert_eq!(json["reason"], reason, "{what}: {json}");
+        let message = json["error"].as_str().unwrap();
+        assert!(message.starts_with("the token"), "{what}: {message}");
+        assert!(
+            !token.is_empty() && !message.contains(&token[..token.len().min(20)]),
+            "{what}: the answer echoes the token"
+        );
+    }
+    assert!(
+        !app.store.contains(ctx),
+        "a refused notification tracks nobody"
+    );
+    assert_eq!(app.store.revision(), revision);
+    assert_eq!(app.fake.requests(ctx), 0, "nor polls anyone");
+
+    // The good token still works after all that.
+    let (status, _) = app.post_notification(&with_token(ctx, &good)).await;
+    assert_eq!(status, reqwest::StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn malformed_requests_get_their_status_and_a_json_reason() {
+    let app = spawn_app().await;
+    let token = app
+        .fake
+        .signer()
+        .notification_token("Cust1", Duration::from_secs(60));
+    let ok = |v: Value| v.to_string().into_bytes();
+    let json_ct = Some("application/json");
+    // What, content type, body, expected status and reason.
+    type Case<'a> = (&'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "not JSON",
+            json_ct,
+            b"hello".to_vec(),
+            400,
+            "malformed_body",
+        ),
+        (
+            "truncated",
+            json_ct,
+            b"{\"ChangeType\": 2,".to_vec(),
+            400,
+            "malformed_body",
+        ),
+        (
+            "no Token",
+            json_ct,
+            ok(json!({"ChangeType": 2, "ContextIdentifier": "Cust1"})),
+            400,
+            "malformed_body",
+        ),
+        (
+            "ChangeType as a string",
+            json_ct,
+            ok(json!({"ChangeType": "Suspend", "ContextIdentifier": "Cust1", "Token": token})),
+            400,
+            "malformed_body",
+        ),
+        (
+            "unknown ChangeType",
+            json_ct,
+            ok(json!({"ChangeType": 6, "ContextIdentifier": "Cust1", "Token": token})),
+            400,
+            "unknown_change_type",
+        ),
+        (
+            "a path in the identifier",
+            json_ct,
+            ok(json!({"ChangeType": 2, "ContextIdentifier": "../Cust1", "Token": token})),
+            400,
+            "bad_context_identifier",
+        ),
+        (
+            "a Move without PublicEndpoint",
+            json_ct,
+            ok(json!({"ChangeType": 5, "ContextIdentifier": "Cust1", "Token": token})),
+            400,
+            "missing_public_endpoint",
+        ),
+        (
+            "text/plain",
+            Some("text/plain"),
+            ok(json!({"ChangeType": 2, "ContextIdentifier": "Cust1", "Token": token})),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "no content type",
+            None,
+            ok(json!({"ChangeType": 2, "ContextIdentifier": "Cust1", "Token": token})),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "over 64 KiB",
+            json_ct,
+            ok(
+                json!({"ChangeType": 2, "ContextIdentifier": "Cust1", "Token": token, "Pad": "x".repeat(70_000)}),
+            ),
+            413,
+            "body_too_large",
+        ),
+    ];
+    let revision = app.store.revision();
+    for (what, ct, body, status, reason) in cases {
+        let (got, json) = app.post_raw(ct, body).await;
+        assert_eq!(got.as_u16(), status, "{what}: {json}");
+        assert_eq!(json["reason"], reason, "{what}: {json}");
+        assert!(
+            json["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{what}"
+        );
+        assert!(
+            !json.to_string().contains(&token),
+            "{what}: echoes the token"
+        );
+    }
+    assert_eq!(app.store.revision(), revision);
+    assert!(!app.store.contains("Cust1"));
+
+    // Another method on the webhook path.
+    let r = app.http.get(&app.webhook_url).send().await.unwrap();
+    assert_eq!(r.headers()["allow"], "POST");
+    let (status, json) = json_response(r).await;
+    assert_eq!(status.as_u16(), 405);
+    assert_eq!(json["reason"], "method_not_allowed");
+
+    // The public listener serves the webhook and nothing else.
+    for path in [
+        "/",
+        "/metrics",
+        "/grpc.health.v1.Health/Check",
+        "/api/state/Cust1",
+    ] {
+        let r = app
+            .http
+            .get(format!("http://{}{path}", app.webhook_addr))
+            .send()
+            .await
+            .unwrap();
+        let (status, json) = json_response(r).await;
+        assert_eq!(status.as_u16(), 404, "{path}");
+        assert_eq!(json["reason"], "not_found");
+    }
+}
+
+#[tokio::test]
+async fn a_chunked_body_past_the_limit_is_cut_off_with_413() {
+    let app = spawn_app().await;
+    let mut conn = tokio::net::TcpStream::connect(app.webhook_addr)
+        .await
+        .unwrap();
+    let head = "POST /NotifyCustomerStateChange HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b' '; 16 * 1024];
+    // 80 KiB announced in chunks, never finished; the server must answer
+    // once 64 KiB have arrived, without waiting for the end.
+    for _ in 0..5 {
+        let _ = conn
+            .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .await;
+        let _ = conn.write_all(&chunk).await;
+        let _ = conn.write_all(b"\r\n").await;
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("body_too_large"), "{text}");
+}
+
+#[tokio::test]
+async fn keys_come_from_the_jwks_and_a_rotation_is_picked_up() {
+    // Unknown key ids may refetch the JWKS at once in this test.
+    let app = spawn_app_with(|_, config| {
+        config.webhook.verifier.jwks_refetch_interval = Duration::ZERO;
+    })
+    .await;
+    assert_eq!(
+        app.notify(ChangeType::Resume, "Cust1", None).await,
+        reqwest::StatusCode::NO_CONTENT
+    );
+    let fetched = app.fake.jwks_requests();
+    assert!(fetched >= 1);
+    // SuperOffice rotates to a new key and publishes it.
+    let next_key = Signer::generate(app.fake.signer().issuer()).unwrap();
+    let token = next_key.notification_token("Cust1", Duration::from_secs(60));
+    let (status, json) = app.post_notification(&with_token("Cust1", &token)).await;
+    assert_eq!(status.as_u16(), 401, "{json}");
+    assert_eq!(
+        app.fake.jwks_requests(),
+        fetched + 1,
+        "an unknown kid refetches"
+    );
+    app.fake.publish_key(&next_key);
+    let token = next_key.notification_token("Cust1", Duration::from_secs(60));
+    let (status, json) = app.post_notification(&with_token("Cust1", &token)).await;
+    assert_eq!(status, reqwest::StatusCode::NO_CONTENT, "{json}");
+}
+
+#[tokio::test]
+async fn unknown_key_ids_refetch_the_jwks_at_most_once_a_minute() {
+    // The default interval, 60 s, is far longer than this test.
+    let app = spawn_app().await;
+    eventually("the JWKS prefetched at start", || {
+        app.fake.jwks_requests() == 1
+    })
+    .await;
+    let forger = Signer::generate(app.fake.signer().issuer()).unwrap();
+    for _ in 0..20 {
+        let token = forger.notification_token("Cust1", Duration::from_secs(60));
+        let (status, json) = app.post_notification(&with_token("Cust1", &token)).await;
+        assert_eq!(status.as_u16(), 401);
+        assert_eq!(json["reason"], "token_signature");
+    }
+    assert_eq!(
+        app.fake.jwks_requests(),
+        1,
+        "forged key ids cannot make us hammer the JWKS"
+    );
+}
+
+#[tokio::test]
+async fn a_certificate_file_alone_is_enough() {
+    let dir = std::env::temp_dir().join(format!("ts-webhook-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = dir.join("SOD_SuperOfficeFederatedLogin.crt");
+    let app = spawn_app_with(|fake, config| {
+        std::fs::write(&cert, fake.signer().certificate_pem()).unwrap();
+        config.webhook.verifier.keys = tenant_status::token::load_keys(&cert).unwrap();
+        config.webhook.verifier.jwks_url = None;
+    })
+    .await;
+    assert_eq!(
+        app.notify(ChangeType::Suspend, "Cust1", None).await,
+        reqwest::StatusCode::NO_CONTENT
+    );
+    assert_eq!(app.fake.jwks_requests(), 0);
+}
