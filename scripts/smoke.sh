@@ -18,7 +18,11 @@ FAKE_PORT=$(free_port)
 GRPC_PORT=$(free_port)
 DEMO_PORT=$(free_port)
 HOOK_PORT=$(free_port)
+ADMIN_PORT=$(free_port)
+TLS_PORT=$(free_port)
 DEMO_HOOK_PORT=$(free_port)
+ADMIN_PORT=$(free_port)
+TLS_PORT=$(free_port)
 A=127.0.0.1:$GRPC_PORT
 S=tenantstatus.v1.TenantStatusService
 LOG=$(mktemp -d)
@@ -36,7 +40,8 @@ expect() { # expect WHAT PATTERN OUTPUT
 
 "$BIN" fake-superoffice --addr "127.0.0.1:$FAKE_PORT" --demo-script --valid-for 2s >"$LOG/fake.log" 2>&1 &
 pids+=($!)
-"$BIN" serve --grpc-addr "$A" --webhook-addr "127.0.0.1:$HOOK_PORT" --state-api-base-url "http://127.0.0.1:$FAKE_PORT" \
+"$BIN" serve --grpc-addr "$A" --webhook-addr "127.0.0.1:$HOOK_PORT" --admin-addr "127.0.0.1:$ADMIN_PORT" \
+  --state-file "$LOG/state.json" --state-api-base-url "http://127.0.0.1:$FAKE_PORT" \
   --tenant Cust10001,Cust10002,Cust10004 --poll-min-interval 500ms --heartbeat-interval 1s \
   --shutdown-timeout 5s >"$LOG/serve.log" 2>&1 &
 SERVE_PID=$!
@@ -68,6 +73,12 @@ expect "WatchTenant heartbeat" "WATCH_EVENT_TYPE_HEARTBEAT" "$WATCH"
 expect "the webhook listener serves nothing else" '"reason":"not_found"' \
   "$(curl -s "http://127.0.0.1:$HOOK_PORT/metrics" || true)"
 
+for _ in $(seq 1 50); do curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null && break; sleep 0.1; done
+expect "readyz" '"ready"' "$(curl -s "http://127.0.0.1:$ADMIN_PORT/readyz")"
+METRICS=$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics")
+expect "metrics: tenants by state" 'tenant_status_tenants{state="Running",stale="false"} 4' "$METRICS"
+expect "metrics: polls" 'tenant_status_polls_total{outcome="found"}' "$METRICS"
+expect "metrics: RPCs by code" 'tenant_status_rpcs_total{method="GetTenantState",code="NOT_FOUND"} 1' "$METRICS"
 kill -TERM "$SERVE_PID"
 for _ in $(seq 1 100); do kill -0 "$SERVE_PID" 2>/dev/null || break; sleep 0.1; done
 kill -0 "$SERVE_PID" 2>/dev/null && fail "serve did not exit within 10 s of SIGTERM"
@@ -75,10 +86,40 @@ wait "$SERVE_PID" || fail "serve exited non-zero after SIGTERM"
 echo "ok: SIGTERM drains and exits 0"
 passed=$((passed + 1))
 
+expect "the state file is written at shutdown" '"Cust10004"' "$(cat "$LOG/state.json")"
+
 OUT=$("$BIN" serve 2>&1 || true)
 expect "a missing setting is named" "superoffice-env" "$OUT"
+set +e
+"$BIN" serve --superoffice-env sod --jwt-certificate /nonexistent.crt >"$LOG/bad.out" 2>&1
+CODE=$?
+set -e
+[ "$CODE" = 2 ] || fail "a bad setting exits 2, not $CODE"
+expect "a bad setting is one sentence" "--jwt-certificate: cannot read /nonexistent.crt" "$(cat "$LOG/bad.out")"
+expect "check-config" "configuration is valid" \
+  "$("$BIN" check-config --superoffice-env online --tenant Cust1)"
 
-"$BIN" demo --grpc-addr "127.0.0.1:$DEMO_PORT" --webhook-addr "127.0.0.1:$DEMO_HOOK_PORT" >"$LOG/demo.log" 2>&1 &
+# gRPC over TLS with client certificates (mTLS), as an operator tries it.
+"$BIN" dev-certs --dir "$LOG/certs"
+"$BIN" serve --grpc-addr "127.0.0.1:$TLS_PORT" --webhook-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 \
+  --state-api-base-url "http://127.0.0.1:$FAKE_PORT" --tenant Cust10001 \
+  --tls-cert "$LOG/certs/server.pem" --tls-key "$LOG/certs/server.key" --tls-client-ca "$LOG/certs/ca.pem" \
+  >"$LOG/tls.log" 2>&1 &
+pids+=($!)
+C="$LOG/certs"
+for _ in $(seq 1 100); do
+  grpcurl -cacert "$C/ca.pem" -cert "$C/client.pem" -key "$C/client.key" -servername localhost "127.0.0.1:$TLS_PORT" list >/dev/null 2>&1 && break
+  sleep 0.1
+done
+expect "grpcurl over mTLS" "TENANT_STATE_RUNNING" \
+  "$(grpcurl -cacert "$C/ca.pem" -cert "$C/client.pem" -key "$C/client.key" -servername localhost \
+     -d '{"context_identifier":"Cust10001"}' "127.0.0.1:$TLS_PORT" $S/GetTenantState)"
+NOCERT=$(grpcurl -cacert "$C/ca.pem" -servername localhost "127.0.0.1:$TLS_PORT" list 2>&1 || true)
+grep -q "TENANT_STATE\|$S" <<<"$NOCERT" && fail "mTLS let a client without a certificate in: $NOCERT"
+echo "ok: mTLS refuses a client without a certificate"
+passed=$((passed + 1))
+
+"$BIN" demo --grpc-addr "127.0.0.1:$DEMO_PORT" --webhook-addr "127.0.0.1:$DEMO_HOOK_PORT" --admin-addr 127.0.0.1:0 >"$LOG/demo.log" 2>&1 &
 DEMO_PID=$!
 pids+=($DEMO_PID)
 for _ in $(seq 1 100); do grpcurl -plaintext "127.0.0.1:$DEMO_PORT" list >/dev/null 2>&1 && break; sleep 0.1; done

@@ -1,22 +1,33 @@
-//! Wiring: `Application::build` binds the gRPC and webhook listeners (so
-//! tests can use port 0 and read the ports back), `run_until` serves until a shutdown future
-//! completes, then drains within the configured deadline.
+//! Wiring: `Application::build` binds the gRPC, webhook and admin listeners
+//! (so tests can use port 0 and read the ports back) and restores the state
+//! file; `run_until` serves until a shutdown future completes, then drains
+//! within the configured deadline.
+//!
+//! The drain, in order: readiness and health turn NOT_SERVING; the gRPC and
+//! webhook listeners stop accepting; webhook requests in flight finish (an
+//! acknowledged notification is in the store); watch streams end with
+//! UNAVAILABLE; the state file is written a last time; the admin listener
+//! closes last, so probes see the drain.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 use crate::{
+    admin::{self, Readiness},
     config::Config,
     grpc::{GrpcService, pb},
+    metrics::Metrics,
+    persist,
     poller::Poller,
     store::Store,
     superoffice::{SingleFlight, StateSource, SuperOfficeClient},
+    tenant::ContextId,
     token::{SeenTokens, Verifier},
     tracker::Tracker,
     webhook::Webhook,
@@ -25,23 +36,36 @@ use crate::{
 /// The gRPC service name health reports on (besides "" for the server).
 pub const SERVICE_NAME: &str = "tenantstatus.v1.TenantStatusService";
 
-/// A built service: listeners bound, not yet serving.
+/// A built service: listeners bound, state restored, not yet serving.
 pub struct Application {
     config: Config,
-    listener: TcpListener,
-    addr: SocketAddr,
+    grpc_listener: TcpListener,
+    grpc_addr: SocketAddr,
     webhook_listener: TcpListener,
     webhook_addr: SocketAddr,
+    admin_listener: TcpListener,
+    admin_addr: SocketAddr,
     webhook: Arc<Webhook>,
     verifier: Arc<Verifier>,
     store: Arc<Store>,
     tracker: Arc<Tracker>,
     poller: Poller,
+    metrics: Arc<Metrics>,
+    /// Tenants put back from the state file.
+    restored: Vec<ContextId>,
+}
+
+async fn bind(setting: &str, addr: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{setting}: cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
 }
 
 impl Application {
-    /// Binds the gRPC listener and assembles the store, the SuperOffice
-    /// client and the poller.
+    /// Binds the listeners and assembles the store, the SuperOffice client
+    /// and the poller.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let client = SuperOfficeClient::new(&config.state_api_base_url, config.http_timeout)
             .context("could not build the HTTP client for SuperOffice's state API")?;
@@ -53,21 +77,22 @@ impl Application {
         config: Config,
         source: Arc<dyn StateSource>,
     ) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(&config.grpc_addr)
-            .await
-            .with_context(|| format!("--grpc-addr: cannot listen on {}", config.grpc_addr))?;
-        let addr = listener.local_addr()?;
-        let webhook_listener = TcpListener::bind(&config.webhook.addr)
-            .await
-            .with_context(|| format!("--webhook-addr: cannot listen on {}", config.webhook.addr))?;
-        let webhook_addr = webhook_listener.local_addr()?;
+        let (grpc_listener, grpc_addr) = bind("--grpc-addr", &config.grpc_addr).await?;
+        let (webhook_listener, webhook_addr) = bind("--webhook-addr", &config.webhook.addr).await?;
+        let (admin_listener, admin_addr) = bind("--admin-addr", &config.admin_addr).await?;
         let store = Arc::new(Store::starting_from_clock());
+        let restored = match &config.state_file {
+            Some(path) => restore(&store, path)?,
+            None => Vec::new(),
+        };
+        let metrics = Arc::new(Metrics::new());
         let source: Arc<dyn StateSource> = Arc::new(SingleFlight::new(source));
         let (poller, handle) = Poller::new(
             Arc::clone(&store),
             Arc::clone(&source),
             config.policy.clone(),
         );
+        let poller = poller.with_metrics(Arc::clone(&metrics));
         let verifier = Arc::new(
             Verifier::new(config.webhook.verifier.clone())
                 .context("could not build the notification token verifier")?,
@@ -79,25 +104,30 @@ impl Application {
             handle.clone(),
             config.webhook.verifier.leeway,
             config.webhook.path.clone(),
+            Arc::clone(&metrics),
         ));
         let tracker = Arc::new(Tracker::new(Arc::clone(&store), source, handle));
         Ok(Self {
             config,
-            listener,
-            addr,
+            grpc_listener,
+            grpc_addr,
             webhook_listener,
             webhook_addr,
+            admin_listener,
+            admin_addr,
             webhook,
             verifier,
             store,
             tracker,
             poller,
+            metrics,
+            restored,
         })
     }
 
     /// The address the gRPC listener is bound to.
     pub fn grpc_addr(&self) -> SocketAddr {
-        self.addr
+        self.grpc_addr
     }
 
     /// The address the public webhook listener is bound to.
@@ -105,36 +135,95 @@ impl Application {
         self.webhook_addr
     }
 
+    /// The address the admin listener (/metrics, /livez, /readyz) is bound to.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
     pub fn store(&self) -> Arc<Store> {
         Arc::clone(&self.store)
     }
 
-    /// Serves until `shutdown` completes, then drains: health turns
-    /// NOT_SERVING, watch streams end with UNAVAILABLE, and the server
-    /// stops within `shutdown_timeout` even if a client never reads.
+    /// Serves until `shutdown` completes, then drains (see the module
+    /// comment) and stops within `shutdown_timeout` even if a client never
+    /// reads.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let Self {
             config,
-            listener,
-            addr,
+            grpc_listener,
+            grpc_addr,
             webhook_listener,
             webhook_addr,
+            admin_listener,
+            admin_addr,
             webhook,
             verifier,
             store,
             tracker,
-            poller,
+            mut poller,
+            metrics,
+            restored,
         } = self;
         tokio::spawn(async move { verifier.prefetch().await });
 
+        // Readiness waits for the first poll of each configured tenant the
+        // state file did not already give us.
+        let readiness = Arc::new(Readiness::default());
+        let awaited: Vec<ContextId> = config
+            .tenants
+            .iter()
+            .filter(|t| !restored.contains(t))
+            .cloned()
+            .collect();
+        let mut first_round = poller.first_round(awaited.iter().cloned());
         let stop_poller = CancellationToken::new();
         let poller_task = tokio::spawn(poller.run(stop_poller.clone()));
-        for t in &config.tenants {
+        for t in &restored {
+            tracker
+                .poller()
+                .track_within(t.clone(), config.restore_spread);
+        }
+        for t in &awaited {
             tracker.poller().track(t.clone());
         }
+        {
+            let readiness = Arc::clone(&readiness);
+            let timeout = config.ready_timeout;
+            tokio::spawn(async move {
+                let done = tokio::time::timeout(timeout, first_round.wait_for(|d| *d)).await;
+                if done.is_err() {
+                    tracing::warn!(?timeout, "first poll round not done in time; ready anyway");
+                }
+                readiness.first_round_done();
+            });
+        }
+
+        let stop_persist = CancellationToken::new();
+        let persist_task = config.state_file.clone().map(|path| {
+            tokio::spawn(persist::run(
+                Arc::clone(&store),
+                path,
+                config.state_file_interval,
+                stop_persist.clone(),
+            ))
+        });
+
+        let stop_admin = CancellationToken::new();
+        let admin_task = tokio::spawn(
+            axum::serve(
+                admin_listener,
+                admin::router(
+                    Arc::clone(&metrics),
+                    Arc::clone(&store),
+                    Arc::clone(&readiness),
+                ),
+            )
+            .with_graceful_shutdown(stop_admin.clone().cancelled_owned())
+            .into_future(),
+        );
 
         let (health, health_service) = tonic_health::server::health_reporter();
         // v1 for current tools, v1alpha for grpcurl 1.8.6 and its age.
@@ -148,9 +237,13 @@ impl Application {
             let draining = draining.clone();
             let health = health.clone();
             let store = Arc::clone(&store);
+            let readiness = Arc::clone(&readiness);
             async move {
                 shutdown.await;
-                tracing::info!("shutting down: health NOT_SERVING, ending watch streams");
+                tracing::info!(
+                    "shutting down: not ready, health NOT_SERVING, ending watch streams"
+                );
+                readiness.draining();
                 health
                     .set_service_status("", ServingStatus::NotServing)
                     .await;
@@ -162,7 +255,18 @@ impl Application {
             }
         };
 
-        let server = Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = &config.tls {
+            let mut tls_config =
+                ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+            if let Some(ca) = &tls.client_ca_pem {
+                tls_config = tls_config.client_ca_root(Certificate::from_pem(ca));
+            }
+            builder = builder
+                .tls_config(tls_config)
+                .context("--tls-cert: the certificate and key cannot serve TLS")?;
+        }
+        let server = builder
             .accept_http1(true)
             .layer(tonic_web::GrpcWebLayer::new())
             .http2_keepalive_interval(Some(config.http2_keepalive_interval))
@@ -173,18 +277,29 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(
-                GrpcService::new(Arc::clone(&tracker), config.heartbeat_interval).into_server(),
+                GrpcService::new(
+                    Arc::clone(&tracker),
+                    config.heartbeat_interval,
+                    Arc::clone(&metrics),
+                    config.access.clone(),
+                )
+                .into_server(),
             )
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), signal);
 
         health.set_service_status("", ServingStatus::Serving).await;
         health
             .set_service_status(SERVICE_NAME, ServingStatus::Serving)
             .await;
         tracing::info!(
-            %addr,
+            %grpc_addr,
+            tls = config.tls.is_some(),
+            mtls = config.tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()),
+            bearer_tokens = config.access.is_some(),
+            %admin_addr,
             state_api = %config.state_api_base_url,
             tenants = config.tenants.len(),
+            restored = restored.len(),
             "tenant-status is serving gRPC"
         );
 
@@ -229,8 +344,44 @@ impl Application {
         };
         stop_poller.cancel();
         let _ = poller_task.await;
+        // Last: everything acknowledged is in the store; save it.
+        stop_persist.cancel();
+        if let Some(t) = persist_task {
+            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+        }
+        stop_admin.cancel();
+        let _ = admin_task.await;
         tracing::info!("tenant-status stopped");
         result
+    }
+}
+
+/// Puts the state file's records back into `store`; returns their tenants.
+/// A corrupt file is reported and set aside, not fatal.
+fn restore(store: &Store, path: &std::path::Path) -> anyhow::Result<Vec<ContextId>> {
+    match persist::load(path) {
+        Ok(None) => {
+            tracing::info!(path = %path.display(), "no state file yet; a first start");
+            Ok(Vec::new())
+        }
+        Ok(Some(records)) => {
+            let tenants: Vec<ContextId> = records
+                .iter()
+                .map(|r| r.context_identifier.clone())
+                .collect();
+            for r in records {
+                store.restore(r);
+            }
+            tracing::info!(path = %path.display(), tenants = tenants.len(), "restored the last known states (stale until re-polled)");
+            Ok(tenants)
+        }
+        Err(e @ persist::LoadError::Corrupt { .. }) => {
+            let aside = persist::set_aside(path)
+                .with_context(|| format!("--state-file: {e}; and it cannot be set aside"))?;
+            tracing::error!(error = %e, set_aside = %aside.display(), "state file unusable; starting without it");
+            Ok(Vec::new())
+        }
+        Err(e) => Err(anyhow::anyhow!("--state-file: {e}")),
     }
 }
 

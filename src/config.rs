@@ -1,12 +1,18 @@
 //! Command-line flags (each also read from a `TENANT_STATUS_*` environment
 //! variable) and their validation into a `Config`.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use url::Url;
 
 use crate::{
+    grpc::BearerTokens,
     poller::PollPolicy,
     superoffice::environment_base_url,
     tenant::ContextId,
@@ -37,6 +43,12 @@ pub enum LogFormat {
 pub enum Command {
     /// Track tenants at SuperOffice and serve their state over gRPC.
     Serve(Box<ServeArgs>),
+    /// Check a configuration (flags, environment, --config file) and exit:
+    /// 0 when `serve` would start with it, 2 with the reason when not.
+    CheckConfig(Box<ServeArgs>),
+    /// Write a throwaway CA, server and client certificate for trying TLS
+    /// and mTLS (`--tls-cert`, `--tls-client-ca`) with grpcurl.
+    DevCerts(DevCertsArgs),
     /// Run against a built-in simulated SuperOffice with a dozen tenants
     /// changing state; works offline.
     Demo(DemoArgs),
@@ -73,9 +85,52 @@ fn duration(s: &str) -> Result<Duration, String> {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    /// A TOML file of settings, named as the flags without the leading
+    /// dashes (`grpc-addr = "0.0.0.0:50051"`, `tenant = ["Cust1"]`). Flags
+    /// win over the environment, which wins over the file.
+    #[arg(long, env = "TENANT_STATUS_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Address of the gRPC listener.
     #[arg(long, env = "TENANT_STATUS_GRPC_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_addr: String,
+    /// Address of the admin listener: /metrics, /livez, /readyz. Keep it
+    /// off the internet.
+    #[arg(
+        long,
+        env = "TENANT_STATUS_ADMIN_ADDR",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub admin_addr: String,
+    /// /readyz turns ready when the first poll round of the configured
+    /// tenants is done, or after this long.
+    #[arg(long, env = "TENANT_STATUS_READY_TIMEOUT", value_parser = duration, default_value = "30s")]
+    pub ready_timeout: Duration,
+    /// File holding every tracked tenant's last known record, written soon
+    /// after changes and at shutdown, and served at once on the next start.
+    #[arg(long, env = "TENANT_STATUS_STATE_FILE")]
+    pub state_file: Option<PathBuf>,
+    /// Shortest time between two writes of the state file.
+    #[arg(long, env = "TENANT_STATUS_STATE_FILE_INTERVAL", value_parser = duration, default_value = "1s")]
+    pub state_file_interval: Duration,
+    /// Restored tenants are first re-polled at random within this window,
+    /// so a restart does not stampede SuperOffice.
+    #[arg(long, env = "TENANT_STATUS_RESTORE_SPREAD", value_parser = duration, default_value = "60s")]
+    pub restore_spread: Duration,
+    /// PEM certificate chain of the gRPC listener (TLS; with --tls-key).
+    #[arg(long, env = "TENANT_STATUS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the gRPC listener.
+    #[arg(long, env = "TENANT_STATUS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): gRPC clients must present a certificate it
+    /// signed (mTLS). Needs --tls-cert.
+    #[arg(long, env = "TENANT_STATUS_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// File of bearer tokens (one a line) that TenantStatusService callers
+    /// must present as `authorization: Bearer <token>`; health and
+    /// reflection stay open.
+    #[arg(long, env = "TENANT_STATUS_GRPC_TOKEN_FILE")]
+    pub grpc_token_file: Option<PathBuf>,
     /// SuperOffice environment whose state API to poll.
     #[arg(long, env = "TENANT_STATUS_SUPEROFFICE_ENV", value_enum)]
     pub superoffice_env: Option<SuperOfficeEnv>,
@@ -197,9 +252,24 @@ pub struct DemoArgs {
         default_value = "127.0.0.1:8080"
     )]
     pub webhook_addr: String,
+    /// Address of the admin listener (/metrics, /livez, /readyz).
+    #[arg(
+        long,
+        env = "TENANT_STATUS_ADMIN_ADDR",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub admin_addr: String,
     /// Interval of WatchTenant heartbeats.
     #[arg(long, env = "TENANT_STATUS_HEARTBEAT_INTERVAL", value_parser = duration, default_value = "15s")]
     pub heartbeat_interval: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DevCertsArgs {
+    /// Directory to write ca.pem, server.pem, server.key, client.pem and
+    /// client.key into.
+    #[arg(long, default_value = "dev-certs")]
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -222,6 +292,13 @@ pub struct FakeArgs {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub grpc_addr: String,
+    pub admin_addr: String,
+    pub ready_timeout: Duration,
+    pub state_file: Option<PathBuf>,
+    pub state_file_interval: Duration,
+    pub restore_spread: Duration,
+    pub tls: Option<TlsFiles>,
+    pub access: Option<Arc<BearerTokens>>,
     pub state_api_base_url: Url,
     pub tenants: Vec<ContextId>,
     pub policy: PollPolicy,
@@ -232,6 +309,38 @@ pub struct Config {
     pub http2_keepalive_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub webhook: WebhookConfig,
+}
+
+/// The gRPC listener's TLS material, read and checked.
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("TlsFiles")
+            .field("mtls", &self.client_ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads a PEM file and checks it holds a block with one of `tags`.
+fn pem_file(setting: &'static str, path: &Path, tags: &[&str]) -> Result<Vec<u8>, ConfigError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| bad(setting, format!("cannot read {}: {e}", path.display())))?;
+    let blocks = pem::parse_many(&bytes)
+        .map_err(|e| bad(setting, format!("{} is not PEM: {e}", path.display())))?;
+    if !blocks.iter().any(|b| tags.contains(&b.tag())) {
+        return Err(bad(
+            setting,
+            format!("{} holds no {}", path.display(), tags.join(" or ")),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// A validated webhook configuration.
@@ -349,8 +458,60 @@ impl ServeArgs {
         let webhook = self
             .webhook
             .validate(self.superoffice_env, &state_api_base_url)?;
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert_pem: pem_file("--tls-cert", cert, &["CERTIFICATE"])?,
+                key_pem: pem_file(
+                    "--tls-key",
+                    key,
+                    &["PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"],
+                )?,
+                client_ca_pem: match &self.tls_client_ca {
+                    Some(ca) => Some(pem_file("--tls-client-ca", ca, &["CERTIFICATE"])?),
+                    None => None,
+                },
+            }),
+            (None, None) if self.tls_client_ca.is_some() => {
+                return Err(bad("--tls-client-ca", "needs --tls-cert and --tls-key"));
+            }
+            (None, None) => None,
+            _ => return Err(bad("--tls-cert", "--tls-cert and --tls-key go together")),
+        };
+        let access = match &self.grpc_token_file {
+            Some(path) => Some(Arc::new(
+                BearerTokens::from_file(path).map_err(|e| bad("--grpc-token-file", e))?,
+            )),
+            None => None,
+        };
+        if let Some(path) = &self.state_file {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            if let Some(dir) = dir {
+                if !dir.is_dir() {
+                    return Err(bad(
+                        "--state-file",
+                        format!("the directory {} does not exist", dir.display()),
+                    ));
+                }
+            }
+            if path.is_dir() {
+                return Err(bad(
+                    "--state-file",
+                    format!("{} is a directory", path.display()),
+                ));
+            }
+        }
+        if self.state_file_interval.is_zero() {
+            return Err(bad("--state-file-interval", "must be more than zero"));
+        }
         Ok(Config {
             grpc_addr: self.grpc_addr.clone(),
+            admin_addr: self.admin_addr.clone(),
+            ready_timeout: self.ready_timeout,
+            state_file: self.state_file.clone(),
+            state_file_interval: self.state_file_interval,
+            restore_spread: self.restore_spread,
+            tls,
+            access,
             state_api_base_url,
             tenants,
             policy: PollPolicy {
@@ -445,6 +606,108 @@ impl WebhookArgs {
     }
 }
 
+/// Why the command line could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A flag clap refuses (or --help, --version).
+    #[error(transparent)]
+    Clap(#[from] clap::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// Parses the command line. With `--config FILE` (or TENANT_STATUS_CONFIG),
+/// the file's settings become the defaults of `serve` and `check-config`,
+/// so a flag wins over the environment, which wins over the file.
+pub fn parse_cli_from(args: Vec<OsString>) -> Result<Cli, CliError> {
+    let file =
+        config_flag(&args).or_else(|| std::env::var_os("TENANT_STATUS_CONFIG").map(PathBuf::from));
+    let mut cmd = Cli::command();
+    if let Some(path) = file {
+        let settings = read_config_file(&path)?;
+        for sub in ["serve", "check-config"] {
+            cmd = cmd.mut_subcommand(sub, |mut c| {
+                for (id, values) in &settings {
+                    c = c.mut_arg(id, |a| a.default_values(values.clone()));
+                }
+                c
+            });
+        }
+    }
+    let matches = cmd.try_get_matches_from(args)?;
+    Ok(Cli::from_arg_matches(&matches)?)
+}
+
+/// The value of `--config` on the command line, if any.
+fn config_flag(args: &[OsString]) -> Option<PathBuf> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let a = a.to_string_lossy();
+        if a == "--config" {
+            return it.next().map(PathBuf::from);
+        }
+        if let Some(v) = a.strip_prefix("--config=") {
+            return Some(PathBuf::from(v));
+        }
+    }
+    None
+}
+
+/// Reads a TOML configuration file into (argument id, values) pairs,
+/// refusing settings `serve` does not have.
+fn read_config_file(path: &Path) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| bad("--config", format!("cannot read {}: {e}", path.display())))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| {
+        bad(
+            "--config",
+            format!("{} is not valid TOML: {e}", path.display()),
+        )
+    })?;
+    let serve = Cli::command();
+    let serve = serve
+        .find_subcommand("serve")
+        .expect("serve is a subcommand");
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let long = key.replace('_', "-");
+        let arg = serve
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long.as_str()) && long != "config" && long != "help")
+            .ok_or_else(|| {
+                bad(
+                    "--config",
+                    format!(
+                        "{}: {key:?} is not a setting of tenant-status serve (see serve --help)",
+                        path.display()
+                    ),
+                )
+            })?;
+        let scalar = |v: &toml::Value| -> Result<String, ConfigError> {
+            match v {
+                toml::Value::String(s) => Ok(s.clone()),
+                toml::Value::Integer(i) => Ok(i.to_string()),
+                toml::Value::Float(f) => Ok(f.to_string()),
+                toml::Value::Boolean(b) => Ok(b.to_string()),
+                other => Err(bad(
+                    "--config",
+                    format!(
+                        "{}: {key} must be a string, number or list of them, not {}",
+                        path.display(),
+                        other.type_str()
+                    ),
+                )),
+            }
+        };
+        let values = match &value {
+            toml::Value::Array(items) => items.iter().map(scalar).collect::<Result<Vec<_>, _>>()?,
+            v => vec![scalar(v)?],
+        };
+        out.push((arg.get_id().to_string(), values));
+    }
+    Ok(out)
+}
+
 impl Config {
     /// A configuration for a state API at `base_url` with the defaults of
     /// `serve`; the gRPC listener on a free loopback port.
@@ -455,6 +718,8 @@ impl Config {
             "--grpc-addr",
             "127.0.0.1:0",
             "--webhook-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
             "127.0.0.1:0",
             "--state-api-base-url",
             base_url,
@@ -590,5 +855,93 @@ mod tests {
         assert!(e.starts_with("--webhook-path:"), "{e}");
         let e = serve(&["--superoffice-env", "sod", "--jwks-url", "file:///x"]).unwrap_err();
         assert!(e.starts_with("--jwks-url:"), "{e}");
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut all = vec!["tenant-status"];
+        all.extend_from_slice(args);
+        let cli =
+            parse_cli_from(all.iter().map(OsString::from).collect()).map_err(|e| e.to_string())?;
+        match cli.command {
+            Command::Serve(s) | Command::CheckConfig(s) => s.validate().map_err(|e| e.to_string()),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn a_config_file_sets_defaults_that_flags_override() {
+        let dir = std::env::temp_dir().join(format!("ts-config-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("tenant-status.toml");
+        std::fs::write(
+            &file,
+            r#"
+superoffice-env = "online"
+grpc_addr = "127.0.0.1:7000"
+tenant = ["Cust1", "Cust2"]
+poll-concurrency = 8
+poll-min-interval = "2s"
+"#,
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let c = parse(&["serve", "--config", f]).unwrap();
+        assert_eq!(c.grpc_addr, "127.0.0.1:7000");
+        assert_eq!(c.tenants.len(), 2);
+        assert_eq!(c.policy.concurrency, 8);
+        assert_eq!(c.policy.min_interval, Duration::from_secs(2));
+        assert_eq!(c.webhook.verifier.issuer, "https://online.superoffice.com");
+        let c = parse(&["serve", "--config", f, "--grpc-addr", "127.0.0.1:7001"]).unwrap();
+        assert_eq!(c.grpc_addr, "127.0.0.1:7001");
+        let c = parse(&["check-config", &format!("--config={f}")]).unwrap();
+        assert_eq!(c.policy.concurrency, 8);
+
+        let unknown = dir.join("unknown.toml");
+        std::fs::write(&unknown, "grpc-adress = \"x\"\n").unwrap();
+        let e = parse(&["serve", "--config", unknown.to_str().unwrap()]).unwrap_err();
+        assert!(
+            e.starts_with("--config:") && e.contains("grpc-adress"),
+            "{e}"
+        );
+        let broken = dir.join("broken.toml");
+        std::fs::write(&broken, "grpc-addr = \n").unwrap();
+        let e = parse(&["serve", "--config", broken.to_str().unwrap()]).unwrap_err();
+        assert!(e.contains("not valid TOML"), "{e}");
+        let e = parse(&["serve", "--config", "/nonexistent.toml"]).unwrap_err();
+        assert!(e.contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn tls_and_access_files_are_checked() {
+        let dir = std::env::temp_dir().join(format!("ts-config-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "hello").unwrap();
+        let j = junk.to_str().unwrap();
+        let e = serve(&["--superoffice-env", "sod", "--tls-cert", j, "--tls-key", j]).unwrap_err();
+        assert!(e.starts_with("--tls-cert:"), "{e}");
+        let e = serve(&["--superoffice-env", "sod", "--tls-cert", j]).unwrap_err();
+        assert!(e.contains("--tls-key"), "{e}");
+        let short = dir.join("tokens");
+        std::fs::write(&short, "# ours\nshort\n").unwrap();
+        let e = serve(&[
+            "--superoffice-env",
+            "sod",
+            "--grpc-token-file",
+            short.to_str().unwrap(),
+        ])
+        .unwrap_err();
+        assert!(
+            e.starts_with("--grpc-token-file:") && e.contains("at least 16"),
+            "{e}"
+        );
+        let e = serve(&[
+            "--superoffice-env",
+            "sod",
+            "--state-file",
+            "/nonexistent/dir/state.json",
+        ])
+        .unwrap_err();
+        assert!(e.starts_with("--state-file:"), "{e}");
     }
 }

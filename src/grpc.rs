@@ -1,12 +1,17 @@
 //! The gRPC layer: maps requests to the core and records to protobuf. The
 //! only module that knows protobuf types.
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::{
+    metrics::Metrics,
     tenant::{ChangeSource, ChangeType, ContextId, TenantRecord, TenantState},
     tracker::{LookupError, Tracker},
     watch::{WatchEvent, watch},
@@ -34,11 +39,103 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 pub struct GrpcService {
     tracker: Arc<Tracker>,
     heartbeat: Duration,
+    metrics: Arc<Metrics>,
+    access: Option<Arc<BearerTokens>>,
+}
+
+/// The bearer tokens callers may present (`--grpc-token-file`): one a
+/// line; blank lines and lines starting with '#' are skipped.
+pub struct BearerTokens(Vec<Vec<u8>>);
+
+impl std::fmt::Debug for BearerTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the tokens themselves.
+        write!(f, "BearerTokens({} tokens)", self.0.len())
+    }
+}
+
+impl BearerTokens {
+    pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let tokens: Vec<Vec<u8>> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| l.as_bytes().to_vec())
+            .collect();
+        if tokens.is_empty() {
+            return Err(format!("{} holds no token", path.display()));
+        }
+        if let Some(short) = tokens.iter().find(|t| t.len() < 16) {
+            return Err(format!(
+                "{} holds a token of {} characters; use at least 16",
+                path.display(),
+                short.len()
+            ));
+        }
+        Ok(Self(tokens))
+    }
+
+    /// Whether `presented` is one of the tokens, compared in time that does
+    /// not depend on where they differ.
+    pub fn accepts(&self, presented: &[u8]) -> bool {
+        self.0.iter().fold(false, |found, t| {
+            let same = t.len() == presented.len()
+                && t.iter()
+                    .zip(presented)
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0;
+            found | same
+        })
+    }
 }
 
 impl GrpcService {
-    pub fn new(tracker: Arc<Tracker>, heartbeat: Duration) -> Self {
-        Self { tracker, heartbeat }
+    pub fn new(
+        tracker: Arc<Tracker>,
+        heartbeat: Duration,
+        metrics: Arc<Metrics>,
+        access: Option<Arc<BearerTokens>>,
+    ) -> Self {
+        Self {
+            tracker,
+            heartbeat,
+            metrics,
+            access,
+        }
+    }
+
+    /// With `--grpc-token-file`, a call must carry `authorization: Bearer
+    /// <token>`. Health and reflection are other services and stay open.
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(access) = &self.access else {
+            return Ok(());
+        };
+        let Some(value) = request.metadata().get("authorization") else {
+            return Err(Status::unauthenticated(
+                "this service requires the header authorization: Bearer <token>",
+            ));
+        };
+        let presented = value
+            .as_bytes()
+            .strip_prefix(b"Bearer ")
+            .or_else(|| value.as_bytes().strip_prefix(b"bearer "));
+        match presented {
+            Some(token) if access.accepts(token) => Ok(()),
+            Some(_) => Err(Status::unauthenticated("the bearer token is not accepted")),
+            None => Err(Status::unauthenticated(
+                "the authorization header must be: Bearer <token>",
+            )),
+        }
+    }
+
+    fn observe<T>(&self, method: &'static str, started: Instant, result: &Result<T, Status>) {
+        let code = match result {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        self.metrics.rpc(method, code_name(code), started.elapsed());
     }
 
     pub fn into_server(self) -> pb::tenant_status_service_server::TenantStatusServiceServer<Self> {
@@ -62,8 +159,51 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchTenantResponse, Sta
 
 #[tonic::async_trait]
 impl TenantStatusService for GrpcService {
-    #[tracing::instrument(name = "GetTenantState", skip_all, fields(tenant = tracing::field::Empty))]
     async fn get_tenant_state(
+        &self,
+        request: Request<pb::GetTenantStateRequest>,
+    ) -> Result<Response<pb::GetTenantStateResponse>, Status> {
+        let started = Instant::now();
+        let result = match self.authorize(&request) {
+            Ok(()) => self.get(request).await,
+            Err(e) => Err(e),
+        };
+        self.observe("GetTenantState", started, &result);
+        result
+    }
+
+    type WatchTenantStream = WatchStream;
+
+    async fn watch_tenant(
+        &self,
+        request: Request<pb::WatchTenantRequest>,
+    ) -> Result<Response<Self::WatchTenantStream>, Status> {
+        let started = Instant::now();
+        let result = match self.authorize(&request) {
+            Ok(()) => self.watch(request).await,
+            Err(e) => Err(e),
+        };
+        self.observe("WatchTenant", started, &result);
+        result
+    }
+
+    async fn list_tenants(
+        &self,
+        request: Request<pb::ListTenantsRequest>,
+    ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        let started = Instant::now();
+        let result = match self.authorize(&request) {
+            Ok(()) => self.list(request),
+            Err(e) => Err(e),
+        };
+        self.observe("ListTenants", started, &result);
+        result
+    }
+}
+
+impl GrpcService {
+    #[tracing::instrument(name = "GetTenantState", skip_all, fields(tenant = tracing::field::Empty))]
+    async fn get(
         &self,
         request: Request<pb::GetTenantStateRequest>,
     ) -> Result<Response<pb::GetTenantStateResponse>, Status> {
@@ -80,13 +220,11 @@ impl TenantStatusService for GrpcService {
         }))
     }
 
-    type WatchTenantStream = WatchStream;
-
     #[tracing::instrument(name = "WatchTenant", skip_all, fields(tenants = tracing::field::Empty))]
-    async fn watch_tenant(
+    async fn watch(
         &self,
         request: Request<pb::WatchTenantRequest>,
-    ) -> Result<Response<Self::WatchTenantStream>, Status> {
+    ) -> Result<Response<WatchStream>, Status> {
         let req = request.into_inner();
         if req.context_identifiers.len() > MAX_WATCHED_NAMES {
             return Err(Status::invalid_argument(format!(
@@ -110,19 +248,28 @@ impl TenantStatusService for GrpcService {
         if let Some(e) = fetched.into_iter().find_map(Result::err) {
             return Err(lookup_status(e));
         }
+        let open = self.metrics.stream_opened();
+        let metrics = Arc::clone(&self.metrics);
         let stream = watch(Arc::clone(store), names, req.since_revision, self.heartbeat).map(
-            |event| match event {
-                WatchEvent::Closing => Err(Status::unavailable(
-                    "tenant-status is shutting down; reconnect with since_revision set to the last revision seen",
-                )),
-                other => Ok(event_to_pb(other)),
+            move |event| {
+                // Counted open for as long as the stream lives.
+                let _open = &open;
+                match event {
+                    WatchEvent::Closing => Err(Status::unavailable(
+                        "tenant-status is shutting down; reconnect with since_revision set to the last revision seen",
+                    )),
+                    other => {
+                        metrics.event_sent();
+                        Ok(event_to_pb(other))
+                    }
+                }
             },
         );
         Ok(Response::new(Box::pin(stream)))
     }
 
     #[tracing::instrument(name = "ListTenants", skip_all)]
-    async fn list_tenants(
+    fn list(
         &self,
         request: Request<pb::ListTenantsRequest>,
     ) -> Result<Response<pb::ListTenantsResponse>, Status> {
@@ -159,6 +306,30 @@ impl TenantStatusService for GrpcService {
             next_page_token,
             revision,
         }))
+    }
+}
+
+/// A status code's name as gRPC spells it, for metric labels.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "OK",
+        C::Cancelled => "CANCELLED",
+        C::Unknown => "UNKNOWN",
+        C::InvalidArgument => "INVALID_ARGUMENT",
+        C::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        C::NotFound => "NOT_FOUND",
+        C::AlreadyExists => "ALREADY_EXISTS",
+        C::PermissionDenied => "PERMISSION_DENIED",
+        C::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        C::FailedPrecondition => "FAILED_PRECONDITION",
+        C::Aborted => "ABORTED",
+        C::OutOfRange => "OUT_OF_RANGE",
+        C::Unimplemented => "UNIMPLEMENTED",
+        C::Internal => "INTERNAL",
+        C::Unavailable => "UNAVAILABLE",
+        C::DataLoss => "DATA_LOSS",
+        C::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 

@@ -20,16 +20,24 @@
 //!   SuperOffice's, for the demo and the tests.
 //! - `grpc`: the tonic service; the only module that knows protobuf types.
 //! - `app`: `Application::build` binds, `run_until` serves and drains.
+//! - `admin`: the admin listener: /metrics, /livez, /readyz.
+//! - `metrics`: the Prometheus registry (prometheus-client), one per app.
+//! - `persist`: the state file: atomic saves, restore at start.
+//! - `devcerts`: a throwaway CA and certificates for trying TLS.
 //! - `config`: flags, environment variables and their validation.
 //! - `fake_superoffice`: the simulated state API for tests, demo, benches.
 //! - `demo`: `tenant-status demo`.
 //! - `telemetry`: logging setup.
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod demo;
+pub mod devcerts;
 pub mod fake_superoffice;
 pub mod grpc;
+pub mod metrics;
+pub mod persist;
 pub mod poller;
 pub mod signer;
 pub mod store;

@@ -1,17 +1,20 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use tenant_status::{
     app::Application,
-    config::{Cli, Command},
+    config::{CliError, Command, parse_cli_from},
     demo,
-    fake_superoffice::{FakeSuperOffice, TenantSpec, demo_script},
-    shutdown_signal, telemetry,
+    devcerts::DevCerts,
+    fake_superoffice, shutdown_signal, telemetry,
 };
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli_from(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(CliError::Clap(e)) => e.exit(),
+        Err(CliError::Config(e)) => return config_error(e),
+    };
     telemetry::init(cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => match args.validate() {
@@ -19,10 +22,26 @@ async fn main() -> ExitCode {
                 Ok(app) => app.run_until(shutdown_signal()).await,
                 Err(e) => Err(e),
             },
-            Err(e) => Err(e.into()),
+            Err(e) => return config_error(e),
         },
+        Command::CheckConfig(args) => match args.validate() {
+            Ok(c) => {
+                println!(
+                    "the configuration is valid: gRPC on {}, webhook on {}, admin on {}, {} tenants",
+                    c.grpc_addr,
+                    c.webhook.addr,
+                    c.admin_addr,
+                    c.tenants.len()
+                );
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => return config_error(e),
+        },
+        Command::DevCerts(args) => DevCerts::generate().and_then(|c| c.write(&args.dir)),
         Command::Demo(args) => demo::run(args, shutdown_signal()).await,
-        Command::FakeSuperoffice(args) => fake(args).await,
+        Command::FakeSuperoffice(args) => {
+            fake_superoffice::run_standalone(args, shutdown_signal()).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -33,20 +52,8 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn fake(args: tenant_status::config::FakeArgs) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(&args.addr).await?;
-    let (fake, task) = FakeSuperOffice::serve(listener, shutdown_signal())?;
-    if args.demo_script {
-        demo_script(&fake, args.valid_for);
-    }
-    for n in 1..=args.tenants {
-        let ctx = format!("Cust{n}");
-        fake.set(
-            &ctx,
-            TenantSpec::running(&ctx, "sod2.superoffice.com").valid_for(args.valid_for),
-        );
-    }
-    eprintln!("simulated SuperOffice state API at {}", fake.url());
-    task.await?;
-    Ok(())
+/// A configuration that cannot be used: one sentence, exit code 2.
+fn config_error(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("tenant-status: {e}");
+    ExitCode::from(2)
 }

@@ -9,17 +9,18 @@
 //! `deleted_retention`.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use futures_util::{StreamExt, future::BoxFuture, stream::FuturesUnordered};
 use rand::Rng;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::{sync::CancellationToken, time::DelayQueue};
 
 use crate::{
+    metrics::Metrics,
     store::{PollResult, Store},
     superoffice::{FetchError, FetchOutcome, FetchResult, StateSource},
     tenant::{ContextId, TenantState},
@@ -104,6 +105,10 @@ impl PollPolicy {
 enum Command {
     /// Track a tenant; poll it soon unless it is already scheduled.
     Track(ContextId),
+    /// Track a tenant restored from the state file: its record is served
+    /// already, so its first poll may wait, at random within this window,
+    /// to spare SuperOffice a stampede.
+    TrackWithin(ContextId, Duration),
     /// A lookup just applied a fresh answer; schedule from it.
     Observed(ContextId, Option<SystemTime>),
     /// A lookup found SuperOffice does not know the tenant; keep asking.
@@ -122,6 +127,9 @@ pub struct PollerHandle {
 impl PollerHandle {
     pub fn track(&self, ctx: ContextId) {
         let _ = self.tx.send(Command::Track(ctx));
+    }
+    pub fn track_within(&self, ctx: ContextId, window: Duration) {
+        let _ = self.tx.send(Command::TrackWithin(ctx, window));
     }
     pub fn observed(&self, ctx: ContextId, valid_until: Option<SystemTime>) {
         let _ = self.tx.send(Command::Observed(ctx, valid_until));
@@ -161,8 +169,12 @@ pub struct Poller {
     queue: DelayQueue<(ContextId, Due)>,
     entries: HashMap<ContextId, Entry>,
     ready: VecDeque<ContextId>,
-    inflight: FuturesUnordered<BoxFuture<'static, (ContextId, FetchResult)>>,
+    inflight: FuturesUnordered<BoxFuture<'static, (ContextId, FetchResult, Duration)>>,
     rng: rand::rngs::SmallRng,
+    metrics: Option<Arc<Metrics>>,
+    /// Tenants whose first poll is awaited by readiness.
+    first_round: HashSet<ContextId>,
+    first_round_done: Option<watch::Sender<bool>>,
 }
 
 impl Poller {
@@ -182,8 +194,29 @@ impl Poller {
             ready: VecDeque::new(),
             inflight: FuturesUnordered::new(),
             rng: rand::SeedableRng::from_rng(&mut rand::rng()),
+            metrics: None,
+            first_round: HashSet::new(),
+            first_round_done: None,
         };
         (poller, PollerHandle { tx })
+    }
+
+    /// Counts polls and their latency in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// A flag that turns true once each of `tenants` has been polled once,
+    /// whatever the outcome (at once when there are none).
+    pub fn first_round(
+        &mut self,
+        tenants: impl IntoIterator<Item = ContextId>,
+    ) -> watch::Receiver<bool> {
+        self.first_round = tenants.into_iter().collect();
+        let (tx, rx) = watch::channel(self.first_round.is_empty());
+        self.first_round_done = Some(tx);
+        rx
     }
 
     /// Runs until `shutdown` fires.
@@ -198,7 +231,20 @@ impl Poller {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Some((ctx, result)) = self.inflight.next(), if !self.inflight.is_empty() => {
+                Some((ctx, result, took)) = self.inflight.next(), if !self.inflight.is_empty() => {
+                    if let Some(m) = &self.metrics {
+                        let outcome = match &result {
+                            Ok(FetchOutcome::Found(_)) => "found",
+                            Ok(FetchOutcome::NotFound) => "not_found",
+                            Err(e) => e.kind(),
+                        };
+                        m.poll(outcome, took);
+                    }
+                    if self.first_round.remove(&ctx) && self.first_round.is_empty() {
+                        if let Some(tx) = &self.first_round_done {
+                            let _ = tx.send(true);
+                        }
+                    }
                     self.finish(ctx, result);
                 }
                 Some(cmd) = self.rx.recv() => self.command(cmd),
@@ -215,6 +261,12 @@ impl Poller {
             Command::Track(ctx) => {
                 if !self.entries.contains_key(&ctx) {
                     let d = self.policy.initial_spread.mul_f64(self.rng.random::<f64>());
+                    self.schedule(ctx, d, Due::Poll);
+                }
+            }
+            Command::TrackWithin(ctx, window) => {
+                if !self.entries.contains_key(&ctx) {
+                    let d = window.mul_f64(self.rng.random::<f64>());
                     self.schedule(ctx, d, Due::Poll);
                 }
             }
@@ -304,8 +356,9 @@ impl Poller {
     fn start(&mut self, ctx: ContextId) {
         let source = Arc::clone(&self.source);
         self.inflight.push(Box::pin(async move {
+            let started = std::time::Instant::now();
             let result = source.fetch(&ctx).await;
-            (ctx, result)
+            (ctx, result, started.elapsed())
         }));
     }
 

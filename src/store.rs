@@ -91,6 +91,8 @@ pub struct Store {
     dashboards: RwLock<Vec<Arc<Inbox>>>,
     tombstones: Mutex<VecDeque<(u64, ContextId)>>,
     closing: CancellationToken,
+    /// Changes folded into a later one in a dashboard's inbox.
+    coalesced: AtomicU64,
 }
 
 impl Default for Store {
@@ -115,6 +117,7 @@ impl Store {
             dashboards: RwLock::new(Vec::new()),
             tombstones: Mutex::new(VecDeque::new()),
             closing: CancellationToken::new(),
+            coalesced: AtomicU64::new(0),
         }
     }
 
@@ -150,6 +153,30 @@ impl Store {
 
     pub fn contains(&self, ctx: &str) -> bool {
         self.tenants.contains_key(ctx)
+    }
+
+    /// How many changes were folded into a later one for a slow watcher of
+    /// every tenant (each such watcher counts).
+    pub fn coalesced(&self) -> u64 {
+        self.coalesced.load(Ordering::Relaxed)
+    }
+
+    /// Every record, for the state file.
+    pub fn snapshot(&self) -> Vec<Arc<TenantRecord>> {
+        self.tenants.iter().map(|r| Arc::clone(r.value())).collect()
+    }
+
+    /// Puts back a record saved by an earlier process, marked stale until
+    /// re-polled. A tenant already known (a lookup or notification that
+    /// raced ahead) keeps its newer record.
+    pub fn restore(&self, record: TenantRecord) -> Option<Applied> {
+        self.update_stamped(&record.context_identifier.clone(), None, |old| match old {
+            Some(_) => None,
+            None => Some(TenantRecord {
+                stale: true,
+                ..record
+            }),
+        })
     }
 
     /// Counts tracked tenants by state and by staleness, for metrics.
@@ -267,6 +294,17 @@ impl Store {
         now: SystemTime,
         f: impl FnOnce(Option<&TenantRecord>) -> Option<TenantRecord>,
     ) -> Option<Applied> {
+        self.update_stamped(ctx, Some(now), f)
+    }
+
+    /// As `update`; with `changed_at: None` a change keeps the
+    /// `changed_at` that `f` gave it (a record restored from the state file).
+    fn update_stamped(
+        &self,
+        ctx: &ContextId,
+        changed_at: Option<SystemTime>,
+        f: impl FnOnce(Option<&TenantRecord>) -> Option<TenantRecord>,
+    ) -> Option<Applied> {
         let entry = self.tenants.entry(ctx.clone());
         let old = match &entry {
             dashmap::Entry::Occupied(o) => Some(Arc::clone(o.get())),
@@ -297,7 +335,9 @@ impl Store {
         }
         let _order = self.order.lock().expect("order lock");
         new.revision = self.revision.load(Ordering::Relaxed) + 1;
-        new.changed_at = now;
+        if let Some(at) = changed_at {
+            new.changed_at = at;
+        }
         let record = Arc::new(new);
         store(entry, &record);
         self.publish(ctx, Slot::Present(Arc::clone(&record)));
@@ -369,8 +409,12 @@ impl Store {
             publish_newer(&tx, slot);
         }
         let dashboards = self.dashboards.read().expect("dashboards lock");
+        let mut coalesced = 0;
         for inbox in dashboards.iter() {
-            inbox.mark(ctx, revision);
+            coalesced += u64::from(inbox.mark(ctx, revision));
+        }
+        if coalesced > 0 {
+            self.coalesced.fetch_add(coalesced, Ordering::Relaxed);
         }
     }
 
@@ -518,17 +562,28 @@ pub struct Inbox {
 }
 
 impl Inbox {
-    fn mark(&self, ctx: &ContextId, revision: u64) {
-        let was_empty = {
+    /// Marks `ctx` changed at `revision`; returns whether an earlier
+    /// change of it was still waiting (and is now folded into this one).
+    fn mark(&self, ctx: &ContextId, revision: u64) -> bool {
+        let (was_empty, coalesced) = {
             let mut dirty = self.dirty.lock().expect("inbox lock");
             let was_empty = dirty.is_empty();
-            let rev = dirty.entry(ctx.clone()).or_insert(revision);
-            *rev = (*rev).max(revision);
-            was_empty
+            let coalesced = match dirty.entry(ctx.clone()) {
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    *o.get_mut() = (*o.get()).max(revision);
+                    true
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(revision);
+                    false
+                }
+            };
+            (was_empty, coalesced)
         };
         if was_empty {
             self.notify.notify_one();
         }
+        coalesced
     }
 }
 

@@ -42,6 +42,19 @@ pub enum FetchError {
     BadResponse(String),
 }
 
+impl FetchError {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Timeout(_) => "timeout",
+            Self::Connect(_) => "connect",
+            Self::Status(_) => "http_status",
+            Self::RateLimited(_) => "rate_limited",
+            Self::BadResponse(_) => "bad_response",
+        }
+    }
+}
+
 pub type FetchResult = Result<FetchOutcome, FetchError>;
 
 /// A source of tenant state. The poller and the lookups use this trait so

@@ -20,6 +20,7 @@ use axum::{
 use serde::Deserialize;
 
 use crate::{
+    metrics::Metrics,
     poller::PollerHandle,
     signer::unix_seconds,
     store::Store,
@@ -233,6 +234,7 @@ pub struct Webhook {
     /// Seconds a token stays usable past `exp`; it is remembered that long.
     leeway: u64,
     path: String,
+    metrics: Arc<Metrics>,
 }
 
 impl Webhook {
@@ -243,6 +245,7 @@ impl Webhook {
         poller: PollerHandle,
         leeway: std::time::Duration,
         path: String,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             verifier,
@@ -251,6 +254,7 @@ impl Webhook {
             poller,
             leeway: leeway.as_secs(),
             path,
+            metrics,
         }
     }
 
@@ -329,8 +333,7 @@ async fn notify(
     .await;
     match result {
         Ok((n, revision)) => {
-            metrics::counter!("tenant_status_notifications_total", "outcome" => "accepted", "reason" => "none")
-                .increment(1);
+            hook.metrics.notification(true, "none");
             tracing::info!(
                 tenant = %n.context_identifier,
                 change = n.change_type.name(),
@@ -340,18 +343,17 @@ async fn notify(
             );
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(rejection) => refuse(rejection, Some(peer)),
+        Err(rejection) => refuse(&hook.metrics, rejection, Some(peer)),
     }
 }
 
 async fn not_found(State(hook): State<Arc<Webhook>>) -> Response {
-    refuse(Rejection::NotFound(hook.path.clone()), None)
+    refuse(&hook.metrics, Rejection::NotFound(hook.path.clone()), None)
 }
 
-fn refuse(rejection: Rejection, peer: Option<SocketAddr>) -> Response {
+fn refuse(metrics: &Metrics, rejection: Rejection, peer: Option<SocketAddr>) -> Response {
     let reason = rejection.reason();
-    metrics::counter!("tenant_status_notifications_total", "outcome" => "rejected", "reason" => reason)
-        .increment(1);
+    metrics.notification(false, reason);
     // A stray request for another path is noise, not a refusal worth a
     // warning each.
     if !matches!(rejection, Rejection::NotFound(_)) {

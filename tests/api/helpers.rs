@@ -19,6 +19,8 @@ pub struct TestApp {
     /// The webhook's full URL.
     pub webhook_url: String,
     pub webhook_addr: SocketAddr,
+    /// The admin listener: /metrics, /livez, /readyz.
+    pub admin_addr: SocketAddr,
     pub http: reqwest::Client,
     pub client: TenantStatusServiceClient<Channel>,
     pub channel: Channel,
@@ -66,24 +68,31 @@ pub async fn spawn_app_tracking(ctx: &str, valid_for: Duration) -> TestApp {
 
 pub async fn spawn_with_config(fake: FakeSuperOffice, config: Config) -> TestApp {
     let config_path = config.webhook.path.clone();
+    let config_tls = config.tls.is_some();
     let app = Application::build(config).await.expect("the app builds");
     let addr = app.grpc_addr();
     let webhook_addr = app.webhook_addr();
+    let admin_addr = app.admin_addr();
+    let tls = config_tls;
     let webhook_url = format!("http://{webhook_addr}{}", config_path);
     let store = app.store();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until(async {
         let _ = stopped.await;
     }));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connects to the server");
+    let endpoint = Channel::from_shared(format!("http://{addr}")).unwrap();
+    // A TLS server is reached by the tests' own TLS clients; this one
+    // stays unconnected.
+    let channel = if tls {
+        endpoint.connect_lazy()
+    } else {
+        endpoint.connect().await.expect("connects to the server")
+    };
     TestApp {
         addr,
         webhook_url,
         webhook_addr,
+        admin_addr,
         http: reqwest::Client::new(),
         client: TenantStatusServiceClient::new(channel.clone()),
         channel,
@@ -106,6 +115,17 @@ impl TestApp {
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.begin_shutdown();
         self.task.take().unwrap().await.unwrap()
+    }
+
+    /// GETs `path` from the admin listener; returns the status and body.
+    pub async fn admin_get(&self, path: &str) -> (reqwest::StatusCode, String) {
+        let r = self
+            .http
+            .get(format!("http://{}{path}", self.admin_addr))
+            .send()
+            .await
+            .expect("the admin listener answers");
+        (r.status(), r.text().await.expect("a body"))
     }
 
     /// POSTs `body` to the webhook as JSON; returns the status and the

@@ -4,6 +4,7 @@
 mod get;
 mod helpers;
 mod list;
+mod operate;
 mod poll;
 mod serving;
 mod watch;

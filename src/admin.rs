@@ -1,0 +1,92 @@
+//! The admin listener (loopback by default, apart from the public webhook):
+//! `/metrics` for Prometheus, `/livez` and `/readyz` for probes.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde_json::json;
+
+use crate::{metrics::Metrics, store::Store};
+
+/// Whether the service should receive traffic: once listening and the
+/// first poll round of the configured tenants is done (or timed out), and
+/// not while draining.
+#[derive(Default)]
+pub struct Readiness {
+    first_round_done: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Readiness {
+    pub fn first_round_done(&self) {
+        self.first_round_done.store(true, Ordering::Release);
+    }
+
+    pub fn draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// `Ok` when ready, or why not.
+    pub fn check(&self) -> Result<(), &'static str> {
+        if self.draining.load(Ordering::Acquire) {
+            Err("shutting down")
+        } else if !self.first_round_done.load(Ordering::Acquire) {
+            Err("the first poll round of the configured tenants is not done yet")
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    metrics: Arc<Metrics>,
+    store: Arc<Store>,
+    readiness: Arc<Readiness>,
+}
+
+pub fn router(metrics: Arc<Metrics>, store: Arc<Store>, readiness: Arc<Readiness>) -> Router {
+    Router::new()
+        .route("/metrics", get(scrape))
+        .route("/livez", get(|| async { Json(json!({"status": "alive"})) }))
+        .route("/readyz", get(ready))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                Json(json!({
+                    "error": "not found; the admin listener serves /metrics, /livez and /readyz",
+                    "reason": "not_found",
+                })),
+            )
+        })
+        .with_state(AdminState {
+            metrics,
+            store,
+            readiness,
+        })
+}
+
+async fn scrape(State(s): State<AdminState>) -> Response {
+    let body = s.metrics.render(&s.store);
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
+}
+
+async fn ready(State(s): State<AdminState>) -> Response {
+    match s.readiness.check() {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "reason": why})),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,234 @@
+//! Prometheus metrics: one registry per application (so tests that run
+//! several in one process do not mix), rendered in the OpenMetrics text
+//! format by prometheus-client.
+//!
+//! Counters and histograms are updated where things happen (poller,
+//! webhook, gRPC handlers); figures the store already knows (tenants by
+//! state, the revision, coalesced events) are read at scrape time.
+
+use std::{
+    sync::{Arc, Mutex, atomic::AtomicI64},
+    time::Duration,
+};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::{Registry, Unit},
+};
+
+use crate::store::Store;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotificationLabels {
+    outcome: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    method: &'static str,
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabels {
+    state: &'static str,
+    stale: &'static str,
+}
+
+/// The service's metrics.
+pub struct Metrics {
+    registry: Registry,
+    polls: Family<OutcomeLabels, Counter>,
+    poll_duration: Histogram,
+    notifications: Family<NotificationLabels, Counter>,
+    rpcs: Family<RpcLabels, Counter>,
+    rpc_duration: Family<MethodLabels, Histogram>,
+    watch_streams: Gauge,
+    events_sent: Counter,
+    events_coalesced: Counter,
+    tenants: Family<TenantLabels, Gauge>,
+    revision: Gauge<i64, AtomicI64>,
+    /// Scrape-time figures are cleared and set under this lock.
+    render: Mutex<()>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn latency_buckets() -> Histogram {
+    // 0.5 ms to about 16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tenant_status");
+        let polls = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "polls",
+            "Polls of SuperOffice's state API, by outcome",
+            polls.clone(),
+        );
+        let poll_duration = latency_buckets();
+        registry.register_with_unit(
+            "poll_duration",
+            "Time of one state API request",
+            Unit::Seconds,
+            poll_duration.clone(),
+        );
+        let notifications = Family::<NotificationLabels, Counter>::default();
+        registry.register(
+            "notifications",
+            "State-change notifications received, by outcome and rejection reason",
+            notifications.clone(),
+        );
+        let rpcs = Family::<RpcLabels, Counter>::default();
+        registry.register(
+            "rpcs",
+            "gRPC calls of TenantStatusService, by method and status code",
+            rpcs.clone(),
+        );
+        let rpc_duration =
+            Family::<MethodLabels, Histogram>::new_with_constructor(latency_buckets as fn() -> _);
+        registry.register_with_unit(
+            "rpc_duration",
+            "Time to answer a call (for WatchTenant: to open the stream)",
+            Unit::Seconds,
+            rpc_duration.clone(),
+        );
+        let watch_streams = Gauge::default();
+        registry.register(
+            "watch_streams",
+            "WatchTenant streams open",
+            watch_streams.clone(),
+        );
+        let events_sent = Counter::default();
+        registry.register(
+            "watch_events_sent",
+            "Events sent on WatchTenant streams",
+            events_sent.clone(),
+        );
+        let events_coalesced = Counter::default();
+        registry.register(
+            "watch_events_coalesced",
+            "Changes folded into a later one for a slow watcher of every tenant",
+            events_coalesced.clone(),
+        );
+        let tenants = Family::<TenantLabels, Gauge>::default();
+        registry.register(
+            "tenants",
+            "Tracked tenants, by state and staleness",
+            tenants.clone(),
+        );
+        let revision = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "store_revision",
+            "The store's latest revision",
+            revision.clone(),
+        );
+        Self {
+            registry,
+            polls,
+            poll_duration,
+            notifications,
+            rpcs,
+            rpc_duration,
+            watch_streams,
+            events_sent,
+            events_coalesced,
+            tenants,
+            revision,
+            render: Mutex::new(()),
+        }
+    }
+
+    /// One poll finished with `outcome` after `took`.
+    pub fn poll(&self, outcome: &'static str, took: Duration) {
+        self.polls.get_or_create(&OutcomeLabels { outcome }).inc();
+        self.poll_duration.observe(took.as_secs_f64());
+    }
+
+    /// One notification accepted (`reason` "none") or rejected.
+    pub fn notification(&self, accepted: bool, reason: &'static str) {
+        let outcome = if accepted { "accepted" } else { "rejected" };
+        self.notifications
+            .get_or_create(&NotificationLabels { outcome, reason })
+            .inc();
+    }
+
+    /// One call of `method` answered with `code` after `took`.
+    pub fn rpc(&self, method: &'static str, code: &'static str, took: Duration) {
+        self.rpcs.get_or_create(&RpcLabels { method, code }).inc();
+        self.rpc_duration
+            .get_or_create(&MethodLabels { method })
+            .observe(took.as_secs_f64());
+    }
+
+    /// A watch stream opened; the guard closes it when dropped.
+    pub fn stream_opened(self: &Arc<Self>) -> StreamGuard {
+        self.watch_streams.inc();
+        StreamGuard(Arc::clone(self))
+    }
+
+    pub fn event_sent(&self) {
+        self.events_sent.inc();
+    }
+
+    /// The OpenMetrics text of every metric, with the store's figures as
+    /// they are now.
+    pub fn render(&self, store: &Store) -> String {
+        let _guard = self.render.lock().unwrap_or_else(|e| e.into_inner());
+        self.tenants.clear();
+        for (state, stale, n) in store.count_by_state() {
+            self.tenants
+                .get_or_create(&TenantLabels {
+                    state: state.name(),
+                    stale: if stale { "true" } else { "false" },
+                })
+                .set(n as i64);
+        }
+        self.revision
+            .set(i64::try_from(store.revision()).unwrap_or(i64::MAX));
+        let coalesced = store.coalesced();
+        let counted = self.events_coalesced.get();
+        if coalesced > counted {
+            self.events_coalesced.inc_by(coalesced - counted);
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String does not fail");
+        out
+    }
+}
+
+/// Counts an open watch stream until dropped.
+pub struct StreamGuard(Arc<Metrics>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.watch_streams.dec();
+    }
+}
+
+/// The content type of `Metrics::render`'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
