@@ -86,12 +86,16 @@ impl Application {
             None => Vec::new(),
         };
         let metrics = Arc::new(Metrics::new());
-        let source: Arc<dyn StateSource> = Arc::new(SingleFlight::new(source));
+        // The poller never has two requests for one tenant in flight, and
+        // must know when its own request went out (an answer older than a
+        // notification does not undo it), so it does not share flights;
+        // lookups of new tenants do.
         let (poller, handle) = Poller::new(
             Arc::clone(&store),
             Arc::clone(&source),
             config.policy.clone(),
         );
+        let source: Arc<dyn StateSource> = Arc::new(SingleFlight::new(source));
         let poller = poller.with_metrics(Arc::clone(&metrics));
         let verifier = Arc::new(
             Verifier::new(config.webhook.verifier.clone())

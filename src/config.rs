@@ -587,6 +587,12 @@ impl WebhookArgs {
             ),
             (None, false) => None,
         };
+        if self.jwt_leeway > Duration::from_secs(300) {
+            return Err(bad(
+                "--jwt-leeway",
+                "at most 5m: a wider leeway keeps expired tokens usable (and remembered) longer",
+            ));
+        }
         if self.seen_tokens_max == 0 {
             return Err(bad("--seen-tokens-max", "must be at least 1"));
         }

@@ -245,7 +245,7 @@ impl Poller {
                             let _ = tx.send(true);
                         }
                     }
-                    self.finish(ctx, result);
+                    self.finish(ctx, result, took);
                 }
                 Some(cmd) = self.rx.recv() => self.command(cmd),
                 Some(expired) = self.queue.next(), if !self.queue.is_empty() => {
@@ -276,9 +276,14 @@ impl Poller {
                 if e.busy {
                     return;
                 }
-                let d = self
-                    .policy
-                    .after_success(valid_until, SystemTime::now(), &mut self.rng);
+                let mut d =
+                    self.policy
+                        .after_success(valid_until, SystemTime::now(), &mut self.rng);
+                if e.settle > 0 {
+                    // A notification's settle polls are not given up for a
+                    // lookup's answer.
+                    d = d.min(self.policy.settle_interval);
+                }
                 self.schedule(ctx, d, Due::Poll);
             }
             Command::NotFound(ctx) => {
@@ -335,12 +340,13 @@ impl Poller {
                 self.ready.push_back(ctx);
             }
             Due::Forget => {
+                // Decided under the tenant's lock: a notification applied
+                // in between (a restore) keeps the tenant.
                 if self
                     .store
-                    .get(&ctx)
-                    .is_some_and(|r| r.state == TenantState::Deleted)
+                    .remove_if(&ctx, |r| r.state == TenantState::Deleted)
+                    .is_some()
                 {
-                    self.store.remove(&ctx);
                     self.entries.remove(&ctx);
                     tracing::info!(tenant = %ctx, "forgot a deleted tenant after its retention");
                 } else {
@@ -362,43 +368,71 @@ impl Poller {
         }));
     }
 
-    fn finish(&mut self, ctx: ContextId, result: FetchResult) {
+    /// What follows an answer: the next poll at ValidUntil (sooner while
+    /// settling after a notification), or, for a DELETED tenant, its
+    /// forgetting after the retention.
+    fn after_answer(
+        &mut self,
+        ctx: &ContextId,
+        valid_until: Option<SystemTime>,
+        now: SystemTime,
+        settling: bool,
+    ) -> (Duration, Due) {
+        let deleted = self
+            .store
+            .get(ctx)
+            .is_some_and(|r| r.state == TenantState::Deleted);
+        if deleted && !settling {
+            return (self.policy.deleted_retention, Due::Forget);
+        }
+        let d = self.policy.after_success(valid_until, now, &mut self.rng);
+        if settling {
+            (d.min(self.policy.settle_interval), Due::Poll)
+        } else {
+            (d, Due::Poll)
+        }
+    }
+
+    fn finish(&mut self, ctx: ContextId, result: FetchResult, took: Duration) {
         let now = SystemTime::now();
+        // When the request went out: an answer to a request sent before a
+        // notification arrived does not undo that notification.
+        let asked_at = now.checked_sub(took).unwrap_or(now);
         let Some(e) = self.entries.get_mut(&ctx) else {
             return;
         };
         e.busy = false;
         let again = std::mem::take(&mut e.again);
+        let settling = e.settle > 0;
+        e.settle = e.settle.saturating_sub(1);
+        let settle = |d: Duration, interval: Duration| if settling { d.min(interval) } else { d };
         let (delay, due) = match result {
             Ok(FetchOutcome::Found(obs)) => {
                 e.failures = 0;
                 let valid_until = obs.valid_until;
-                let deleted = obs.state == TenantState::Deleted;
-                self.store.apply_poll(&ctx, PollResult::Observed(obs), now);
-                let settling = e.settle > 0;
-                e.settle = e.settle.saturating_sub(1);
-                if deleted && !settling {
-                    (self.policy.deleted_retention, Due::Forget)
-                } else {
-                    let d = self.policy.after_success(valid_until, now, &mut self.rng);
-                    let d = if settling {
-                        d.min(self.policy.settle_interval)
-                    } else {
-                        d
-                    };
-                    (d, Due::Poll)
-                }
+                self.store
+                    .apply_poll_asked_at(&ctx, PollResult::Observed(obs), asked_at, now);
+                self.after_answer(&ctx, valid_until, now, settling)
             }
             Ok(FetchOutcome::NotFound) => {
                 e.failures += 1;
                 let failures = e.failures;
-                self.store.apply_poll(&ctx, PollResult::NotFound, now);
-                (
-                    self.policy
+                self.store
+                    .apply_poll_asked_at(&ctx, PollResult::NotFound, asked_at, now);
+                if self
+                    .store
+                    .get(&ctx)
+                    .is_some_and(|r| r.state == TenantState::Deleted)
+                {
+                    // Deleted, and SuperOffice has forgotten it too.
+                    self.after_answer(&ctx, None, now, settling)
+                } else {
+                    let d = self
+                        .policy
                         .after_failure(failures, None, &mut self.rng)
-                        .min(self.policy.max_interval),
-                    Due::Poll,
-                )
+                        .min(self.policy.max_interval);
+                    (settle(d, self.policy.settle_interval), Due::Poll)
+                }
             }
             Err(err) => {
                 e.failures += 1;
@@ -408,8 +442,12 @@ impl Poller {
                     _ => None,
                 };
                 tracing::warn!(tenant = %ctx, failures, error = %err, "poll failed; keeping the last known state");
-                self.store
-                    .apply_poll(&ctx, PollResult::Failed(err.to_string()), now);
+                self.store.apply_poll_asked_at(
+                    &ctx,
+                    PollResult::Failed(err.to_string()),
+                    asked_at,
+                    now,
+                );
                 (
                     self.policy
                         .after_failure(failures, retry_after, &mut self.rng),
@@ -623,9 +661,18 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(h.store.get("Cust1").unwrap().state, TenantState::Deleted);
         assert_eq!(h.store.get("Cust2").unwrap().state, TenantState::Deleted);
-        // Cust2 comes back (as a notification or lookup would record it).
-        h.store
-            .apply_poll(&two, PollResult::NotFound, SystemTime::now());
+        // Cust2 comes back (as a lookup would record it).
+        h.store.apply_poll(
+            &two,
+            PollResult::Observed(crate::tenant::Observation {
+                state: TenantState::Provisioning,
+                endpoint: String::new(),
+                api: String::new(),
+                version: String::new(),
+                valid_until: None,
+            }),
+            SystemTime::now(),
+        );
         tokio::time::sleep(Duration::from_secs(20)).await;
         assert!(h.store.get("Cust1").is_none(), "forgotten after retention");
         assert_eq!(h.calls(), 3, "no polls while deleted; one for the returner");

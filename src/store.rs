@@ -197,7 +197,27 @@ impl Store {
         result: PollResult,
         now: SystemTime,
     ) -> Option<Applied> {
+        self.apply_poll_asked_at(ctx, result, now, now)
+    }
+
+    /// As `apply_poll`, for a request sent at `asked_at`. An answer to a
+    /// request sent before the tenant's latest notification arrived is
+    /// older news than that notification and is dropped (`None`): the
+    /// notification's confirming poll, sent after it, has the last word.
+    pub fn apply_poll_asked_at(
+        &self,
+        ctx: &ContextId,
+        result: PollResult,
+        asked_at: SystemTime,
+        now: SystemTime,
+    ) -> Option<Applied> {
         self.update(ctx, now, |old| {
+            if old
+                .and_then(|o| o.last_notification.as_ref())
+                .is_some_and(|n| n.received_at > asked_at)
+            {
+                return None;
+            }
             // A change made here is the poll's doing; when nothing
             // meaningful changes, `update` keeps the old source. Only the
             // fields a poll does not set are carried over from `old`.
@@ -232,8 +252,13 @@ impl Store {
                     false,
                     String::new(),
                 )),
+                // A deleted tenant that SuperOffice no longer knows is
+                // still deleted: it stays DELETED until it is forgotten.
                 PollResult::NotFound => Some(record(
-                    TenantState::Unknown,
+                    match old.map(|o| o.state) {
+                        Some(TenantState::Deleted) => TenantState::Deleted,
+                        _ => TenantState::Unknown,
+                    },
                     endpoint.clone(),
                     api.clone(),
                     version.clone(),
@@ -268,15 +293,23 @@ impl Store {
     ) -> Applied {
         self.update(ctx, now, |old| {
             let mut r = old.cloned().unwrap_or_else(|| Self::blank(ctx, now));
-            match note.change_type {
-                ChangeType::Upgrade => r.state = TenantState::OfflineMaintenance,
-                ChangeType::Suspend => r.state = TenantState::Suspended,
-                ChangeType::Delete => r.state = TenantState::Deleted,
-                ChangeType::Move => {
-                    r.endpoint = moved_url(&r.endpoint, &note.public_endpoint, ctx, "");
-                    r.api = moved_url(&r.api, &note.public_endpoint, ctx, "/api");
+            let implied = match note.change_type {
+                ChangeType::Upgrade => Some(TenantState::OfflineMaintenance),
+                ChangeType::Suspend => Some(TenantState::Suspended),
+                ChangeType::Delete => Some(TenantState::Deleted),
+                _ => None,
+            };
+            if let Some(state) = implied {
+                if state != r.state {
+                    // The last poll's ValidUntil vouched for the old state,
+                    // not this one.
+                    r.valid_until = None;
                 }
-                ChangeType::Resume | ChangeType::BackupRestored => {}
+                r.state = state;
+            }
+            if note.change_type == ChangeType::Move {
+                r.endpoint = moved_url(&r.endpoint, &note.public_endpoint, ctx, "");
+                r.api = moved_url(&r.api, &note.public_endpoint, ctx, "/api");
             }
             r.source = ChangeSource::Notification;
             r.last_notification = Some(note);
@@ -348,10 +381,23 @@ impl Store {
     /// Forgets a tenant. Returns the revision of the removal, or `None` if
     /// it was not tracked.
     pub fn remove(&self, ctx: &ContextId) -> Option<u64> {
+        self.remove_if(ctx, |_| true)
+    }
+
+    /// Forgets a tenant if `keep_not` holds for its record, decided under
+    /// the tenant's lock so that no update can slip in between.
+    pub fn remove_if(
+        &self,
+        ctx: &ContextId,
+        keep_not: impl FnOnce(&TenantRecord) -> bool,
+    ) -> Option<u64> {
         let entry = self.tenants.entry(ctx.clone());
         let dashmap::Entry::Occupied(o) = entry else {
             return None;
         };
+        if !keep_not(o.get()) {
+            return None;
+        }
         let _order = self.order.lock().expect("order lock");
         let revision = self.revision.load(Ordering::Relaxed) + 1;
         o.remove();
@@ -792,5 +838,65 @@ mod tests {
         assert_eq!(store.watcher_counts().1, 1);
         drop(guard);
         assert_eq!(store.watcher_counts().1, 0);
+    }
+
+    fn note(change_type: ChangeType, at: SystemTime) -> NotificationInfo {
+        NotificationInfo {
+            change_type,
+            version_name: String::new(),
+            file_version: String::new(),
+            public_endpoint: String::new(),
+            received_at: at,
+        }
+    }
+
+    #[test]
+    fn an_answer_asked_before_a_notification_does_not_undo_it() {
+        let store = Store::new();
+        let c = ctx("Cust1");
+        let t0 = SystemTime::now();
+        store.apply_poll(&c, running("https://sod2"), t0);
+        let t1 = t0 + Duration::from_secs(1);
+        let t2 = t0 + Duration::from_secs(2);
+        store.apply_notification(&c, note(ChangeType::Suspend, t1), t1);
+        let r = store.get("Cust1").unwrap();
+        assert_eq!(r.state, TenantState::Suspended);
+        assert_eq!(
+            r.valid_until, None,
+            "the old ValidUntil vouched for Running"
+        );
+        // Asked at t0, answered after the notification: older news.
+        assert!(
+            store
+                .apply_poll_asked_at(&c, running("https://sod2"), t0, t2)
+                .is_none()
+        );
+        assert_eq!(store.get("Cust1").unwrap().state, TenantState::Suspended);
+        // Asked after it: the poll has the last word.
+        let a = store
+            .apply_poll_asked_at(&c, running("https://sod2"), t2, t2)
+            .unwrap();
+        assert_eq!(a.record.state, TenantState::Running);
+    }
+
+    #[test]
+    fn a_deleted_tenant_superoffice_no_longer_knows_stays_deleted() {
+        let store = Store::new();
+        let c = ctx("Cust1");
+        let t0 = SystemTime::now();
+        store.apply_notification(&c, note(ChangeType::Delete, t0), t0);
+        let t1 = t0 + Duration::from_secs(1);
+        store.apply_poll(&c, PollResult::NotFound, t1);
+        assert_eq!(store.get("Cust1").unwrap().state, TenantState::Deleted);
+        assert_eq!(
+            store.remove_if(&c, |r| r.state == TenantState::Running),
+            None
+        );
+        assert!(
+            store
+                .remove_if(&c, |r| r.state == TenantState::Deleted)
+                .is_some()
+        );
+        assert!(!store.contains("Cust1"));
     }
 }

@@ -23,7 +23,7 @@ use std::{
 };
 
 use base64::Engine;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind, jwk::JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde::Deserialize;
 use url::Url;
 
@@ -98,7 +98,10 @@ pub struct TrustedKey {
 /// DER certificate. Every RSA key in the file is trusted.
 pub fn load_keys(path: &Path) -> Result<Vec<TrustedKey>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let blocks = if bytes.starts_with(b"-----") || bytes.trim_ascii_start().starts_with(b"-----") {
+    // PEM may follow a byte-order mark or OpenSSL's "Bag Attributes" and
+    // "subject=" lines; anything without a PEM block is taken as DER.
+    let is_pem = bytes.windows(11).any(|w| w == b"-----BEGIN ");
+    let blocks = if is_pem {
         pem::parse_many(&bytes).map_err(|e| format!("{} is not valid PEM: {e}", path.display()))?
     } else {
         // A .crt in binary DER form.
@@ -350,7 +353,11 @@ impl Verifier {
 
 impl Jwks {
     async fn refetch_if_due(&self) {
-        let mut last = self.last_fetch.lock().await;
+        // A fetch already under way: go on with the keys we have rather
+        // than queue behind it.
+        let Ok(mut last) = self.last_fetch.try_lock() else {
+            return;
+        };
         if last.is_some_and(|t| t.elapsed() < self.refetch_interval) {
             return;
         }
@@ -375,26 +382,57 @@ impl Jwks {
         if body.len() > 1024 * 1024 {
             anyhow::bail!("the JWKS is larger than 1 MiB");
         }
-        let set: JwkSet = serde_json::from_slice(&body).context("not a JWKS document")?;
-        let mut keys = HashMap::new();
-        for jwk in &set.keys {
-            let jsonwebtoken::jwk::AlgorithmParameters::RSA(_) = &jwk.algorithm else {
-                continue;
-            };
-            let Some(kid) = jwk.common.key_id.clone() else {
-                // Trusted all the same: tokens without a kid try every key.
-                keys.insert(
-                    format!("(no kid #{})", keys.len()),
-                    DecodingKey::from_jwk(jwk)?,
-                );
-                continue;
-            };
-            keys.insert(kid, DecodingKey::from_jwk(jwk)?);
+        let keys = parse_jwks(&body)?;
+        if keys.is_empty() {
+            // Never trade known keys for none: a broken publication should
+            // not stop every notification.
+            anyhow::bail!("the JWKS holds no usable RS256 signing key; keeping the keys we had");
         }
         tracing::info!(url = %self.url, keys = keys.len(), "fetched SuperOffice's JWKS");
         *self.keys.write().expect("jwks lock") = keys;
         Ok(())
     }
+}
+
+/// The RS256 signing keys of a JWKS document, by `kid`. Keys of other
+/// types, for encryption (`use: enc`) or for other algorithms are skipped
+/// one by one, so one odd key does not hide the rest.
+pub fn parse_jwks(body: &[u8]) -> anyhow::Result<HashMap<String, DecodingKey>> {
+    use anyhow::Context;
+    #[derive(Deserialize)]
+    struct Set {
+        keys: Vec<serde_json::Value>,
+    }
+    let set: Set = serde_json::from_slice(body).context("not a JWKS document")?;
+    let mut keys = HashMap::new();
+    for (i, value) in set.keys.into_iter().enumerate() {
+        let usable = value.get("kty").and_then(|v| v.as_str()) == Some("RSA")
+            && value
+                .get("use")
+                .and_then(|v| v.as_str())
+                .is_none_or(|u| u == "sig")
+            && value
+                .get("alg")
+                .and_then(|v| v.as_str())
+                .is_none_or(|a| a == "RS256");
+        if !usable {
+            continue;
+        }
+        let Ok(jwk) = serde_json::from_value::<jsonwebtoken::jwk::Jwk>(value) else {
+            continue;
+        };
+        let Ok(key) = DecodingKey::from_jwk(&jwk) else {
+            continue;
+        };
+        // Trusted all the same without a kid: tokens without one try every key.
+        let kid = jwk
+            .common
+            .key_id
+            .clone()
+            .unwrap_or_else(|| format!("(no kid #{i})"));
+        keys.insert(kid, key);
+    }
+    Ok(keys)
 }
 
 fn read_header(token: &str) -> Result<RawHeader, TokenError> {
@@ -418,10 +456,18 @@ fn printable(s: &str) -> String {
         .collect()
 }
 
+/// Whether a token was seen before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    First,
+    Replay,
+    /// The memory is full of tokens still usable.
+    Full,
+}
+
 /// Tokens already accepted, remembered until they expire, at most
 /// `capacity` of them. Each is kept as a 64-bit keyed hash, so the memory
-/// is about 50 bytes a token whatever its size. When full, the token that
-/// expires first is forgotten first.
+/// is about 50 bytes a token whatever its size.
 pub struct SeenTokens {
     capacity: usize,
     hasher: RandomState,
@@ -444,8 +490,10 @@ impl SeenTokens {
     }
 
     /// Records `token`, usable until `forget_after` (Unix seconds), and
-    /// says whether this is its first use.
-    pub fn first_use(&self, token: &str, forget_after: u64, now: SystemTime) -> bool {
+    /// says whether this is its first use. When the memory is full of
+    /// tokens still usable, nothing is forgotten (that would open a replay
+    /// window): the answer is `Full` and the caller refuses for now.
+    pub fn first_use(&self, token: &str, forget_after: u64, now: SystemTime) -> Seen {
         let hash = self.hasher.hash_one(token);
         let now = unix_seconds(now);
         let mut inner = self.inner.lock().expect("seen tokens lock");
@@ -457,17 +505,14 @@ impl SeenTokens {
             inner.expiry.remove(&h);
         }
         if inner.expiry.contains_key(&hash) {
-            return false;
+            return Seen::Replay;
         }
-        while inner.expiry.len() >= self.capacity {
-            let Some((_, h)) = inner.by_expiry.pop_first() else {
-                break;
-            };
-            inner.expiry.remove(&h);
+        if inner.expiry.len() >= self.capacity {
+            return Seen::Full;
         }
         inner.expiry.insert(hash, forget_after);
         inner.by_expiry.insert((forget_after, hash));
-        true
+        Seen::First
     }
 
     pub fn len(&self) -> usize {
@@ -681,6 +726,24 @@ mod tests {
                 .unwrap_err()
                 .contains("no RSA public key")
         );
+        let signer = Signer::shared(ISSUER).unwrap();
+        let bag = dir.join("bag.pem");
+        std::fs::write(
+            &bag,
+            format!(
+                "\u{feff}Bag Attributes\nsubject=CN = x\n{}",
+                signer.certificate_pem()
+            ),
+        )
+        .unwrap();
+        assert_eq!(load_keys(&bag).unwrap().len(), 1);
+        let der = dir.join("so.der.crt");
+        std::fs::write(
+            &der,
+            pem::parse(signer.certificate_pem()).unwrap().contents(),
+        )
+        .unwrap();
+        assert_eq!(load_keys(&der).unwrap().len(), 1);
         assert!(
             load_keys(&dir.join("missing.crt"))
                 .unwrap_err()
@@ -689,21 +752,46 @@ mod tests {
     }
 
     #[test]
+    fn a_jwks_yields_its_rs256_signing_keys_and_skips_the_rest() {
+        let signer = Signer::shared(ISSUER).unwrap();
+        let mut good = serde_json::to_value(signer.jwks()).unwrap()["keys"][0].clone();
+        good["alg"] = json!("RS256");
+        let mut enc = good.clone();
+        enc["use"] = json!("enc");
+        enc["kid"] = json!("enc");
+        let mut ps = good.clone();
+        ps["alg"] = json!("PS256");
+        ps["kid"] = json!("ps");
+        let doc = json!({"keys": [
+            {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"},
+            {"kty": "EC", "crv": "P-256", "x": "AAAA", "y": "AAAA", "kid": "ec"},
+            {"kty": "RSA", "kid": "broken", "n": "!!", "e": "AQAB"},
+            {"kty": "OKP", "crv": "X448", "x": "AAAA"},
+            enc, ps, good
+        ]});
+        let keys = parse_jwks(doc.to_string().as_bytes()).unwrap();
+        assert_eq!(keys.len(), 1, "{:?}", keys.keys().collect::<Vec<_>>());
+        assert!(keys.contains_key(signer.kid()));
+        assert!(parse_jwks(b"[]").is_err());
+    }
+
+    #[test]
     fn seen_tokens_are_remembered_until_expiry_within_a_bound() {
         let seen = SeenTokens::new(3);
         let now = SystemTime::now();
         let t = unix_seconds(now);
-        assert!(seen.first_use("a", t + 100, now));
-        assert!(!seen.first_use("a", t + 100, now));
-        assert!(seen.first_use("b", t + 50, now));
-        assert!(seen.first_use("c", t + 200, now));
-        // Full: the one expiring first (b) makes room.
-        assert!(seen.first_use("d", t + 300, now));
+        assert_eq!(seen.first_use("a", t + 100, now), Seen::First);
+        assert_eq!(seen.first_use("a", t + 100, now), Seen::Replay);
+        assert_eq!(seen.first_use("b", t + 50, now), Seen::First);
+        assert_eq!(seen.first_use("c", t + 200, now), Seen::First);
+        // Full of usable tokens: nothing is forgotten early.
+        assert_eq!(seen.first_use("d", t + 300, now), Seen::Full);
         assert_eq!(seen.len(), 3);
-        assert!(!seen.first_use("a", t + 100, now));
-        // After "a" expires it is forgotten.
+        assert_eq!(seen.first_use("a", t + 100, now), Seen::Replay);
+        // Once "b" and "a" expire there is room again, and they are
+        // forgotten (the verifier refuses them as expired by then).
         let later = now + Duration::from_secs(150);
-        assert!(seen.first_use("e", t + 400, later));
-        assert!(seen.first_use("a", t + 500, later));
+        assert_eq!(seen.first_use("d", t + 400, later), Seen::First);
+        assert_eq!(seen.first_use("a", t + 500, later), Seen::First);
     }
 }

@@ -52,15 +52,25 @@ impl Tracker {
         if let Some(r) = self.store.get(ctx) {
             return Ok(r);
         }
+        let asked_at = SystemTime::now();
         match self.source.fetch(ctx).await {
             Ok(FetchOutcome::Found(obs)) => {
                 let valid_until = obs.valid_until;
-                let applied = self
-                    .store
-                    .apply_poll(ctx, PollResult::Observed(obs), SystemTime::now())
-                    .expect("an observation always applies");
+                let applied = self.store.apply_poll_asked_at(
+                    ctx,
+                    PollResult::Observed(obs),
+                    asked_at,
+                    SystemTime::now(),
+                );
                 self.poller.observed(ctx.clone(), valid_until);
-                Ok(applied.record)
+                match applied {
+                    Some(a) => Ok(a.record),
+                    // A notification arrived while we asked: it is newer.
+                    None => self
+                        .store
+                        .get(ctx)
+                        .ok_or_else(|| LookupError::NotFound(ctx.clone())),
+                }
             }
             Ok(FetchOutcome::NotFound) => Err(LookupError::NotFound(ctx.clone())),
             Err(e) => Err(LookupError::Unavailable(ctx.clone(), e.to_string())),

@@ -25,11 +25,14 @@ use crate::{
     signer::unix_seconds,
     store::Store,
     tenant::{ChangeType, ContextId, NotificationInfo},
-    token::{SeenTokens, TokenError, Verifier},
+    token::{Seen, SeenTokens, TokenError, Verifier},
 };
 
 /// The largest notification body read. SuperOffice's are well under 2 KiB.
 pub const MAX_BODY: usize = 64 * 1024;
+
+/// The longest a client may take to send the body once its headers came.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The longest VersionName or FileVersion kept.
 pub const MAX_VERSION_LEN: usize = 256;
@@ -53,7 +56,7 @@ struct RawNotification {
 }
 
 /// A well-formed notification, its token not yet verified.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Notification {
     pub change_type: ChangeType,
     pub context_identifier: ContextId,
@@ -62,6 +65,19 @@ pub struct Notification {
     /// A bare host name, lower case; empty when not given.
     pub public_endpoint: String,
     pub token: String,
+}
+
+impl std::fmt::Debug for Notification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("Notification")
+            .field("change_type", &self.change_type)
+            .field("context_identifier", &self.context_identifier)
+            .field("version_name", &self.version_name)
+            .field("file_version", &self.file_version)
+            .field("public_endpoint", &self.public_endpoint)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a request was refused.
@@ -80,8 +96,14 @@ pub enum Rejection {
     UnsupportedMediaType,
     #[error("only POST is accepted here")]
     MethodNotAllowed,
-    #[error("nothing is served here; notifications go to {0}")]
-    NotFound(String),
+    #[error("not found")]
+    NotFound,
+    #[error("the body did not arrive within {} s", BODY_TIMEOUT.as_secs())]
+    BodyTimeout,
+    /// The replay memory is full of tokens still usable: refusing is
+    /// safer than forgetting one. SuperOffice retries later.
+    #[error("too many notifications to remember right now; try again shortly")]
+    Busy,
 }
 
 impl Rejection {
@@ -99,7 +121,9 @@ impl Rejection {
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -111,7 +135,9 @@ impl Rejection {
             Self::TooLarge => "body_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::MethodNotAllowed => "method_not_allowed",
-            Self::NotFound(_) => "not_found",
+            Self::NotFound => "not_found",
+            Self::BodyTimeout => "body_timeout",
+            Self::Busy => "busy",
         }
     }
 }
@@ -169,17 +195,22 @@ pub fn parse_notification(body: &[u8]) -> Result<Notification, Rejection> {
     })
 }
 
-/// serde_json's message, cut short: it quotes parts of the input.
+/// serde_json's message without the input it quotes, so that a token sent
+/// in the wrong field is not echoed: `invalid type: string "eyJ...",
+/// expected i64 at line 1 column 16` becomes `invalid type: string …,
+/// expected i64 at line 1 column 16`. Messages that quote only our own
+/// field names (missing or duplicate field) are kept whole.
 fn scrub(e: &serde_json::Error) -> String {
     let text = e.to_string();
-    if text.len() <= 200 {
+    if text.starts_with("missing field") || text.starts_with("duplicate field") {
         return text;
     }
-    let mut cut = 200;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
+    match (text.find(['"', '`']), text.rfind(['"', '`'])) {
+        (Some(open), Some(close)) if close > open => {
+            format!("{}…{}", &text[..open], &text[close + 1..])
+        }
+        _ => text,
     }
-    format!("{}…", &text[..cut])
 }
 
 fn bounded(field: &str, value: Option<String>) -> Result<String, Rejection> {
@@ -279,8 +310,10 @@ impl Webhook {
         if forget_after < unix_seconds(now) {
             return Err(TokenError::Expired.into());
         }
-        if !self.seen.first_use(&n.token, forget_after, now) {
-            return Err(TokenError::Replayed.into());
+        match self.seen.first_use(&n.token, forget_after, now) {
+            Seen::First => {}
+            Seen::Replay => return Err(TokenError::Replayed.into()),
+            Seen::Full => return Err(Rejection::Busy),
         }
         let applied = self.store.apply_notification(
             &n.context_identifier,
@@ -319,15 +352,19 @@ async fn notify(
         if declared.is_some_and(|n| n > MAX_BODY as u64) {
             return Err(Rejection::TooLarge);
         }
-        let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|e| {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                Rejection::TooLarge
-            } else {
-                Rejection::bad("body_unreadable", "the body could not be read to its end")
-            }
-        })?;
+        let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY));
+        let bytes = read
+            .await
+            .map_err(|_| Rejection::BodyTimeout)?
+            .map_err(|e| {
+                let too_large = std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                if too_large {
+                    Rejection::TooLarge
+                } else {
+                    Rejection::bad("body_unreadable", "the body could not be read to its end")
+                }
+            })?;
         hook.accept(&bytes).await
     }
     .await;
@@ -348,7 +385,8 @@ async fn notify(
 }
 
 async fn not_found(State(hook): State<Arc<Webhook>>) -> Response {
-    refuse(&hook.metrics, Rejection::NotFound(hook.path.clone()), None)
+    // Says nothing of where the webhook is: the path may be a secret too.
+    refuse(&hook.metrics, Rejection::NotFound, None)
 }
 
 fn refuse(metrics: &Metrics, rejection: Rejection, peer: Option<SocketAddr>) -> Response {
@@ -356,7 +394,7 @@ fn refuse(metrics: &Metrics, rejection: Rejection, peer: Option<SocketAddr>) -> 
     metrics.notification(false, reason);
     // A stray request for another path is noise, not a refusal worth a
     // warning each.
-    if !matches!(rejection, Rejection::NotFound(_)) {
+    if !matches!(rejection, Rejection::NotFound) {
         let peer = peer.map(|p| p.to_string()).unwrap_or_default();
         tracing::warn!(reason, %peer, "refused a notification: {rejection}");
     }
@@ -371,6 +409,9 @@ fn refuse(metrics: &Metrics, rejection: Rejection, peer: Option<SocketAddr>) -> 
         .into_response();
     let h = response.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
     if status == StatusCode::METHOD_NOT_ALLOWED {
         h.insert(header::ALLOW, HeaderValue::from_static("POST"));
     }
@@ -502,6 +543,31 @@ mod tests {
             );
             assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         }
+    }
+
+    #[test]
+    fn error_messages_do_not_echo_the_input() {
+        let secret = "eyJhbGciOiJSUzI1NiJ9.secret-payload.signature";
+        let e = parse_notification(
+            serde_json::json!({"ChangeType": secret, "ContextIdentifier": "C", "Token": "t"})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
+        assert!(e.to_string().contains("expected i64"), "{e}");
+        let e = parse_notification(b"{\"ChangeType\": 1}").unwrap_err();
+        assert!(
+            e.to_string().contains("missing field `ContextIdentifier`"),
+            "{e}"
+        );
+        let n = parse_notification(
+            serde_json::json!({"ChangeType": 0, "ContextIdentifier": "C", "Token": secret})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+        assert!(!format!("{n:?}").contains("secret"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{Value, json};
 use tenant_status::{
+    fake_superoffice::Failure,
     pb,
     signer::{Signer, unix_seconds},
     tenant::ChangeType,
@@ -544,4 +545,136 @@ async fn a_certificate_file_alone_is_enough() {
         reqwest::StatusCode::NO_CONTENT
     );
     assert_eq!(app.fake.jwks_requests(), 0);
+}
+
+#[tokio::test]
+async fn a_poll_asked_before_a_notification_never_undoes_it() {
+    let app = spawn_app_tracking("Cust1", Duration::from_secs(600)).await;
+    let mut stream = app.watch(&["Cust1"], 0).await.unwrap();
+    next_matching(&mut stream, "a RUNNING snapshot", |ev| {
+        ev.tenant
+            .as_ref()
+            .is_some_and(|t| state(t) == pb::TenantState::Running)
+    })
+    .await;
+    // The next answer takes 1.5 s; a Resume's confirming poll asks now and
+    // is still in flight when the tenant is suspended.
+    app.fake.fail(
+        Some("Cust1"),
+        Failure::Delay(Duration::from_millis(1500)),
+        1,
+    );
+    let polls = app.fake.requests("Cust1");
+    assert_eq!(
+        app.notify(ChangeType::Resume, "Cust1", None).await,
+        reqwest::StatusCode::NO_CONTENT
+    );
+    eventually("the slow poll under way", || {
+        app.fake.requests("Cust1") > polls
+    })
+    .await;
+    let mut suspended = running("Cust1", "sod2.superoffice.com", Duration::from_secs(600));
+    suspended.state = "Suspended".into();
+    app.fake.set("Cust1", suspended);
+    assert_eq!(
+        app.notify(ChangeType::Suspend, "Cust1", None).await,
+        reqwest::StatusCode::NO_CONTENT
+    );
+    // The slow answer (Running, asked before the Suspend) must not flip
+    // the tenant back; the poll after it confirms SUSPENDED.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut seen_suspended = false;
+    while let Ok(Ok(Some(ev))) = tokio::time::timeout_at(deadline, stream.message()).await {
+        if let Some(t) = ev.tenant {
+            if state(&t) == pb::TenantState::Suspended {
+                seen_suspended = true;
+            } else if seen_suspended {
+                panic!("flipped back to {:?} after SUSPENDED", state(&t));
+            }
+        }
+    }
+    assert!(seen_suspended);
+    assert!(
+        app.fake.requests("Cust1") >= polls + 2,
+        "confirmed after the slow answer"
+    );
+    assert_eq!(
+        state(&app.get("Cust1").await.unwrap()),
+        pb::TenantState::Suspended
+    );
+}
+
+#[tokio::test]
+async fn resume_and_backup_restored_leave_the_state_to_the_poll() {
+    let app = spawn_app_tracking("Cust1", Duration::from_secs(600)).await;
+    eventually("Cust1 tracked", || app.store.contains("Cust1")).await;
+    for change in [ChangeType::Resume, ChangeType::BackupRestored] {
+        assert_eq!(
+            app.notify(change, "Cust1", None).await,
+            reqwest::StatusCode::NO_CONTENT
+        );
+        let t = app.get("Cust1").await.unwrap();
+        assert_eq!(state(&t), pb::TenantState::Running);
+        assert_eq!(t.endpoint, "https://sod2.superoffice.com/Cust1");
+    }
+}
+
+#[tokio::test]
+async fn a_deleted_tenant_superoffice_forgets_is_removed_after_its_retention() {
+    let app = spawn_app_with(|fake, config| {
+        fake.set(
+            "Cust1",
+            running("Cust1", "sod2.superoffice.com", Duration::from_secs(600)),
+        );
+        config.tenants = vec![tenant_status::tenant::ContextId::parse("Cust1").unwrap()];
+        config.policy.deleted_retention = Duration::from_millis(500);
+    })
+    .await;
+    let mut stream = app.watch(&["Cust1"], 0).await.unwrap();
+    next_matching(&mut stream, "a snapshot", |ev| ev.tenant.is_some()).await;
+    app.fake.remove("Cust1");
+    assert_eq!(
+        app.notify(ChangeType::Delete, "Cust1", None).await,
+        reqwest::StatusCode::NO_CONTENT
+    );
+    let deleted = next_matching(&mut stream, "DELETED", |ev| {
+        ev.tenant
+            .as_ref()
+            .is_some_and(|t| state(t) == pb::TenantState::Deleted)
+    })
+    .await;
+    assert!(deleted.tenant.is_some());
+    // SuperOffice answers 404 from now on; the tenant stays DELETED, then
+    // is forgotten once settled and retained.
+    next_matching(&mut stream, "REMOVED", |ev| {
+        kind(ev) == pb::WatchEventType::Removed
+    })
+    .await;
+    assert!(!app.store.contains("Cust1"));
+}
+
+#[tokio::test]
+async fn a_full_replay_memory_refuses_rather_than_forgets() {
+    let app = spawn_app_with(|_, config| config.webhook.seen_tokens_max = 1).await;
+    assert_eq!(
+        app.notify(ChangeType::Resume, "Cust1", None).await,
+        reqwest::StatusCode::NO_CONTENT
+    );
+    let r = app
+        .http
+        .post(&app.webhook_url)
+        .header("content-type", "application/json")
+        .body(
+            app.fake
+                .notification(ChangeType::Resume, "Cust2", None)
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["retry-after"], "5");
+    let (status, json) = json_response(r).await;
+    assert_eq!(status.as_u16(), 503, "{json}");
+    assert_eq!(json["reason"], "busy");
+    assert!(!app.store.contains("Cust2"));
 }
