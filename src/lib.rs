@@ -25,12 +25,14 @@
 //! - `persist`: the state file: atomic saves, restore at start.
 //! - `devcerts`: a throwaway CA and certificates for trying TLS.
 //! - `config`: flags, environment variables and their validation.
+//! - `cli`: runs a parsed command line; shared by `main` and the benchmark.
 //! - `fake_superoffice`: the simulated state API for tests, demo, benches.
 //! - `demo`: `tenant-status demo`.
 //! - `telemetry`: logging setup.
 
 pub mod admin;
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod devcerts;

@@ -57,6 +57,7 @@ pub struct Metrics {
     registry: Registry,
     polls: Family<OutcomeLabels, Counter>,
     poll_duration: Histogram,
+    poll_lateness: Histogram,
     notifications: Family<NotificationLabels, Counter>,
     rpcs: Family<RpcLabels, Counter>,
     rpc_duration: Family<MethodLabels, Histogram>,
@@ -95,6 +96,13 @@ impl Metrics {
             "Time of one state API request",
             Unit::Seconds,
             poll_duration.clone(),
+        );
+        let poll_lateness = latency_buckets();
+        registry.register_with_unit(
+            "poll_lateness",
+            "How long after its due time (ValidUntil, backoff) a scheduled poll was sent",
+            Unit::Seconds,
+            poll_lateness.clone(),
         );
         let notifications = Family::<NotificationLabels, Counter>::default();
         registry.register(
@@ -150,6 +158,7 @@ impl Metrics {
             registry,
             polls,
             poll_duration,
+            poll_lateness,
             notifications,
             rpcs,
             rpc_duration,
@@ -166,6 +175,11 @@ impl Metrics {
     pub fn poll(&self, outcome: &'static str, took: Duration) {
         self.polls.get_or_create(&OutcomeLabels { outcome }).inc();
         self.poll_duration.observe(took.as_secs_f64());
+    }
+
+    /// A scheduled poll was sent `late` after its due time.
+    pub fn poll_lateness(&self, late: Duration) {
+        self.poll_lateness.observe(late.as_secs_f64());
     }
 
     /// One notification accepted (`reason` "none") or rejected.

@@ -168,7 +168,9 @@ pub struct Poller {
     rx: mpsc::UnboundedReceiver<Command>,
     queue: DelayQueue<(ContextId, Due)>,
     entries: HashMap<ContextId, Entry>,
-    ready: VecDeque<ContextId>,
+    /// Due now, waiting for a free slot; with the deadline they were due
+    /// at, when scheduled (for the lateness metric).
+    ready: VecDeque<(ContextId, Option<tokio::time::Instant>)>,
     inflight: FuturesUnordered<BoxFuture<'static, (ContextId, FetchResult, Duration)>>,
     rng: rand::rngs::SmallRng,
     metrics: Option<Arc<Metrics>>,
@@ -223,9 +225,12 @@ impl Poller {
     pub async fn run(mut self, shutdown: CancellationToken) {
         loop {
             while self.inflight.len() < self.policy.concurrency.max(1) {
-                let Some(ctx) = self.ready.pop_front() else {
+                let Some((ctx, due)) = self.ready.pop_front() else {
                     break;
                 };
+                if let (Some(m), Some(due)) = (&self.metrics, due) {
+                    m.poll_lateness(due.elapsed());
+                }
                 self.start(ctx);
             }
             tokio::select! {
@@ -249,8 +254,9 @@ impl Poller {
                 }
                 Some(cmd) = self.rx.recv() => self.command(cmd),
                 Some(expired) = self.queue.next(), if !self.queue.is_empty() => {
+                    let deadline = expired.deadline();
                     let (ctx, due) = expired.into_inner();
-                    self.expired(ctx, due);
+                    self.expired(ctx, due, deadline);
                 }
             }
         }
@@ -309,7 +315,7 @@ impl Poller {
                     self.queue.remove(&k);
                 }
                 e.busy = true;
-                self.ready.push_back(ctx);
+                self.ready.push_back((ctx, None));
             }
         }
     }
@@ -329,7 +335,7 @@ impl Poller {
         }
     }
 
-    fn expired(&mut self, ctx: ContextId, due: Due) {
+    fn expired(&mut self, ctx: ContextId, due: Due, deadline: tokio::time::Instant) {
         let Some(e) = self.entries.get_mut(&ctx) else {
             return;
         };
@@ -337,7 +343,7 @@ impl Poller {
         match due {
             Due::Poll => {
                 e.busy = true;
-                self.ready.push_back(ctx);
+                self.ready.push_back((ctx, Some(deadline)));
             }
             Due::Forget => {
                 // Decided under the tenant's lock: a notification applied
@@ -353,7 +359,7 @@ impl Poller {
                     // No longer deleted (restored, say): never drop a
                     // tracked tenant from the schedule; poll it instead.
                     e.busy = true;
-                    self.ready.push_back(ctx);
+                    self.ready.push_back((ctx, Some(deadline)));
                 }
             }
         }
@@ -459,7 +465,7 @@ impl Poller {
             if let Some(e) = self.entries.get_mut(&ctx) {
                 e.busy = true;
             }
-            self.ready.push_back(ctx);
+            self.ready.push_back((ctx, None));
         } else {
             self.schedule(ctx, delay, due);
         }

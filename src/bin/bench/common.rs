@@ -1,0 +1,305 @@
+//! What every scenario needs: child processes (the service, the fake
+//! SuperOffice, the baselines, all this same binary), their memory and CPU
+//! from /proc, latency histograms, metrics scrapes, and result rows.
+
+use std::{
+    collections::HashMap,
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Where logs, generated files and results go.
+pub fn work_dir() -> PathBuf {
+    let dir = PathBuf::from("target/bench");
+    std::fs::create_dir_all(dir.join("logs")).expect("creating target/bench");
+    dir
+}
+
+/// A child process of this binary, killed when dropped.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    /// Runs `bench <args>` as a child; its output goes to a log file.
+    pub fn spawn(name: &str, args: &[String]) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("locating the bench binary")?;
+        let log = std::fs::File::create(work_dir().join("logs").join(format!("{name}.log")))?;
+        let child = std::process::Command::new(exe)
+            .args(args.iter().map(OsString::from))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Self { child })
+    }
+
+    /// Runs tenant-status itself (`serve`, `fake-superoffice`, ...).
+    pub fn tenant_status(name: &str, args: &[String]) -> anyhow::Result<Self> {
+        let mut all = vec![
+            "child".to_owned(),
+            "--".to_owned(),
+            "tenant-status".to_owned(),
+        ];
+        all.extend_from_slice(args);
+        Self::spawn(name, &all)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// User plus system CPU time so far, seconds.
+    pub fn cpu_secs(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces) in parens.
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        ticks / 100.0
+    }
+
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Waits until `f` returns true, checking every 20 ms, up to `limit`.
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut f: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !f().await {
+        if Instant::now() > deadline {
+            bail!("{what}: not within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Scrapes an admin listener's /metrics into `name{labels}` -> value.
+pub async fn scrape(admin: &str) -> HashMap<String, f64> {
+    let Ok(r) = reqwest::get(format!("http://{admin}/metrics")).await else {
+        return HashMap::new();
+    };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The sum of every series of `name` (any labels).
+pub fn sum(m: &HashMap<String, f64>, name: &str) -> f64 {
+    m.iter()
+        .filter(|(k, _)| *k == name || k.starts_with(&format!("{name}{{")))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// The `q` quantile of a Prometheus histogram, as the upper bound of the
+/// bucket it falls in, from the difference of two scrapes.
+pub fn histogram_quantile(
+    before: &HashMap<String, f64>,
+    after: &HashMap<String, f64>,
+    name: &str,
+    q: f64,
+) -> Option<f64> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let mut buckets: Vec<(f64, f64)> = after
+        .iter()
+        .filter_map(|(k, v)| {
+            let le = k.strip_prefix(&prefix)?.split('"').next()?;
+            let le: f64 = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, v - before.get(k).copied().unwrap_or(0.0)))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    buckets
+        .iter()
+        .find(|(_, c)| *c >= q * total)
+        .map(|(le, _)| *le)
+}
+
+/// A latency histogram in microseconds.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
+}
+
+/// p50, p99, p99.9 and max of a histogram of microseconds, in ms.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub count: u64,
+}
+
+impl Latency {
+    pub fn of(h: &Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+            count: h.len(),
+        }
+    }
+}
+
+/// One line of the results table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub scenario: String,
+    pub measure: String,
+    pub ours: String,
+    pub baseline: String,
+    pub target: String,
+    /// "met", "missed" or "" (no target).
+    pub verdict: String,
+}
+
+impl Row {
+    pub fn new(
+        scenario: &str,
+        measure: &str,
+        ours: String,
+        baseline: String,
+        target: &str,
+        met: Option<bool>,
+    ) -> Self {
+        Self {
+            scenario: scenario.into(),
+            measure: measure.into(),
+            ours,
+            baseline,
+            target: target.into(),
+            verdict: match met {
+                Some(true) => "met".into(),
+                Some(false) => "MISSED".into(),
+                None => String::new(),
+            },
+        }
+    }
+}
+
+pub fn print_table(rows: &[Row]) {
+    let mut cells: Vec<[&str; 6]> = vec![[
+        "scenario",
+        "measure",
+        "tenant-status",
+        "baseline",
+        "target",
+        "",
+    ]];
+    cells.extend(rows.iter().map(|r| {
+        [
+            r.scenario.as_str(),
+            &r.measure,
+            &r.ours,
+            &r.baseline,
+            &r.target,
+            &r.verdict,
+        ]
+    }));
+    let widths: Vec<usize> = (0..6)
+        .map(|c| {
+            cells
+                .iter()
+                .map(|r| r[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for (n, row) in cells.iter().enumerate() {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect();
+        println!("| {} |", line.join(" | "));
+        if n == 0 {
+            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+            println!("|-{}-|", rule.join("-|-"));
+        }
+    }
+}
+
+pub fn write_json(path: &Path, rows: &[Row], quick: bool) -> anyhow::Result<()> {
+    let doc = serde_json::json!({
+        "quick": quick,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "rows": rows,
+    });
+    std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
+    Ok(())
+}
+
+/// The tenants file for `n` tenants, Cust1..CustN (the fake's names).
+pub fn tenants_file(n: usize) -> anyhow::Result<PathBuf> {
+    let path = work_dir().join(format!("tenants-{n}.txt"));
+    let text: String = (1..=n).map(|i| format!("Cust{i}\n")).collect();
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+pub fn fmt_rate(x: f64) -> String {
+    if x >= 10_000.0 {
+        format!("{:.0}k/s", x / 1000.0)
+    } else {
+        format!("{x:.0}/s")
+    }
+}

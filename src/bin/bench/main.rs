@@ -1,0 +1,151 @@
+//! `cargo run --release --bin bench -- all` (or one scenario by name): runs
+//! tenant-status and its load in separate processes on this machine,
+//! beside a baseline measured in the same run, prints a table and writes it
+//! as JSON (target/bench/results.json). `--quick` runs every scenario once
+//! at a tiny size (what CI does, so the bench cannot rot); its figures mean
+//! nothing.
+//!
+//! Child processes are this same binary: `bench child -- tenant-status
+//! serve ...` runs the service exactly as `tenant-status` would, so
+//! `cargo run --bin bench` needs no other build.
+
+mod common;
+mod fanout;
+mod lookups;
+mod notifications;
+mod polling;
+mod start;
+
+use std::{ffi::OsString, path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+
+use common::Row;
+
+#[derive(Parser)]
+#[command(
+    name = "bench",
+    about = "tenant-status benchmarks, each beside a baseline"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Every scenario, in order.
+    All(Opts),
+    /// GetTenantState with 100,000 tenants, next to a bare tonic server.
+    Lookups(Opts),
+    /// One change reaching 10,000 and 50,000 watch streams, next to bare
+    /// tokio watch channels.
+    Fanout(Opts),
+    /// Signed notifications: accepted per second and POST-to-watcher
+    /// latency, next to a do-nothing handler on the same HTTP stack.
+    Notifications(Opts),
+    /// 100,000 tenants polled on a 60 s ValidUntil from a fake SuperOffice
+    /// in its own process.
+    Polling(Opts),
+    /// Start to SERVING with 100,000 tenants in a state file.
+    Start(Opts),
+    /// (internal) Runs tenant-status with the arguments after `--`.
+    #[command(hide = true)]
+    Child {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// (internal) The bare tonic server answering a constant.
+    #[command(hide = true)]
+    BaselineGrpc {
+        #[arg(long)]
+        addr: String,
+    },
+    /// (internal) The same HTTP stack as the webhook with a do-nothing
+    /// handler.
+    #[command(hide = true)]
+    BaselineHttp {
+        #[arg(long)]
+        addr: String,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Opts {
+    /// Tiny sizes and short runs: checks the bench works, measures nothing.
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the results as JSON.
+    #[arg(long, default_value = "target/bench/results.json")]
+    out: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async move {
+        let (opts, scenarios): (Opts, Vec<&str>) = match cli.command {
+            Cmd::Child { mut args } => {
+                if args.first().is_some_and(|a| a == "--") {
+                    args.remove(0);
+                }
+                return tenant_status::cli::run(args).await;
+            }
+            Cmd::BaselineGrpc { addr } => return exit(lookups::baseline_server(&addr).await),
+            Cmd::BaselineHttp { addr } => {
+                return exit(notifications::baseline_server(&addr).await);
+            }
+            Cmd::All(o) => (
+                o,
+                vec!["lookups", "fanout", "notifications", "polling", "start"],
+            ),
+            Cmd::Lookups(o) => (o, vec!["lookups"]),
+            Cmd::Fanout(o) => (o, vec!["fanout"]),
+            Cmd::Notifications(o) => (o, vec!["notifications"]),
+            Cmd::Polling(o) => (o, vec!["polling"]),
+            Cmd::Start(o) => (o, vec!["start"]),
+        };
+        let mut rows: Vec<Row> = Vec::new();
+        for s in scenarios {
+            eprintln!("== {s}{}", if opts.quick { " (quick)" } else { "" });
+            let result = match s {
+                "lookups" => lookups::run(opts.quick).await,
+                "fanout" => fanout::run(opts.quick).await,
+                "notifications" => notifications::run(opts.quick).await,
+                "polling" => polling::run(opts.quick).await,
+                _ => start::run(opts.quick).await,
+            };
+            match result {
+                Ok(r) => rows.extend(r),
+                Err(e) => {
+                    eprintln!("bench {s} failed: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        println!();
+        common::print_table(&rows);
+        if let Some(dir) = opts.out.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Err(e) = common::write_json(&opts.out, &rows, opts.quick) {
+            eprintln!("bench: cannot write {}: {e:#}", opts.out.display());
+            return ExitCode::FAILURE;
+        }
+        eprintln!("results written to {}", opts.out.display());
+        ExitCode::SUCCESS
+    })
+}
+
+fn exit(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! Scenario 3: state-change notifications with real RS256 tokens over 64
+//! connections: accepted per second (beside the same HTTP stack with a
+//! handler that does nothing), and the time from a POST's send to a
+//! watcher's receipt at 1,000 a second.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use tenant_status::{
+    fake_superoffice::{FakeSuperOffice, TenantSpec},
+    pb::{self, tenant_status_service_client::TenantStatusServiceClient},
+    tenant::ChangeType,
+};
+
+use crate::common::{self, Latency, Proc, Row};
+
+const CONNECTIONS: usize = 64;
+const PATH: &str = "/NotifyCustomerStateChange";
+
+pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
+    let (tenants, burst, paced, rate) = if quick {
+        (100, 400, 100, 200.0)
+    } else {
+        (10_000, 40_000, 3_000, 1_000.0)
+    };
+    let (fake, _fake_task) = FakeSuperOffice::start().await?;
+    for i in 1..=tenants {
+        let ctx = format!("Cust{i}");
+        fake.set(
+            &ctx,
+            TenantSpec::running(&ctx, "sod2.superoffice.com").valid_for(Duration::from_secs(3600)),
+        );
+    }
+    for i in 0..paced {
+        let ctx = format!("Lat{i}");
+        fake.set(
+            &ctx,
+            TenantSpec::running(&ctx, "sod2.superoffice.com").valid_for(Duration::from_secs(3600)),
+        );
+    }
+    eprintln!("signing {} tokens", burst + paced);
+    let signed = Instant::now();
+    let bodies = sign_all(&fake, burst, tenants);
+    let paced_bodies: Vec<(String, String)> = (0..paced)
+        .map(|i| {
+            let ctx = format!("Lat{i}");
+            let body = fake
+                .notification(ChangeType::Resume, &ctx, None)
+                .to_string();
+            (ctx, body)
+        })
+        .collect();
+    eprintln!("signed in {:.1} s", signed.elapsed().as_secs_f64());
+
+    let (grpc, hook, admin) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let server = Proc::tenant_status(
+        "notifications-server",
+        &[
+            "serve".into(),
+            "--grpc-addr".into(),
+            format!("127.0.0.1:{grpc}"),
+            "--webhook-addr".into(),
+            format!("127.0.0.1:{hook}"),
+            "--admin-addr".into(),
+            format!("127.0.0.1:{admin}"),
+            "--state-api-base-url".into(),
+            fake.url(),
+            "--seen-tokens-max".into(),
+            "1000000".into(),
+        ],
+    )?;
+    let hook_url = format!("http://127.0.0.1:{hook}{PATH}");
+    common::wait_until("the webhook listening", Duration::from_secs(30), || {
+        let a = format!("127.0.0.1:{hook}");
+        async move { tokio::net::TcpStream::connect(a).await.is_ok() }
+    })
+    .await?;
+    // The JWKS is fetched at start; one notification makes sure.
+    let warm = fake
+        .notification(ChangeType::Resume, "Cust1", None)
+        .to_string();
+    let status = reqwest::Client::new()
+        .post(&hook_url)
+        .header("content-type", "application/json")
+        .body(warm)
+        .send()
+        .await?
+        .status();
+    anyhow::ensure!(
+        status.as_u16() == 204,
+        "the first notification was answered {status}"
+    );
+
+    let cpu0 = server.cpu_secs();
+    let (ours_rate, ours_refused) = blast(&hook_url, Arc::new(bodies.clone())).await?;
+    let cpu_per_1000 = (server.cpu_secs() - cpu0) / burst as f64 * 1000.0;
+
+    // Latency: a watcher of every tenant; 1,000 POSTs a second.
+    let lat = paced_latency(&format!("127.0.0.1:{grpc}"), &hook_url, paced_bodies, rate).await?;
+    server.stop();
+
+    let base_port = common::free_port();
+    let _baseline = Proc::spawn(
+        "notifications-baseline",
+        &[
+            "baseline-http".into(),
+            "--addr".into(),
+            format!("127.0.0.1:{base_port}"),
+        ],
+    )?;
+    common::wait_until("the baseline listening", Duration::from_secs(10), || {
+        let a = format!("127.0.0.1:{base_port}");
+        async move { tokio::net::TcpStream::connect(a).await.is_ok() }
+    })
+    .await?;
+    let (base_rate, _) = blast(
+        &format!("http://127.0.0.1:{base_port}{PATH}"),
+        Arc::new(bodies),
+    )
+    .await?;
+
+    let s = "3 notifications";
+    Ok(vec![
+        Row::new(
+            s,
+            &format!("accepted/s, RS256, {CONNECTIONS} conns ({burst} POSTs, {tenants} tenants)"),
+            format!(
+                "{}{}",
+                common::fmt_rate(ours_rate),
+                if ours_refused > 0 {
+                    format!(" ({ours_refused} refused)")
+                } else {
+                    String::new()
+                }
+            ),
+            common::fmt_rate(base_rate),
+            ">= 10k/s",
+            Some(ours_rate >= 10_000.0 && ours_refused == 0),
+        ),
+        Row::new(
+            s,
+            "server CPU per 1,000 accepted (verify, apply, confirming polls)",
+            format!("{:.0} ms", cpu_per_1000 * 1000.0),
+            String::new(),
+            "",
+            None,
+        ),
+        Row::new(
+            s,
+            &format!("POST sent to watcher's receipt at {rate:.0}/s, p50 / p99 / max"),
+            format!(
+                "{:.2} / {:.2} / {:.2} ms",
+                lat.p50_ms, lat.p99_ms, lat.max_ms
+            ),
+            String::new(),
+            "p99 < 5 ms",
+            Some(lat.p99_ms < 5.0),
+        ),
+    ])
+}
+
+/// `n` notification bodies for tenants Cust1..CustT, signed on every core.
+fn sign_all(fake: &FakeSuperOffice, n: usize, tenants: usize) -> Vec<String> {
+    let cores = std::thread::available_parallelism().map_or(2, |c| c.get());
+    let per = n.div_ceil(cores);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..cores)
+            .map(|c| {
+                s.spawn(move || {
+                    (c * per..((c + 1) * per).min(n))
+                        .map(|i| {
+                            let ctx = format!("Cust{}", i % tenants + 1);
+                            fake.notification(ChangeType::Resume, &ctx, None)
+                                .to_string()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a signing thread"))
+            .collect()
+    })
+}
+
+/// POSTs every body over `CONNECTIONS` connections as fast as they are
+/// answered; returns 204s per second and how many were not 204.
+async fn blast(url: &str, bodies: Arc<Vec<String>>) -> anyhow::Result<(f64, usize)> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CONNECTIONS {
+        // One client each: one connection each.
+        let client = reqwest::Client::builder()
+            .http1_only()
+            .pool_max_idle_per_host(1)
+            .tcp_nodelay(true)
+            .build()?;
+        let (url, bodies, next) = (url.to_owned(), Arc::clone(&bodies), Arc::clone(&next));
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut refused) = (0usize, 0usize);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(body) = bodies.get(i) else { break };
+                let r = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().as_u16() == 204 => ok += 1,
+                    _ => refused += 1,
+                }
+            }
+            (ok, refused)
+        }));
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        let (o, r) = t.await?;
+        ok += o;
+        refused += r;
+    }
+    Ok((ok as f64 / started.elapsed().as_secs_f64(), refused))
+}
+
+/// Sends `bodies` at `rate` a second while a watcher of every tenant reads;
+/// the latency of each from its send to the watcher's receipt.
+async fn paced_latency(
+    grpc: &str,
+    url: &str,
+    bodies: Vec<(String, String)>,
+    rate: f64,
+) -> anyhow::Result<Latency> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .context("connecting the watcher")?;
+    let mut stream = TenantStatusServiceClient::new(channel)
+        .watch_tenant(pb::WatchTenantRequest::default())
+        .await?
+        .into_inner();
+    // Skip the snapshot.
+    while let Some(ev) = stream.message().await? {
+        if ev.r#type == pb::WatchEventType::Synced as i32 {
+            break;
+        }
+    }
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+    let total = bodies.len();
+    let reader = {
+        let sent = Arc::clone(&sent);
+        tokio::spawn(async move {
+            let mut h = common::histogram();
+            let mut seen = 0;
+            while seen < total {
+                let Ok(Ok(Some(ev))) =
+                    tokio::time::timeout(Duration::from_secs(30), stream.message()).await
+                else {
+                    break;
+                };
+                let at = Instant::now();
+                let Some(t) = ev.tenant else { continue };
+                if !t.context_identifier.starts_with("Lat") {
+                    continue;
+                }
+                let s = sent.lock().unwrap().remove(&t.context_identifier);
+                if let Some(s) = s {
+                    seen += 1;
+                    let _ = h.record(at.duration_since(s).as_micros().max(1) as u64);
+                }
+            }
+            h
+        })
+    };
+    let clients: Vec<reqwest::Client> = (0..CONNECTIONS)
+        .map(|_| {
+            reqwest::Client::builder()
+                .http1_only()
+                .tcp_nodelay(true)
+                .build()
+                .expect("a client")
+        })
+        .collect();
+    let gap = Duration::from_secs_f64(1.0 / rate);
+    let start = tokio::time::Instant::now();
+    let mut posts = Vec::new();
+    for (i, (ctx, body)) in bodies.into_iter().enumerate() {
+        tokio::time::sleep_until(start + gap * i as u32).await;
+        let client = clients[i % CONNECTIONS].clone();
+        let (url, sent) = (url.to_owned(), Arc::clone(&sent));
+        posts.push(tokio::spawn(async move {
+            sent.lock().unwrap().insert(ctx, Instant::now());
+            let _ = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await;
+        }));
+    }
+    for p in posts {
+        let _ = p.await;
+    }
+    let h = reader.await?;
+    anyhow::ensure!(
+        h.len() as usize == total,
+        "the watcher saw {} of {total} notifications",
+        h.len()
+    );
+    Ok(Latency::of(&h))
+}
+
+/// The baseline: the same HTTP stack (axum, hyper) with a handler that
+/// reads the body and answers 204.
+pub async fn baseline_server(addr: &str) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let app = axum::Router::new().route(
+        PATH,
+        axum::routing::post(|_body: axum::body::Bytes| async {
+            axum::http::StatusCode::NO_CONTENT
+        }),
+    );
+    axum::serve(listener, app).await?;
+    Ok(())
+}
