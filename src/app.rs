@@ -12,10 +12,10 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::ServingStatus;
 
 use crate::{
@@ -289,7 +289,13 @@ impl Application {
                 )
                 .into_server(),
             )
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), signal);
+            // Our own listener (bound in build), so the builder's
+            // tcp_nodelay does not reach it: set it here, or small stream
+            // messages wait on Nagle and delayed ACKs (40 ms tails).
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+                signal,
+            );
 
         health.set_service_status("", ServingStatus::Serving).await;
         health
@@ -309,6 +315,11 @@ impl Application {
 
         // The webhook stops accepting when draining starts and finishes the
         // requests in flight: an acknowledged notification is applied.
+        // No Nagle delay on a 204 that follows a request on a kept-alive
+        // connection.
+        let webhook_listener = webhook_listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let webhook_server = axum::serve(
             webhook_listener,
             webhook

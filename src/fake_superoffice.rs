@@ -211,17 +211,7 @@ impl FakeSuperOffice {
         ctx: &str,
         public_endpoint: Option<&str>,
     ) -> serde_json::Value {
-        let mut body = json!({
-            "ChangeType": change as i64,
-            "ContextIdentifier": ctx,
-            "VersionName": "Release_11.10_2026.02.24-02",
-            "FileVersion": "11.10.2026.0224",
-            "Token": self.signer.notification_token(ctx, Duration::from_secs(300)),
-        });
-        if let Some(e) = public_endpoint {
-            body["PublicEndpoint"] = json!(e);
-        }
-        body
+        notification_body(&self.signer, change, ctx, public_endpoint)
     }
 
     /// POSTs a signed notification to `webhook_url`, as SuperOffice does;
@@ -496,6 +486,27 @@ pub fn demo_script(fake: &FakeSuperOffice, valid_for: Duration) {
 /// The demo's tenant identifiers.
 pub fn demo_tenants() -> Vec<String> {
     (10001..=10012).map(|n| format!("Cust{n}")).collect()
+}
+
+/// A notification body as SuperOffice sends it, signed by `signer` with a
+/// token valid for five minutes.
+pub fn notification_body(
+    signer: &Signer,
+    change: ChangeType,
+    ctx: &str,
+    public_endpoint: Option<&str>,
+) -> serde_json::Value {
+    let mut body = json!({
+        "ChangeType": change as i64,
+        "ContextIdentifier": ctx,
+        "VersionName": "Release_11.10_2026.02.24-02",
+        "FileVersion": "11.10.2026.0224",
+        "Token": signer.notification_token(ctx, Duration::from_secs(300)),
+    });
+    if let Some(e) = public_endpoint {
+        body["PublicEndpoint"] = json!(e);
+    }
+    body
 }
 
 /// `tenant-status fake-superoffice`: the simulated SuperOffice as its own

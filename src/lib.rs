@@ -19,6 +19,7 @@
 //! - `signer`: an RSA key, certificate, JWKS and tokens standing in for
 //!   SuperOffice's, for the demo and the tests.
 //! - `grpc`: the tonic service; the only module that knows protobuf types.
+//! - `codec`: prost's codec with a small per-stream encode buffer.
 //! - `app`: `Application::build` binds, `run_until` serves and drains.
 //! - `admin`: the admin listener: /metrics, /livez, /readyz.
 //! - `metrics`: the Prometheus registry (prometheus-client), one per app.
@@ -33,6 +34,7 @@
 pub mod admin;
 pub mod app;
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod demo;
 pub mod devcerts;

@@ -31,7 +31,7 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
     let sizes: &[usize] = if quick { &[200] } else { &[10_000, 50_000] };
     let mut rows = Vec::new();
     for &streams in sizes {
-        let (lat, per_stream) = measure(streams, conns, dashboards).await?;
+        let (lat, per_stream, server_us, load_us) = measure(streams, conns, dashboards).await?;
         let base = baseline(streams + dashboards).await;
         let target_ms = if streams <= 10_000 { 50.0 } else { 250.0 };
         let s = "2 fan-out";
@@ -45,6 +45,14 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
         ));
         rows.push(Row::new(
             s,
+            &format!("CPU per stream per change ({streams} streams)"),
+            format!("server {server_us:.1} µs"),
+            format!("load process {load_us:.1} µs"),
+            "",
+            None,
+        ));
+        rows.push(Row::new(
+            s,
             &format!("server memory per stream ({streams} streams)"),
             format!("{:.1} KiB", per_stream / 1024.0),
             String::new(),
@@ -55,13 +63,14 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// Returns the latency of every stream over every round, and the server's
-/// memory per stream in bytes.
+/// Returns the latency of every stream over every round, the server's
+/// memory per stream in bytes, and the CPU per stream-event (µs) of the
+/// server and of this load process.
 async fn measure(
     streams: usize,
     conns: usize,
     dashboards: usize,
-) -> anyhow::Result<(Latency, f64)> {
+) -> anyhow::Result<(Latency, f64, f64, f64)> {
     let (fake, _fake_task) = FakeSuperOffice::start().await?;
     let host = |round: usize| format!("sod{}.superoffice.com", 100 + round);
     fake.set(
@@ -168,6 +177,7 @@ async fn measure(
     let client = reqwest::Client::new();
     let webhook = format!("http://127.0.0.1:{hook}/NotifyCustomerStateChange");
     let mut h = common::histogram();
+    let (server_cpu0, load_cpu0) = (server.cpu_secs(), common::cpu_secs_of("self"));
     for round in 1..=ROUNDS {
         // SuperOffice's state API agrees, so the confirming polls change
         // nothing more.
@@ -201,11 +211,15 @@ async fn measure(
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    // CPU per stream-event, pauses between rounds included (both idle).
+    let events = (ROUNDS * total) as f64;
+    let server_us = (server.cpu_secs() - server_cpu0) / events * 1e6;
+    let load_us = (common::cpu_secs_of("self") - load_cpu0) / events * 1e6;
     for t in &tasks {
         t.abort();
     }
     server.stop();
-    Ok((Latency::of(&h), per_stream))
+    Ok((Latency::of(&h), per_stream, server_us, load_us))
 }
 
 /// The same fan-out through a bare tokio watch channel: one task per

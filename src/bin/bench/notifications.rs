@@ -14,8 +14,9 @@ use std::{
 
 use anyhow::Context;
 use tenant_status::{
-    fake_superoffice::{FakeSuperOffice, TenantSpec},
+    fake_superoffice::notification_body,
     pb::{self, tenant_status_service_client::TenantStatusServiceClient},
+    signer::Signer,
     tenant::ChangeType,
 };
 
@@ -30,30 +31,38 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
     } else {
         (10_000, 40_000, 3_000, 1_000.0)
     };
-    let (fake, _fake_task) = FakeSuperOffice::start().await?;
-    for i in 1..=tenants {
-        let ctx = format!("Cust{i}");
-        fake.set(
-            &ctx,
-            TenantSpec::running(&ctx, "sod2.superoffice.com").valid_for(Duration::from_secs(3600)),
-        );
-    }
-    for i in 0..paced {
-        let ctx = format!("Lat{i}");
-        fake.set(
-            &ctx,
-            TenantSpec::running(&ctx, "sod2.superoffice.com").valid_for(Duration::from_secs(3600)),
-        );
-    }
+    let rate: f64 = std::env::var("BENCH_NOTIFY_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(rate);
+    // The fake SuperOffice in its own process answers the confirming
+    // polls; the tokens are signed here with a key the service is given as
+    // a certificate file.
+    let fake_port = common::free_port();
+    let fake = Proc::tenant_status(
+        "notifications-fake",
+        &[
+            "fake-superoffice".into(),
+            "--addr".into(),
+            format!("127.0.0.1:{fake_port}"),
+            "--tenants".into(),
+            (tenants + paced).to_string(),
+            "--valid-for".into(),
+            "3600s".into(),
+        ],
+    )?;
+    let issuer = "https://sod.superoffice.com";
+    let signer = Signer::generate(issuer)?;
+    let cert = common::work_dir().join("notifications-signer.crt");
+    std::fs::write(&cert, signer.certificate_pem())?;
     eprintln!("signing {} tokens", burst + paced);
     let signed = Instant::now();
-    let bodies = sign_all(&fake, burst, tenants);
+    let bodies = sign_all(&signer, burst, tenants);
+    // Tenants of their own for the latency phase: one event each.
     let paced_bodies: Vec<(String, String)> = (0..paced)
         .map(|i| {
-            let ctx = format!("Lat{i}");
-            let body = fake
-                .notification(ChangeType::Resume, &ctx, None)
-                .to_string();
+            let ctx = format!("Cust{}", tenants + 1 + i);
+            let body = notification_body(&signer, ChangeType::Resume, &ctx, None).to_string();
             (ctx, body)
         })
         .collect();
@@ -75,7 +84,11 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
             "--admin-addr".into(),
             format!("127.0.0.1:{admin}"),
             "--state-api-base-url".into(),
-            fake.url(),
+            format!("http://127.0.0.1:{fake_port}"),
+            "--jwt-certificate".into(),
+            cert.display().to_string(),
+            "--jwt-issuer".into(),
+            issuer.into(),
             "--seen-tokens-max".into(),
             "1000000".into(),
         ],
@@ -86,10 +99,8 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
         async move { tokio::net::TcpStream::connect(a).await.is_ok() }
     })
     .await?;
-    // The JWKS is fetched at start; one notification makes sure.
-    let warm = fake
-        .notification(ChangeType::Resume, "Cust1", None)
-        .to_string();
+    // One notification first: the whole path warm.
+    let warm = notification_body(&signer, ChangeType::Resume, "Cust1", None).to_string();
     let status = reqwest::Client::new()
         .post(&hook_url)
         .header("content-type", "application/json")
@@ -102,13 +113,28 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
         "the first notification was answered {status}"
     );
 
+    // Latency first, on a quiet service: a watcher of every tenant, 1,000
+    // POSTs a second. (After the burst, its confirming and settle polls
+    // keep the service and the fake busy for some 15 s.)
+    let (server_cpu0, load_cpu0, t0) = (
+        server.cpu_secs(),
+        common::cpu_secs_of("self"),
+        Instant::now(),
+    );
+    let lat = paced_latency(&format!("127.0.0.1:{grpc}"), &hook_url, paced_bodies, rate).await?;
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "paced phase: server {:.2} core, load {:.2} core, fake {:.2} s CPU",
+        (server.cpu_secs() - server_cpu0) / secs,
+        (common::cpu_secs_of("self") - load_cpu0) / secs,
+        fake.cpu_secs()
+    );
+
     let cpu0 = server.cpu_secs();
     let (ours_rate, ours_refused) = blast(&hook_url, Arc::new(bodies.clone())).await?;
     let cpu_per_1000 = (server.cpu_secs() - cpu0) / burst as f64 * 1000.0;
-
-    // Latency: a watcher of every tenant; 1,000 POSTs a second.
-    let lat = paced_latency(&format!("127.0.0.1:{grpc}"), &hook_url, paced_bodies, rate).await?;
     server.stop();
+    fake.stop();
 
     let base_port = common::free_port();
     let _baseline = Proc::spawn(
@@ -171,7 +197,7 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
 }
 
 /// `n` notification bodies for tenants Cust1..CustT, signed on every core.
-fn sign_all(fake: &FakeSuperOffice, n: usize, tenants: usize) -> Vec<String> {
+fn sign_all(signer: &Signer, n: usize, tenants: usize) -> Vec<String> {
     let cores = std::thread::available_parallelism().map_or(2, |c| c.get());
     let per = n.div_ceil(cores);
     std::thread::scope(|s| {
@@ -181,8 +207,7 @@ fn sign_all(fake: &FakeSuperOffice, n: usize, tenants: usize) -> Vec<String> {
                     (c * per..((c + 1) * per).min(n))
                         .map(|i| {
                             let ctx = format!("Cust{}", i % tenants + 1);
-                            fake.notification(ChangeType::Resume, &ctx, None)
-                                .to_string()
+                            notification_body(signer, ChangeType::Resume, &ctx, None).to_string()
                         })
                         .collect::<Vec<_>>()
                 })
@@ -275,9 +300,6 @@ async fn paced_latency(
                 };
                 let at = Instant::now();
                 let Some(t) = ev.tenant else { continue };
-                if !t.context_identifier.starts_with("Lat") {
-                    continue;
-                }
                 let s = sent.lock().unwrap().remove(&t.context_identifier);
                 if let Some(s) = s {
                     seen += 1;
@@ -296,6 +318,10 @@ async fn paced_latency(
                 .expect("a client")
         })
         .collect();
+    // Connections open before the clock starts (a GET answers 405).
+    for c in &clients {
+        let _ = c.get(url).send().await;
+    }
     let gap = Duration::from_secs_f64(1.0 / rate);
     let start = tokio::time::Instant::now();
     let mut posts = Vec::new();
@@ -304,18 +330,28 @@ async fn paced_latency(
         let client = clients[i % CONNECTIONS].clone();
         let (url, sent) = (url.to_owned(), Arc::clone(&sent));
         posts.push(tokio::spawn(async move {
-            sent.lock().unwrap().insert(ctx, Instant::now());
+            let t = Instant::now();
+            sent.lock().unwrap().insert(ctx, t);
             let _ = client
                 .post(&url)
                 .header("content-type", "application/json")
                 .body(body)
                 .send()
                 .await;
+            t.elapsed()
         }));
     }
+    let mut answered = common::histogram();
     for p in posts {
-        let _ = p.await;
+        if let Ok(d) = p.await {
+            let _ = answered.record(d.as_micros().max(1) as u64);
+        }
     }
+    let a = Latency::of(&answered);
+    eprintln!(
+        "POST to 204: p50 {:.2} p99 {:.2} max {:.2} ms",
+        a.p50_ms, a.p99_ms, a.max_ms
+    );
     let h = reader.await?;
     anyhow::ensure!(
         h.len() as usize == total,
