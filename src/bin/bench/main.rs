@@ -115,7 +115,6 @@ fn main() -> ExitCode {
         let mut rows: Vec<Row> = Vec::new();
         let all = scenarios.len() > 1;
         for s in scenarios {
-            eprintln!("== {s}{}", if opts.quick { " (quick)" } else { "" });
             if all {
                 // Each scenario in a fresh process of its own, so one's
                 // leftovers (50,000 closed streams, say) cannot slow the next.
@@ -128,6 +127,7 @@ fn main() -> ExitCode {
                 }
                 continue;
             }
+            eprintln!("== {s}{}", if opts.quick { " (quick)" } else { "" });
             let result = match s {
                 "lookups" => lookups::run(opts.quick).await,
                 "fanout" => fanout::run(opts.quick).await,
