@@ -101,7 +101,7 @@ impl Application {
             Verifier::new(config.webhook.verifier.clone())
                 .context("could not build the notification token verifier")?,
         );
-        let webhook = Arc::new(Webhook::new(
+        let webhook = Webhook::new(
             Arc::clone(&verifier),
             SeenTokens::new(config.webhook.seen_tokens_max),
             Arc::clone(&store),
@@ -109,7 +109,11 @@ impl Application {
             config.webhook.verifier.leeway,
             config.webhook.path.clone(),
             Arc::clone(&metrics),
-        ));
+        );
+        let webhook = Arc::new(match config.webhook.rate_limit {
+            Some((per_second, burst)) => webhook.with_rate_limit(per_second, burst),
+            None => webhook,
+        });
         let tracker = Arc::new(Tracker::new(Arc::clone(&store), source, handle));
         Ok(Self {
             config,

@@ -231,9 +231,24 @@ pub struct WebhookArgs {
     #[arg(long, env = "TENANT_STATUS_JWT_LEEWAY", value_parser = duration, default_value = "60s")]
     pub jwt_leeway: Duration,
     /// Most notification tokens remembered to refuse replays (about 50
-    /// bytes each); past it, the token expiring first is forgotten.
+    /// bytes each); when full of usable tokens, new ones get 503.
     #[arg(long, env = "TENANT_STATUS_SEEN_TOKENS_MAX", default_value_t = 100_000)]
     pub seen_tokens_max: usize,
+    /// Webhook requests a second from one client address (0: no limit);
+    /// past it and the burst, 429 with Retry-After.
+    #[arg(
+        long,
+        env = "TENANT_STATUS_WEBHOOK_RATE_LIMIT",
+        default_value_t = 1000.0
+    )]
+    pub webhook_rate_limit: f64,
+    /// Webhook requests one client address may send at once.
+    #[arg(
+        long,
+        env = "TENANT_STATUS_WEBHOOK_RATE_BURST",
+        default_value_t = 2000.0
+    )]
+    pub webhook_rate_burst: f64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -350,6 +365,8 @@ pub struct WebhookConfig {
     pub path: String,
     pub verifier: VerifierSettings,
     pub seen_tokens_max: usize,
+    /// Per client address: requests a second and burst; `None`: no limit.
+    pub rate_limit: Option<(f64, f64)>,
 }
 
 /// A setting that cannot be used, named with what is wrong.
@@ -593,6 +610,12 @@ impl WebhookArgs {
                 "at most 5m: a wider leeway keeps expired tokens usable (and remembered) longer",
             ));
         }
+        if !self.webhook_rate_limit.is_finite() || self.webhook_rate_limit < 0.0 {
+            return Err(bad("--webhook-rate-limit", "must be 0 (no limit) or more"));
+        }
+        if !self.webhook_rate_burst.is_finite() || self.webhook_rate_burst < 1.0 {
+            return Err(bad("--webhook-rate-burst", "must be at least 1"));
+        }
         if self.seen_tokens_max == 0 {
             return Err(bad("--seen-tokens-max", "must be at least 1"));
         }
@@ -608,6 +631,8 @@ impl WebhookArgs {
                 jwks_refetch_interval: JWKS_REFETCH_INTERVAL,
             },
             seen_tokens_max: self.seen_tokens_max,
+            rate_limit: (self.webhook_rate_limit > 0.0)
+                .then_some((self.webhook_rate_limit, self.webhook_rate_burst)),
         })
     }
 }

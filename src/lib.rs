@@ -16,6 +16,7 @@
 //!   and JWKS), and the memory of tokens already used.
 //! - `webhook`: the public state-change listener (axum): parse, verify,
 //!   apply, answer.
+//! - `ratelimit`: a token bucket per client address for the webhook.
 //! - `signer`: an RSA key, certificate, JWKS and tokens standing in for
 //!   SuperOffice's, for the demo and the tests.
 //! - `grpc`: the tonic service; the only module that knows protobuf types.
@@ -43,6 +44,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod persist;
 pub mod poller;
+pub mod ratelimit;
 pub mod signer;
 pub mod store;
 pub mod superoffice;

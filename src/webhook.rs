@@ -22,6 +22,7 @@ use serde::Deserialize;
 use crate::{
     metrics::Metrics,
     poller::PollerHandle,
+    ratelimit::RateLimiter,
     signer::unix_seconds,
     store::Store,
     tenant::{ChangeType, ContextId, NotificationInfo},
@@ -104,6 +105,10 @@ pub enum Rejection {
     /// safer than forgetting one. SuperOffice retries later.
     #[error("too many notifications to remember right now; try again shortly")]
     Busy,
+    /// This client sent more than its share; Retry-After says when to
+    /// try again.
+    #[error("too many requests from this address; slow down")]
+    RateLimited(std::time::Duration),
 }
 
 impl Rejection {
@@ -124,6 +129,7 @@ impl Rejection {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -138,6 +144,7 @@ impl Rejection {
             Self::NotFound => "not_found",
             Self::BodyTimeout => "body_timeout",
             Self::Busy => "busy",
+            Self::RateLimited(_) => "rate_limited",
         }
     }
 }
@@ -266,6 +273,7 @@ pub struct Webhook {
     leeway: u64,
     path: String,
     metrics: Arc<Metrics>,
+    limiter: Option<RateLimiter>,
 }
 
 impl Webhook {
@@ -286,7 +294,15 @@ impl Webhook {
             leeway: leeway.as_secs(),
             path,
             metrics,
+            limiter: None,
         }
+    }
+
+    /// Limits each client address to `per_second` notifications a second,
+    /// `burst` at once; past it, 429 with Retry-After.
+    pub fn with_rate_limit(mut self, per_second: f64, burst: f64) -> Self {
+        self.limiter = Some(RateLimiter::new(per_second, burst));
+        self
     }
 
     /// The router: the webhook path, and a JSON 404 for anything else.
@@ -339,6 +355,13 @@ async fn notify(
     body: Body,
 ) -> Response {
     let result = async {
+        // First, before the body is read or a signature checked: a flood
+        // costs us as little as possible.
+        if let Some(limiter) = &hook.limiter {
+            limiter
+                .check(peer.ip(), std::time::Instant::now())
+                .map_err(Rejection::RateLimited)?;
+        }
         if method != Method::POST {
             return Err(Rejection::MethodNotAllowed);
         }
@@ -394,10 +417,17 @@ fn refuse(metrics: &Metrics, rejection: Rejection, peer: Option<SocketAddr>) -> 
     metrics.notification(false, reason);
     // A stray request for another path is noise, not a refusal worth a
     // warning each.
-    if !matches!(rejection, Rejection::NotFound) {
+    // Strays and a flood's refusals would flood the log: counted, not
+    // logged one by one.
+    if !matches!(rejection, Rejection::NotFound | Rejection::RateLimited(_)) {
         let peer = peer.map(|p| p.to_string()).unwrap_or_default();
         tracing::warn!(reason, %peer, "refused a notification: {rejection}");
     }
+    let retry_after = match &rejection {
+        Rejection::RateLimited(wait) => Some(wait.as_secs().max(1)),
+        Rejection::Busy => Some(5),
+        _ => None,
+    };
     let status = rejection.status();
     let mut response = (
         status,
@@ -409,8 +439,8 @@ fn refuse(metrics: &Metrics, rejection: Rejection, peer: Option<SocketAddr>) -> 
         .into_response();
     let h = response.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    if let Some(secs) = retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     if status == StatusCode::METHOD_NOT_ALLOWED {
         h.insert(header::ALLOW, HeaderValue::from_static("POST"));

@@ -678,3 +678,50 @@ async fn a_full_replay_memory_refuses_rather_than_forgets() {
     assert_eq!(json["reason"], "busy");
     assert!(!app.store.contains("Cust2"));
 }
+
+#[tokio::test]
+async fn a_flood_from_one_client_is_answered_429_before_any_work() {
+    // A tight limit: 1 a second, 3 at once.
+    let app = spawn_app_with(|fake, config| {
+        fake.set(
+            "Cust1",
+            running("Cust1", "sod2.superoffice.com", Duration::from_secs(600)),
+        );
+        config.webhook.rate_limit = Some((1.0, 3.0));
+    })
+    .await;
+    let revision = app.store.revision();
+    let mut limited = 0;
+    let mut first_limited = None;
+    for _ in 0..20 {
+        let r = app
+            .http
+            .post(&app.webhook_url)
+            .header("content-type", "application/json")
+            .body(
+                app.fake
+                    .notification(ChangeType::Suspend, "Cust9", None)
+                    .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        if r.status().as_u16() == 429 {
+            limited += 1;
+            if first_limited.is_none() {
+                assert!(r.headers().contains_key("retry-after"));
+                let (_, json) = json_response(r).await;
+                assert_eq!(json["reason"], "rate_limited");
+                first_limited = Some(());
+            }
+        }
+    }
+    assert!(limited >= 16, "{limited} of 20 limited");
+    // The three that got through were applied; the flood changed nothing
+    // else, and gRPC still answers.
+    assert!(app.store.revision() > revision);
+    let t = app.get("Cust1").await.unwrap();
+    assert_eq!(t.context_identifier, "Cust1");
+    let (_, text) = app.admin_get("/metrics").await;
+    assert!(text.contains(r#"reason="rate_limited""#));
+}
