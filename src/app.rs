@@ -12,7 +12,6 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
@@ -319,18 +318,15 @@ impl Application {
 
         // The webhook stops accepting when draining starts and finishes the
         // requests in flight: an acknowledged notification is applied.
-        // No Nagle delay on a 204 that follows a request on a kept-alive
-        // connection.
-        let webhook_listener = webhook_listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let webhook_server = axum::serve(
+        // The webhook stops accepting when draining starts and finishes the
+        // requests in flight: an acknowledged notification is applied.
+        let webhook_server = crate::webhook::serve(
             webhook_listener,
-            webhook
-                .router()
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(draining.clone().cancelled_owned());
+            webhook.router(),
+            config.webhook.max_connections,
+            config.webhook.header_timeout,
+            draining.clone().cancelled_owned(),
+        );
         tracing::info!(
             addr = %webhook_addr,
             path = %config.webhook.path,
@@ -340,9 +336,8 @@ impl Application {
             "serving the state-change webhook"
         );
         let both = async move {
-            let (grpc, hook) = tokio::join!(server, webhook_server.into_future());
+            let (grpc, ()) = tokio::join!(server, webhook_server);
             grpc.context("the gRPC server failed")?;
-            hook.context("the webhook server failed")?;
             anyhow::Ok(())
         };
 

@@ -242,6 +242,16 @@ pub struct WebhookArgs {
         default_value_t = 1000.0
     )]
     pub webhook_rate_limit: f64,
+    /// The most a webhook client may take to send a request's headers.
+    #[arg(long, env = "TENANT_STATUS_WEBHOOK_HEADER_TIMEOUT", value_parser = duration, default_value = "10s")]
+    pub webhook_header_timeout: Duration,
+    /// Most webhook connections open at once; more wait in the backlog.
+    #[arg(
+        long,
+        env = "TENANT_STATUS_WEBHOOK_MAX_CONNECTIONS",
+        default_value_t = 1024
+    )]
+    pub webhook_max_connections: usize,
     /// Webhook requests one client address may send at once.
     #[arg(
         long,
@@ -367,6 +377,8 @@ pub struct WebhookConfig {
     pub seen_tokens_max: usize,
     /// Per client address: requests a second and burst; `None`: no limit.
     pub rate_limit: Option<(f64, f64)>,
+    pub max_connections: usize,
+    pub header_timeout: Duration,
 }
 
 /// A setting that cannot be used, named with what is wrong.
@@ -616,6 +628,12 @@ impl WebhookArgs {
         if !self.webhook_rate_burst.is_finite() || self.webhook_rate_burst < 1.0 {
             return Err(bad("--webhook-rate-burst", "must be at least 1"));
         }
+        if self.webhook_header_timeout.is_zero() {
+            return Err(bad("--webhook-header-timeout", "must be more than zero"));
+        }
+        if self.webhook_max_connections == 0 {
+            return Err(bad("--webhook-max-connections", "must be at least 1"));
+        }
         if self.seen_tokens_max == 0 {
             return Err(bad("--seen-tokens-max", "must be at least 1"));
         }
@@ -631,6 +649,8 @@ impl WebhookArgs {
                 jwks_refetch_interval: JWKS_REFETCH_INTERVAL,
             },
             seen_tokens_max: self.seen_tokens_max,
+            max_connections: self.webhook_max_connections,
+            header_timeout: self.webhook_header_timeout,
             rate_limit: (self.webhook_rate_limit > 0.0)
                 .then_some((self.webhook_rate_limit, self.webhook_rate_burst)),
         })

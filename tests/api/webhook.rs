@@ -725,3 +725,49 @@ async fn a_flood_from_one_client_is_answered_429_before_any_work() {
     let (_, text) = app.admin_get("/metrics").await;
     assert!(text.contains(r#"reason="rate_limited""#));
 }
+
+#[tokio::test]
+async fn headers_dripped_a_byte_at_a_time_are_cut_off() {
+    let app = spawn_app_with(|_, config| {
+        config.webhook.header_timeout = Duration::from_millis(800);
+    })
+    .await;
+    let mut conn = tokio::net::TcpStream::connect(app.webhook_addr)
+        .await
+        .unwrap();
+    let head = b"POST /NotifyCustomerStateChange HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n";
+    let started = tokio::time::Instant::now();
+    let mut closed = false;
+    for b in head.iter().cycle() {
+        if conn.write_all(&[*b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(100), conn.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(_)) => {
+                // An answer (408) then the close: also a cut-off.
+                closed = true;
+                break;
+            }
+            Err(_) => {}
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "the server still waits for headers after {:?}",
+        started.elapsed()
+    );
+    // Everyone else is served meanwhile.
+    assert_eq!(
+        app.notify(ChangeType::Resume, "Cust1", None).await,
+        reqwest::StatusCode::NO_CONTENT
+    );
+}
