@@ -3,6 +3,7 @@
 
 mod get;
 mod helpers;
+mod hostile;
 mod list;
 mod operate;
 mod poll;
