@@ -644,6 +644,78 @@ mod tests {
         h.stop().await;
     }
 
+    /// SuperOffice unreachable until `until`, then answering again.
+    struct Outage {
+        until: tokio::time::Instant,
+        calls: Mutex<Vec<tokio::time::Instant>>,
+    }
+
+    impl StateSource for Outage {
+        fn fetch<'a>(&'a self, _ctx: &'a ContextId) -> BoxFuture<'a, FetchResult> {
+            let now = tokio::time::Instant::now();
+            self.calls.lock().unwrap().push(now);
+            let a = if now < self.until {
+                Err(FetchError::Connect("connection refused".into()))
+            } else {
+                running_for(60)
+            };
+            Box::pin(async move { a })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn superoffice_down_for_an_hour_is_not_hammered_and_recovery_is_prompt() {
+        let hour = Duration::from_secs(3600);
+        let source = Arc::new(Outage {
+            until: tokio::time::Instant::now() + Duration::from_secs(30) + hour,
+            calls: Mutex::new(Vec::new()),
+        });
+        let store = Arc::new(Store::new());
+        // Known and running before the outage, its ValidUntil already due
+        // (paused time does not move the wall clock that staleness reads).
+        let ctx = ContextId::parse("Cust1").unwrap();
+        let now = SystemTime::now();
+        store.apply_poll(
+            &ctx,
+            PollResult::Observed(crate::tenant::Observation {
+                state: TenantState::Running,
+                endpoint: "https://sod2.superoffice.com/Cust1".into(),
+                api: String::new(),
+                version: String::new(),
+                valid_until: Some(now),
+            }),
+            now,
+        );
+        let policy = PollPolicy::default();
+        let (poller, handle) = Poller::new(Arc::clone(&store), source.clone(), policy.clone());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(poller.run(stop.clone()));
+        handle.track(ctx.clone());
+        // Half an hour into the outage: the state is kept, stale, with the
+        // reason; polls have backed off to the cap.
+        tokio::time::sleep(Duration::from_secs(30) + hour / 2).await;
+        let r = store.get("Cust1").unwrap();
+        assert_eq!(r.state, TenantState::Running);
+        assert!(r.stale);
+        assert!(
+            r.last_error.contains("connection refused"),
+            "{}",
+            r.last_error
+        );
+        tokio::time::sleep(hour / 2).await;
+        let during = source.calls.lock().unwrap().len();
+        // 1 s doubling to 5 min: about 9 polls to reach the cap, then one
+        // per 2.5 to 5 min; never a poll a second.
+        assert!((10..=40).contains(&during), "{during} polls in an hour");
+        // SuperOffice is back: fresh within one backoff cap.
+        tokio::time::sleep(policy.backoff_max + Duration::from_secs(1)).await;
+        let r = store.get("Cust1").unwrap();
+        assert!(!r.stale, "recovered");
+        assert!(r.last_error.is_empty());
+        stop.cancel();
+        task.await.unwrap();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_deleted_tenant_is_forgotten_unless_it_came_back_meanwhile() {
         let deleted = || {
