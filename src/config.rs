@@ -311,6 +311,9 @@ pub struct FakeArgs {
     /// ValidUntil is this far after each request.
     #[arg(long, value_parser = duration, default_value = "60s")]
     pub valid_for: Duration,
+    /// Answer this fraction of requests, at random, with 503.
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_ratio: f64,
 }
 
 /// A validated configuration of the service.

@@ -121,6 +121,8 @@ struct Inner {
     /// Keys published beside the signer's (a rotation in progress).
     extra_keys: Vec<jsonwebtoken::jwk::Jwk>,
     unknown_as_200: bool,
+    /// This fraction of answers, at random, is a 503.
+    fail_ratio: f64,
 }
 
 /// A handle to a running fake; cheap to clone.
@@ -278,6 +280,11 @@ impl FakeSuperOffice {
     }
 
     /// Answer unknown tenants with 200 and State "Unknown" instead of 404.
+    /// Answers this fraction of requests, at random, with 503.
+    pub fn fail_at_random(&self, ratio: f64) {
+        self.lock().fail_ratio = ratio.clamp(0.0, 1.0);
+    }
+
     pub fn unknown_as_200(&self, yes: bool) {
         self.lock().unknown_as_200 = yes;
     }
@@ -308,6 +315,10 @@ async fn state(State(inner): State<Arc<Mutex<Inner>>>, Path(ctx): Path<String>) 
             Some(f) => Some(f),
             None => g.failures.get_mut("").and_then(|q| q.pop_front()),
         };
+        let failure = failure.or_else(|| {
+            (g.fail_ratio > 0.0 && rand::random::<f64>() < g.fail_ratio)
+                .then_some(Failure::Status(503))
+        });
         let now = Instant::now();
         let answer = match g.tenants.get(&ctx) {
             Some(script) => {
@@ -531,6 +542,7 @@ pub async fn run_standalone(
     if args.demo_script {
         demo_script(&fake, args.valid_for);
     }
+    fake.fail_at_random(args.fail_ratio);
     for n in 1..=args.tenants {
         let ctx = format!("Cust{n}");
         fake.set(

@@ -14,6 +14,7 @@ mod fanout;
 mod lookups;
 mod notifications;
 mod polling;
+mod soak;
 mod start;
 
 use std::{ffi::OsString, path::PathBuf, process::ExitCode};
@@ -53,6 +54,9 @@ enum Cmd {
     Polling(Opts),
     /// Start to SERVING with 100,000 tenants in a state file.
     Start(Opts),
+    /// Ten minutes of a realistic mix with SuperOffice failing a tenth of
+    /// the time and a kill -9 in the middle (not part of `all`).
+    Soak(Opts),
     /// (internal) Runs tenant-status with the arguments after `--`.
     #[command(hide = true)]
     Child {
@@ -111,6 +115,7 @@ fn main() -> ExitCode {
             Cmd::Notifications(o) => (o, vec!["notifications"]),
             Cmd::Polling(o) => (o, vec!["polling"]),
             Cmd::Start(o) => (o, vec!["start"]),
+            Cmd::Soak(o) => (o, vec!["soak"]),
         };
         let mut rows: Vec<Row> = Vec::new();
         let all = scenarios.len() > 1;
@@ -133,6 +138,7 @@ fn main() -> ExitCode {
                 "fanout" => fanout::run(opts.quick).await,
                 "notifications" => notifications::run(opts.quick).await,
                 "polling" => polling::run(opts.quick).await,
+                "soak" => soak::run(opts.quick).await,
                 _ => start::run(opts.quick).await,
             };
             match result {
