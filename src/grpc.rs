@@ -130,12 +130,25 @@ impl GrpcService {
         }
     }
 
-    fn observe<T>(&self, method: &'static str, started: Instant, result: &Result<T, Status>) {
-        let code = match result {
+    /// Runs `handler` if `allowed`, and counts the call with its status
+    /// code and time (for WatchTenant: the time to open the stream).
+    async fn call<T>(
+        &self,
+        method: &'static str,
+        allowed: Result<(), Status>,
+        handler: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let started = Instant::now();
+        let result = match allowed {
+            Ok(()) => handler.await,
+            Err(e) => Err(e),
+        };
+        let code = match &result {
             Ok(_) => tonic::Code::Ok,
             Err(s) => s.code(),
         };
         self.metrics.rpc(method, code_name(code), started.elapsed());
+        result
     }
 
     pub fn into_server(self) -> pb::tenant_status_service_server::TenantStatusServiceServer<Self> {
@@ -163,13 +176,9 @@ impl TenantStatusService for GrpcService {
         &self,
         request: Request<pb::GetTenantStateRequest>,
     ) -> Result<Response<pb::GetTenantStateResponse>, Status> {
-        let started = Instant::now();
-        let result = match self.authorize(&request) {
-            Ok(()) => self.get(request).await,
-            Err(e) => Err(e),
-        };
-        self.observe("GetTenantState", started, &result);
-        result
+        let allowed = self.authorize(&request);
+        self.call("GetTenantState", allowed, self.get(request))
+            .await
     }
 
     type WatchTenantStream = WatchStream;
@@ -178,26 +187,17 @@ impl TenantStatusService for GrpcService {
         &self,
         request: Request<pb::WatchTenantRequest>,
     ) -> Result<Response<Self::WatchTenantStream>, Status> {
-        let started = Instant::now();
-        let result = match self.authorize(&request) {
-            Ok(()) => self.watch(request).await,
-            Err(e) => Err(e),
-        };
-        self.observe("WatchTenant", started, &result);
-        result
+        let allowed = self.authorize(&request);
+        self.call("WatchTenant", allowed, self.watch(request)).await
     }
 
     async fn list_tenants(
         &self,
         request: Request<pb::ListTenantsRequest>,
     ) -> Result<Response<pb::ListTenantsResponse>, Status> {
-        let started = Instant::now();
-        let result = match self.authorize(&request) {
-            Ok(()) => self.list(request),
-            Err(e) => Err(e),
-        };
-        self.observe("ListTenants", started, &result);
-        result
+        let allowed = self.authorize(&request);
+        self.call("ListTenants", allowed, async { self.list(request) })
+            .await
     }
 }
 

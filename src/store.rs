@@ -219,53 +219,37 @@ impl Store {
                 return None;
             }
             // A change made here is the poll's doing; when nothing
-            // meaningful changes, `update` keeps the old source. Only the
-            // fields a poll does not set are carried over from `old`.
-            let empty = String::new();
-            let (last_notification, endpoint, api, version) = match old {
-                Some(o) => (o.last_notification.clone(), &o.endpoint, &o.api, &o.version),
-                None => (None, &empty, &empty, &empty),
+            // meaningful changes, `update` keeps the old source. Of `old`,
+            // only the notification is carried over, and, when SuperOffice
+            // does not know the tenant, its last known addresses.
+            let fresh = TenantRecord {
+                last_notification: old.and_then(|o| o.last_notification.clone()),
+                ..Self::blank(ctx, now)
             };
-            let record =
-                |state, endpoint, api, version, valid_until, stale, last_error| TenantRecord {
-                    context_identifier: ctx.clone(),
-                    state,
-                    endpoint,
-                    api,
-                    version,
-                    valid_until,
-                    observed_at: now,
-                    revision: 0,
-                    changed_at: now,
-                    source: ChangeSource::Poll,
-                    last_notification,
-                    stale,
-                    last_error,
-                };
             match result {
-                PollResult::Observed(o) => Some(record(
-                    o.state,
-                    o.endpoint,
-                    o.api,
-                    o.version,
-                    o.valid_until,
-                    false,
-                    String::new(),
-                )),
+                PollResult::Observed(o) => Some(TenantRecord {
+                    state: o.state,
+                    endpoint: o.endpoint,
+                    api: o.api,
+                    version: o.version,
+                    valid_until: o.valid_until,
+                    ..fresh
+                }),
                 // A deleted tenant that SuperOffice no longer knows is
                 // still deleted: it stays DELETED until it is forgotten.
-                PollResult::NotFound => Some(record(
-                    match old.map(|o| o.state) {
-                        Some(TenantState::Deleted) => TenantState::Deleted,
-                        _ => TenantState::Unknown,
+                PollResult::NotFound => Some(match old {
+                    Some(o) => TenantRecord {
+                        state: match o.state {
+                            TenantState::Deleted => TenantState::Deleted,
+                            _ => TenantState::Unknown,
+                        },
+                        endpoint: o.endpoint.clone(),
+                        api: o.api.clone(),
+                        version: o.version.clone(),
+                        ..fresh
                     },
-                    endpoint.clone(),
-                    api.clone(),
-                    version.clone(),
-                    None,
-                    false,
-                    String::new(),
-                )),
+                    None => fresh,
+                }),
                 PollResult::Failed(error) => {
                     let old = old?;
                     let stale = old.valid_until.is_none_or(|v| v <= now);

@@ -121,6 +121,50 @@ where
     Ok(())
 }
 
+/// Waits until something accepts TCP connections at `addr`.
+pub async fn wait_listening(what: &str, addr: &str, limit: Duration) -> anyhow::Result<()> {
+    wait_until(what, limit, || {
+        let a = addr.to_owned();
+        async move { tokio::net::TcpStream::connect(a).await.is_ok() }
+    })
+    .await
+}
+
+/// Waits until the service's admin listener at `admin` says /readyz.
+pub async fn wait_ready(what: &str, admin: &str, limit: Duration) -> anyhow::Result<()> {
+    wait_until(what, limit, || {
+        let a = admin.to_owned();
+        async move {
+            reqwest::get(format!("http://{a}/readyz"))
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
+    })
+    .await
+}
+
+/// The fake SuperOffice in its own process on `port`, serving Cust1 to
+/// Cust`tenants` with `ValidUntil` `valid_for` after each request.
+pub fn fake_superoffice(
+    name: &str,
+    port: u16,
+    tenants: usize,
+    valid_for: &str,
+    extra: &[&str],
+) -> anyhow::Result<Proc> {
+    let mut args = vec![
+        "fake-superoffice".to_owned(),
+        "--addr".into(),
+        format!("127.0.0.1:{port}"),
+        "--tenants".into(),
+        tenants.to_string(),
+        "--valid-for".into(),
+        valid_for.into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    Proc::tenant_status(name, &args)
+}
+
 /// Scrapes an admin listener's /metrics into `name{labels}` -> value.
 pub async fn scrape(admin: &str) -> HashMap<String, f64> {
     let Ok(r) = reqwest::get(format!("http://{admin}/metrics")).await else {

@@ -101,15 +101,7 @@ async fn measure(
         ],
     )?;
     let admin_addr = format!("127.0.0.1:{admin}");
-    common::wait_until("ready", Duration::from_secs(30), || {
-        let a = admin_addr.clone();
-        async move {
-            reqwest::get(format!("http://{a}/readyz"))
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        }
-    })
-    .await?;
+    common::wait_ready("ready", &admin_addr, Duration::from_secs(30)).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = server.rss_kib();
 

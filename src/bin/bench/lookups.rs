@@ -34,18 +34,7 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
     // The fake SuperOffice and tenant-status, each its own process. A long
     // ValidUntil keeps polling out of the measurement.
     let fake_port = common::free_port();
-    let fake = Proc::tenant_status(
-        "lookups-fake",
-        &[
-            "fake-superoffice".into(),
-            "--addr".into(),
-            format!("127.0.0.1:{fake_port}"),
-            "--tenants".into(),
-            tenants.to_string(),
-            "--valid-for".into(),
-            "3600s".into(),
-        ],
-    )?;
+    let fake = common::fake_superoffice("lookups-fake", fake_port, tenants, "3600s", &[])?;
     let file = common::tenants_file(tenants)?;
     let (grpc, admin) = (common::free_port(), common::free_port());
     let server = Proc::tenant_status(
@@ -95,10 +84,11 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
         ],
     )?;
     let base_addr = format!("127.0.0.1:{base_port}");
-    common::wait_until("the baseline listening", Duration::from_secs(10), || {
-        let a = base_addr.clone();
-        async move { tokio::net::TcpStream::connect(a).await.is_ok() }
-    })
+    common::wait_listening(
+        "the baseline listening",
+        &base_addr,
+        Duration::from_secs(10),
+    )
     .await?;
     let (base_rps, base) = load(&base_addr, &ids, warmup, measure).await?;
 

@@ -39,17 +39,12 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
     // polls; the tokens are signed here with a key the service is given as
     // a certificate file.
     let fake_port = common::free_port();
-    let fake = Proc::tenant_status(
+    let fake = common::fake_superoffice(
         "notifications-fake",
-        &[
-            "fake-superoffice".into(),
-            "--addr".into(),
-            format!("127.0.0.1:{fake_port}"),
-            "--tenants".into(),
-            (tenants + paced).to_string(),
-            "--valid-for".into(),
-            "3600s".into(),
-        ],
+        fake_port,
+        tenants + paced,
+        "3600s",
+        &[],
     )?;
     let issuer = "https://sod.superoffice.com";
     let signer = Signer::generate(issuer)?;
@@ -97,11 +92,8 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
         ],
     )?;
     let hook_url = format!("http://127.0.0.1:{hook}{PATH}");
-    common::wait_until("the webhook listening", Duration::from_secs(30), || {
-        let a = format!("127.0.0.1:{hook}");
-        async move { tokio::net::TcpStream::connect(a).await.is_ok() }
-    })
-    .await?;
+    let hook_addr = format!("127.0.0.1:{hook}");
+    common::wait_listening("the webhook listening", &hook_addr, Duration::from_secs(30)).await?;
     // One notification first: the whole path warm.
     let warm = notification_body(&signer, ChangeType::Resume, "Cust1", None).to_string();
     let status = reqwest::Client::new()
@@ -148,10 +140,12 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
             format!("127.0.0.1:{base_port}"),
         ],
     )?;
-    common::wait_until("the baseline listening", Duration::from_secs(10), || {
-        let a = format!("127.0.0.1:{base_port}");
-        async move { tokio::net::TcpStream::connect(a).await.is_ok() }
-    })
+    let base_addr = format!("127.0.0.1:{base_port}");
+    common::wait_listening(
+        "the baseline listening",
+        &base_addr,
+        Duration::from_secs(10),
+    )
     .await?;
     let (base_rate, _) = blast(
         &format!("http://127.0.0.1:{base_port}{PATH}"),

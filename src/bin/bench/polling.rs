@@ -43,17 +43,12 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
     };
 
     let fake_port = common::free_port();
-    let fake = Proc::tenant_status(
+    let fake = common::fake_superoffice(
         "polling-fake",
-        &[
-            "fake-superoffice".into(),
-            "--addr".into(),
-            format!("127.0.0.1:{fake_port}"),
-            "--tenants".into(),
-            tenants.to_string(),
-            "--valid-for".into(),
-            format!("{}ms", valid_for.as_millis()),
-        ],
+        fake_port,
+        tenants,
+        &format!("{}ms", valid_for.as_millis()),
+        &[],
     )?;
     let file = common::tenants_file(tenants)?;
     let admin = common::free_port();
@@ -79,15 +74,7 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
     )?;
     let started = Instant::now();
     let admin_addr = format!("127.0.0.1:{admin}");
-    common::wait_until("the first round", Duration::from_secs(600), || {
-        let a = admin_addr.clone();
-        async move {
-            reqwest::get(format!("http://{a}/readyz"))
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        }
-    })
-    .await?;
+    common::wait_ready("the first round", &admin_addr, Duration::from_secs(600)).await?;
     let first_round = started.elapsed();
     // Steady state: every tenant has come due once more after its first
     // poll. Measure over the next full ValidUntil period.

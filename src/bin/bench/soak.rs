@@ -52,19 +52,12 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
         (10_000, 10_000, Duration::from_secs(600))
     };
     let fake_port = common::free_port();
-    let _fake = Proc::tenant_status(
+    let _fake = common::fake_superoffice(
         "soak-fake",
-        &[
-            "fake-superoffice".into(),
-            "--addr".into(),
-            format!("127.0.0.1:{fake_port}"),
-            "--tenants".into(),
-            tenants.to_string(),
-            "--valid-for".into(),
-            "30s".into(),
-            "--fail-ratio".into(),
-            "0.1".into(),
-        ],
+        fake_port,
+        tenants,
+        "30s",
+        &["--fail-ratio", "0.1"],
     )?;
     let issuer = "https://sod.superoffice.com";
     let signer = Arc::new(Signer::generate(issuer)?);
@@ -105,17 +98,6 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
     .map(|s| s.to_string())
     .collect();
     let admin_addr = format!("127.0.0.1:{admin}");
-    let ready = |admin_addr: String| async move {
-        common::wait_until("ready", Duration::from_secs(120), || {
-            let a = admin_addr.clone();
-            async move {
-                reqwest::get(format!("http://{a}/readyz"))
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            }
-        })
-        .await
-    };
 
     let counters = Arc::new(Counters::default());
     let acks: Arc<Mutex<HashMap<String, SystemTime>>> = Arc::new(Mutex::new(HashMap::new()));
@@ -123,7 +105,7 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
 
     // First half.
     let server = Proc::tenant_status("soak-server-1", &args)?;
-    ready(admin_addr.clone()).await?;
+    common::wait_ready("ready", &admin_addr, Duration::from_secs(120)).await?;
     let load = Load::start(grpc, hook, tenants, watchers, &signer, &counters, &acks).await?;
     sample(&server, total / 2, &mut rss).await;
     load.stop().await;
