@@ -144,11 +144,20 @@ impl TestApp {
         content_type: Option<&str>,
         body: Vec<u8>,
     ) -> (reqwest::StatusCode, serde_json::Value) {
+        json_response(self.post_raw_response(content_type, body).await).await
+    }
+
+    /// POSTs raw bytes to the webhook; the whole response (for headers).
+    pub async fn post_raw_response(
+        &self,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> reqwest::Response {
         let mut req = self.http.post(&self.webhook_url).body(body);
         if let Some(ct) = content_type {
             req = req.header(reqwest::header::CONTENT_TYPE, ct);
         }
-        json_response(req.send().await.expect("the webhook answers")).await
+        req.send().await.expect("the webhook answers")
     }
 
     /// SuperOffice sends a signed notification; returns the status.

@@ -661,17 +661,14 @@ async fn a_full_replay_memory_refuses_rather_than_forgets() {
         reqwest::StatusCode::NO_CONTENT
     );
     let r = app
-        .http
-        .post(&app.webhook_url)
-        .header("content-type", "application/json")
-        .body(
+        .post_raw_response(
+            Some("application/json"),
             app.fake
                 .notification(ChangeType::Resume, "Cust2", None)
-                .to_string(),
+                .to_string()
+                .into_bytes(),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.headers()["retry-after"], "5");
     let (status, json) = json_response(r).await;
     assert_eq!(status.as_u16(), 503, "{json}");
@@ -695,17 +692,14 @@ async fn a_flood_from_one_client_is_answered_429_before_any_work() {
     let mut first_limited = None;
     for _ in 0..20 {
         let r = app
-            .http
-            .post(&app.webhook_url)
-            .header("content-type", "application/json")
-            .body(
+            .post_raw_response(
+                Some("application/json"),
                 app.fake
                     .notification(ChangeType::Suspend, "Cust9", None)
-                    .to_string(),
+                    .to_string()
+                    .into_bytes(),
             )
-            .send()
-            .await
-            .unwrap();
+            .await;
         if r.status().as_u16() == 429 {
             limited += 1;
             if first_limited.is_none() {
