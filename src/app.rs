@@ -109,10 +109,14 @@ impl Application {
             config.webhook.path.clone(),
             Arc::clone(&metrics),
         );
-        let webhook = Arc::new(match config.webhook.rate_limit {
-            Some((per_second, burst)) => webhook.with_rate_limit(per_second, burst),
-            None => webhook,
-        });
+        let webhook =
+            webhook.with_body_limits(config.webhook.max_body, config.webhook.body_timeout);
+        let webhook = Arc::new(
+            match (config.webhook.rate_limit, config.webhook.rate_limit_total) {
+                (None, None) => webhook,
+                (per_client, total) => webhook.with_rate_limit(per_client, total),
+            },
+        );
         let tracker = Arc::new(Tracker::new(Arc::clone(&store), source, handle));
         Ok(Self {
             config,
@@ -279,6 +283,7 @@ impl Application {
             .http2_keepalive_interval(Some(config.http2_keepalive_interval))
             .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
             .max_concurrent_streams(Some(config.max_concurrent_streams))
+            .http2_max_header_list_size(Some(config.grpc_max_header_size))
             .tcp_nodelay(true)
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -290,6 +295,7 @@ impl Application {
                     Arc::clone(&metrics),
                     config.access.clone(),
                 )
+                .with_limits(config.max_watchers, config.grpc_max_request_size)
                 .into_server(),
             )
             // Our own listener (bound in build), so the builder's
@@ -318,13 +324,14 @@ impl Application {
 
         // The webhook stops accepting when draining starts and finishes the
         // requests in flight: an acknowledged notification is applied.
-        // The webhook stops accepting when draining starts and finishes the
-        // requests in flight: an acknowledged notification is applied.
         let webhook_server = crate::webhook::serve(
             webhook_listener,
             webhook.router(),
-            config.webhook.max_connections,
-            config.webhook.header_timeout,
+            crate::webhook::ConnectionLimits {
+                max_connections: config.webhook.max_connections,
+                header_timeout: config.webhook.header_timeout,
+                max_header_size: config.webhook.max_header_size,
+            },
             draining.clone().cancelled_owned(),
         );
         tracing::info!(

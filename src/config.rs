@@ -83,6 +83,26 @@ fn duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{e} (use a duration such as 500ms, 30s or 15m)"))
 }
 
+/// A size in bytes: `65536`, `64KiB`, `1MiB` (KB, MB and GB are read as
+/// KiB, MiB and GiB; no one means 1000 bytes for a buffer limit).
+fn byte_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let unit_bytes: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
+        _ => return Err(format!("{s:?}: use a size such as 65536, 64KiB or 1MiB")),
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_bytes))
+        .ok_or_else(|| format!("{s:?}: use a size such as 65536, 64KiB or 1MiB"))
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// A TOML file of settings, named as the flags without the leading
@@ -174,6 +194,18 @@ pub struct ServeArgs {
         default_value_t = 1024
     )]
     pub max_concurrent_streams: u32,
+    /// Largest gRPC request message; larger ones get OUT_OF_RANGE. The
+    /// largest real request (1,000 names to watch) is under 100 KiB.
+    #[arg(long, env = "TENANT_STATUS_GRPC_MAX_REQUEST_SIZE", value_parser = byte_size, default_value = "256KiB")]
+    pub grpc_max_request_size: usize,
+    /// Largest header block a gRPC client may send on a call (HTTP/2
+    /// SETTINGS_MAX_HEADER_LIST_SIZE); a larger one resets the call.
+    #[arg(long, env = "TENANT_STATUS_GRPC_MAX_HEADER_SIZE", value_parser = byte_size, default_value = "16KiB")]
+    pub grpc_max_header_size: usize,
+    /// Most WatchTenant streams open at once, over all connections (each
+    /// costs about 6 KiB); past it, RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TENANT_STATUS_MAX_WATCHERS", default_value_t = 100_000)]
+    pub max_watchers: usize,
     /// Interval of HTTP/2 keepalive pings, so idle watch streams survive
     /// proxies and dead peers are noticed.
     #[arg(long, env = "TENANT_STATUS_HTTP2_KEEPALIVE_INTERVAL", value_parser = duration, default_value = "30s")]
@@ -259,6 +291,26 @@ pub struct WebhookArgs {
         default_value_t = 2000.0
     )]
     pub webhook_rate_burst: f64,
+    /// Webhook requests a second from all clients together (0: no limit),
+    /// so a flood from many addresses is refused before it costs a
+    /// signature check each; past it, 429 with Retry-After.
+    #[arg(
+        long,
+        env = "TENANT_STATUS_WEBHOOK_RATE_LIMIT_TOTAL",
+        default_value_t = 5000.0
+    )]
+    pub webhook_rate_limit_total: f64,
+    /// Largest notification body; a larger one gets 413 (SuperOffice's are
+    /// about 1.5 KiB).
+    #[arg(long, env = "TENANT_STATUS_WEBHOOK_MAX_BODY", value_parser = byte_size, default_value = "64KiB")]
+    pub webhook_max_body: usize,
+    /// The most a webhook client may take to send a request's body; then 408.
+    #[arg(long, env = "TENANT_STATUS_WEBHOOK_BODY_TIMEOUT", value_parser = duration, default_value = "10s")]
+    pub webhook_body_timeout: Duration,
+    /// Largest request head (request line and headers) on the webhook, for
+    /// HTTP/1.1 and HTTP/2 alike; a larger one gets 431 or a reset stream.
+    #[arg(long, env = "TENANT_STATUS_WEBHOOK_MAX_HEADER_SIZE", value_parser = byte_size, default_value = "64KiB")]
+    pub webhook_max_header_size: usize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -333,6 +385,9 @@ pub struct Config {
     pub http_timeout: Duration,
     pub heartbeat_interval: Duration,
     pub max_concurrent_streams: u32,
+    pub grpc_max_request_size: usize,
+    pub grpc_max_header_size: u32,
+    pub max_watchers: usize,
     pub http2_keepalive_interval: Duration,
     pub http2_keepalive_timeout: Duration,
     pub shutdown_timeout: Duration,
@@ -380,8 +435,13 @@ pub struct WebhookConfig {
     pub seen_tokens_max: usize,
     /// Per client address: requests a second and burst; `None`: no limit.
     pub rate_limit: Option<(f64, f64)>,
+    /// All clients together: requests a second; `None`: no limit.
+    pub rate_limit_total: Option<f64>,
     pub max_connections: usize,
     pub header_timeout: Duration,
+    pub max_body: usize,
+    pub body_timeout: Duration,
+    pub max_header_size: usize,
 }
 
 /// A setting that cannot be used, named with what is wrong.
@@ -487,6 +547,16 @@ impl ServeArgs {
         if self.max_concurrent_streams == 0 {
             return Err(bad("--max-concurrent-streams", "must be at least 1"));
         }
+        if !(1024..=64 * 1024 * 1024).contains(&self.grpc_max_request_size) {
+            return Err(bad("--grpc-max-request-size", "must be from 1KiB to 64MiB"));
+        }
+        let grpc_max_header_size = u32::try_from(self.grpc_max_header_size)
+            .ok()
+            .filter(|n| (1024..=1024 * 1024).contains(n))
+            .ok_or_else(|| bad("--grpc-max-header-size", "must be from 1KiB to 1MiB"))?;
+        if self.max_watchers == 0 {
+            return Err(bad("--max-watchers", "must be at least 1"));
+        }
         let webhook = self
             .webhook
             .validate(self.superoffice_env, &state_api_base_url)?;
@@ -557,6 +627,9 @@ impl ServeArgs {
             http_timeout: self.http_timeout,
             heartbeat_interval: self.heartbeat_interval,
             max_concurrent_streams: self.max_concurrent_streams,
+            grpc_max_request_size: self.grpc_max_request_size,
+            grpc_max_header_size,
+            max_watchers: self.max_watchers,
             http2_keepalive_interval: self.http2_keepalive_interval,
             http2_keepalive_timeout: self.http2_keepalive_timeout,
             shutdown_timeout: self.shutdown_timeout,
@@ -637,6 +710,25 @@ impl WebhookArgs {
         if self.webhook_max_connections == 0 {
             return Err(bad("--webhook-max-connections", "must be at least 1"));
         }
+        if !self.webhook_rate_limit_total.is_finite() || self.webhook_rate_limit_total < 0.0 {
+            return Err(bad(
+                "--webhook-rate-limit-total",
+                "must be 0 (no limit) or more",
+            ));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.webhook_max_body) {
+            return Err(bad("--webhook-max-body", "must be from 1KiB to 16MiB"));
+        }
+        if self.webhook_body_timeout.is_zero() {
+            return Err(bad("--webhook-body-timeout", "must be more than zero"));
+        }
+        // hyper will not read HTTP/1.1 heads into a buffer under 8 KiB.
+        if !(8 * 1024..=1024 * 1024).contains(&self.webhook_max_header_size) {
+            return Err(bad(
+                "--webhook-max-header-size",
+                "must be from 8KiB to 1MiB",
+            ));
+        }
         if self.seen_tokens_max == 0 {
             return Err(bad("--seen-tokens-max", "must be at least 1"));
         }
@@ -656,6 +748,11 @@ impl WebhookArgs {
             header_timeout: self.webhook_header_timeout,
             rate_limit: (self.webhook_rate_limit > 0.0)
                 .then_some((self.webhook_rate_limit, self.webhook_rate_burst)),
+            rate_limit_total: (self.webhook_rate_limit_total > 0.0)
+                .then_some(self.webhook_rate_limit_total),
+            max_body: self.webhook_max_body,
+            body_timeout: self.webhook_body_timeout,
+            max_header_size: self.webhook_max_header_size,
         })
     }
 }
@@ -997,5 +1094,53 @@ poll-min-interval = "2s"
         ])
         .unwrap_err();
         assert!(e.starts_with("--state-file:"), "{e}");
+    }
+
+    #[test]
+    fn limits_are_flags_with_safe_defaults_and_bounds() {
+        let c = serve(&["--superoffice-env", "sod"]).unwrap();
+        assert_eq!(c.grpc_max_request_size, 256 * 1024);
+        assert_eq!(c.grpc_max_header_size, 16 * 1024);
+        assert_eq!(c.max_watchers, 100_000);
+        assert_eq!(c.webhook.max_body, 64 * 1024);
+        assert_eq!(c.webhook.body_timeout, Duration::from_secs(10));
+        assert_eq!(c.webhook.max_header_size, 64 * 1024);
+        assert_eq!(c.webhook.rate_limit, Some((1000.0, 2000.0)));
+        assert_eq!(c.webhook.rate_limit_total, Some(5000.0));
+
+        let c = serve(&[
+            "--superoffice-env",
+            "sod",
+            "--webhook-max-body",
+            "8KiB",
+            "--grpc-max-request-size",
+            "1MB",
+            "--webhook-max-header-size",
+            "32768",
+            "--webhook-rate-limit-total",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(c.webhook.max_body, 8 * 1024);
+        assert_eq!(c.grpc_max_request_size, 1024 * 1024);
+        assert_eq!(c.webhook.max_header_size, 32 * 1024);
+        assert_eq!(c.webhook.rate_limit_total, None);
+
+        for (flag, value) in [
+            ("--webhook-max-body", "100"),
+            ("--webhook-max-body", "1GiB"),
+            ("--webhook-max-header-size", "4KiB"),
+            ("--grpc-max-header-size", "2MiB"),
+            ("--grpc-max-request-size", "12"),
+            ("--max-watchers", "0"),
+            ("--webhook-body-timeout", "0s"),
+            ("--webhook-rate-limit-total", "NaN"),
+        ] {
+            let e = serve(&["--superoffice-env", "sod", flag, value]).unwrap_err();
+            assert!(e.starts_with(&format!("{flag}:")), "{flag} {value}: {e}");
+        }
+        let e = serve(&["--superoffice-env", "sod", "--webhook-max-body", "lots"]).unwrap_err();
+        assert!(e.contains("64KiB"), "{e}");
+        assert!(byte_size("99999999999999999999MiB").is_err());
     }
 }

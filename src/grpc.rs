@@ -31,6 +31,12 @@ use pb::tenant_status_service_server::TenantStatusService;
 
 /// The most tenants one WatchTenant call may name.
 pub const MAX_WATCHED_NAMES: usize = 1000;
+/// The most WatchTenant streams open at once unless `--max-watchers` says
+/// otherwise: about 600 MiB of streams.
+pub const DEFAULT_MAX_WATCHERS: usize = 100_000;
+/// The largest request message unless `--grpc-max-request-size` says
+/// otherwise.
+pub const DEFAULT_MAX_REQUEST_SIZE: usize = 256 * 1024;
 /// ListTenants' page size when the request gives none, and its largest.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 pub const MAX_PAGE_SIZE: usize = 1000;
@@ -41,6 +47,10 @@ pub struct GrpcService {
     heartbeat: Duration,
     metrics: Arc<Metrics>,
     access: Option<Arc<BearerTokens>>,
+    /// One permit per open WatchTenant stream (`--max-watchers`).
+    watchers: Arc<tokio::sync::Semaphore>,
+    max_watchers: usize,
+    max_request_size: usize,
 }
 
 /// The bearer tokens callers may present (`--grpc-token-file`): one a
@@ -103,7 +113,21 @@ impl GrpcService {
             heartbeat,
             metrics,
             access,
+            watchers: Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_WATCHERS)),
+            max_watchers: DEFAULT_MAX_WATCHERS,
+            max_request_size: DEFAULT_MAX_REQUEST_SIZE,
         }
+    }
+
+    /// At most `max_watchers` WatchTenant streams open at once; past it,
+    /// RESOURCE_EXHAUSTED. Requests over `max_request_size` bytes get
+    /// OUT_OF_RANGE (tonic's own check).
+    pub fn with_limits(mut self, max_watchers: usize, max_request_size: usize) -> Self {
+        let max_watchers = max_watchers.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        self.watchers = Arc::new(tokio::sync::Semaphore::new(max_watchers));
+        self.max_watchers = max_watchers;
+        self.max_request_size = max_request_size;
+        self
     }
 
     /// With `--grpc-token-file`, a call must carry `authorization: Bearer
@@ -152,7 +176,9 @@ impl GrpcService {
     }
 
     pub fn into_server(self) -> pb::tenant_status_service_server::TenantStatusServiceServer<Self> {
+        let max = self.max_request_size;
         pb::tenant_status_service_server::TenantStatusServiceServer::new(self)
+            .max_decoding_message_size(max)
     }
 }
 
@@ -239,6 +265,15 @@ impl GrpcService {
             .collect::<Result<Vec<_>, _>>()?;
         tracing::Span::current().record("tenants", names.len());
         tracing::debug!(since = req.since_revision, "watch opened");
+        // Held for as long as the stream lives.
+        let permit = Arc::clone(&self.watchers)
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "{} WatchTenant streams are open, the most this server allows (--max-watchers); retry later, or watch several tenants on one stream",
+                    self.max_watchers
+                ))
+            })?;
         let store = self.tracker.store();
         let untracked: Vec<_> = names.iter().filter(|n| !store.contains(n)).collect();
         let fetched = futures_util::future::join_all(
@@ -252,8 +287,9 @@ impl GrpcService {
         let metrics = Arc::clone(&self.metrics);
         let stream = watch(Arc::clone(store), names, req.since_revision, self.heartbeat).map(
             move |event| {
-                // Counted open for as long as the stream lives.
-                let _open = &open;
+                // Counted open, and holding its permit, for as long as the
+                // stream lives.
+                let _open = (&open, &permit);
                 match event {
                     WatchEvent::Closing => Err(Status::unavailable(
                         "tenant-status is shutting down; reconnect with since_revision set to the last revision seen",

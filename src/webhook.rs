@@ -2,12 +2,16 @@
 //! it upgrades, suspends, resumes, deletes, restores or moves a tenant.
 //!
 //! The listener faces the internet, so it serves the one path and nothing
-//! else, reads at most `MAX_BODY` bytes, verifies the token before anything
+//! else, reads at most `--webhook-max-body` bytes, verifies the token before anything
 //! is applied, applies a token once, and answers 204 only once the change
 //! is in the store. Every refusal is a JSON body naming the reason, is
 //! logged once and counted, and never contains the token.
 
-use std::{net::SocketAddr, sync::Arc, time::SystemTime};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use axum::{
     Router,
@@ -22,18 +26,20 @@ use serde::Deserialize;
 use crate::{
     metrics::Metrics,
     poller::PollerHandle,
-    ratelimit::RateLimiter,
+    ratelimit::{Limited, RateLimiter},
     signer::unix_seconds,
     store::Store,
     tenant::{ChangeType, ContextId, NotificationInfo},
     token::{Seen, SeenTokens, TokenError, Verifier},
 };
 
-/// The largest notification body read. SuperOffice's are well under 2 KiB.
-pub const MAX_BODY: usize = 64 * 1024;
+/// The largest notification body read unless `--webhook-max-body` says
+/// otherwise. SuperOffice's are well under 2 KiB.
+pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
 
-/// The longest a client may take to send the body once its headers came.
-pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The longest a client may take to send the body once its headers came,
+/// unless `--webhook-body-timeout` says otherwise.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The longest VersionName or FileVersion kept.
 pub const MAX_VERSION_LEN: usize = 256;
@@ -91,24 +97,27 @@ pub enum Rejection {
     },
     #[error("{0}")]
     Token(#[from] TokenError),
-    #[error("the body is larger than {MAX_BODY} bytes")]
-    TooLarge,
+    #[error("the body is larger than {0} bytes")]
+    TooLarge(usize),
     #[error("the content type must be application/json")]
     UnsupportedMediaType,
     #[error("only POST is accepted here")]
     MethodNotAllowed,
     #[error("not found")]
     NotFound,
-    #[error("the body did not arrive within {} s", BODY_TIMEOUT.as_secs())]
-    BodyTimeout,
+    #[error("the body did not arrive within {}", humantime::format_duration(*.0))]
+    BodyTimeout(Duration),
     /// The replay memory is full of tokens still usable: refusing is
     /// safer than forgetting one. SuperOffice retries later.
     #[error("too many notifications to remember right now; try again shortly")]
     Busy,
-    /// This client sent more than its share; Retry-After says when to
-    /// try again.
-    #[error("too many requests from this address; slow down")]
-    RateLimited(std::time::Duration),
+    /// This client sent more than its share, or all clients together more
+    /// than the total; Retry-After says when to try again.
+    #[error("{}", match .0 {
+        Limited::Client(_) => "too many requests from this address; slow down",
+        Limited::Total(_) => "too many requests from all clients together; try again shortly",
+    })]
+    RateLimited(Limited),
 }
 
 impl Rejection {
@@ -123,11 +132,11 @@ impl Rejection {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Token(_) => StatusCode::UNAUTHORIZED,
-            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
@@ -138,13 +147,14 @@ impl Rejection {
         match self {
             Self::BadRequest { reason, .. } => reason,
             Self::Token(t) => t.reason(),
-            Self::TooLarge => "body_too_large",
+            Self::TooLarge(_) => "body_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::NotFound => "not_found",
-            Self::BodyTimeout => "body_timeout",
+            Self::BodyTimeout(_) => "body_timeout",
             Self::Busy => "busy",
-            Self::RateLimited(_) => "rate_limited",
+            Self::RateLimited(Limited::Client(_)) => "rate_limited",
+            Self::RateLimited(Limited::Total(_)) => "rate_limited_total",
         }
     }
 }
@@ -274,6 +284,8 @@ pub struct Webhook {
     path: String,
     metrics: Arc<Metrics>,
     limiter: Option<RateLimiter>,
+    max_body: usize,
+    body_timeout: Duration,
 }
 
 impl Webhook {
@@ -295,13 +307,24 @@ impl Webhook {
             path,
             metrics,
             limiter: None,
+            max_body: DEFAULT_MAX_BODY,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
         }
     }
 
     /// Limits each client address to `per_second` notifications a second,
-    /// `burst` at once; past it, 429 with Retry-After.
-    pub fn with_rate_limit(mut self, per_second: f64, burst: f64) -> Self {
-        self.limiter = Some(RateLimiter::new(per_second, burst));
+    /// `burst` at once (`per_client`), and all clients together to `total`
+    /// a second; past either, 429 with Retry-After.
+    pub fn with_rate_limit(mut self, per_client: Option<(f64, f64)>, total: Option<f64>) -> Self {
+        self.limiter = Some(RateLimiter::new(per_client, total));
+        self
+    }
+
+    /// Bodies over `max_body` bytes get 413; a body not complete within
+    /// `timeout` of the headers, 408.
+    pub fn with_body_limits(mut self, max_body: usize, timeout: Duration) -> Self {
+        self.max_body = max_body;
+        self.body_timeout = timeout;
         self
     }
 
@@ -372,18 +395,19 @@ async fn notify(
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > MAX_BODY as u64) {
-            return Err(Rejection::TooLarge);
+        let (max_body, body_timeout) = (hook.max_body, hook.body_timeout);
+        if declared.is_some_and(|n| n > max_body as u64) {
+            return Err(Rejection::TooLarge(max_body));
         }
-        let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY));
+        let read = tokio::time::timeout(body_timeout, axum::body::to_bytes(body, max_body));
         let bytes = read
             .await
-            .map_err(|_| Rejection::BodyTimeout)?
+            .map_err(|_| Rejection::BodyTimeout(body_timeout))?
             .map_err(|e| {
                 let too_large = std::error::Error::source(&e)
                     .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
                 if too_large {
-                    Rejection::TooLarge
+                    Rejection::TooLarge(max_body)
                 } else {
                     Rejection::bad("body_unreadable", "the body could not be read to its end")
                 }
@@ -424,7 +448,7 @@ fn refuse(metrics: &Metrics, rejection: Rejection, peer: Option<SocketAddr>) -> 
         tracing::warn!(reason, %peer, "refused a notification: {rejection}");
     }
     let retry_after = match &rejection {
-        Rejection::RateLimited(wait) => Some(wait.as_secs().max(1)),
+        Rejection::RateLimited(limited) => Some(limited.wait().as_secs().max(1)),
         Rejection::Busy => Some(5),
         _ => None,
     };
@@ -463,10 +487,22 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
 }
 
+/// What one webhook connection may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Connections open at once; past it, new ones wait in the kernel's
+    /// backlog.
+    pub max_connections: usize,
+    /// The most a client may take to send a request's headers (HTTP/1.1).
+    pub header_timeout: Duration,
+    /// The largest request head: HTTP/1.1's read buffer (431 past it) and
+    /// HTTP/2's SETTINGS_MAX_HEADER_LIST_SIZE (the stream is reset).
+    pub max_header_size: usize,
+}
+
 /// Serves `router` on `listener` until `shutdown` completes, then lets the
-/// requests in flight finish: HTTP/1.1 and HTTP/2, at most
-/// `max_connections` at once (past it, new connections wait in the
-/// kernel's backlog), a request's headers within `header_timeout`.
+/// requests in flight finish: HTTP/1.1 and HTTP/2, within `limits`, at
+/// most 64 streams on one HTTP/2 connection.
 ///
 /// Our own accept loop rather than axum::serve: hyper's header timeout
 /// needs a timer, which axum::serve does not give it, so there a client
@@ -474,8 +510,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
-    max_connections: usize,
-    header_timeout: std::time::Duration,
+    limits: ConnectionLimits,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     use hyper_util::{
@@ -489,15 +524,15 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .max_buf_size(64 * 1024);
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_size.max(8 * 1024));
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(64)
-        .max_header_list_size(64 * 1024);
+        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {

@@ -4,6 +4,7 @@
 mod get;
 mod helpers;
 mod hostile;
+mod limits;
 mod list;
 mod operate;
 mod poll;
