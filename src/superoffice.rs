@@ -32,6 +32,8 @@ pub enum FetchOutcome {
 pub enum FetchError {
     #[error("SuperOffice's state API did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("could not resolve the state API's host name: {0}")]
+    Dns(String),
     #[error("could not connect to SuperOffice's state API: {0}")]
     Connect(String),
     #[error("SuperOffice's state API answered HTTP {0}")]
@@ -47,6 +49,7 @@ impl FetchError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Timeout(_) => "timeout",
+            Self::Dns(_) => "dns",
             Self::Connect(_) => "connect",
             Self::Status(_) => "http_status",
             Self::RateLimited(_) => "rate_limited",
@@ -83,13 +86,34 @@ pub struct SuperOfficeClient {
 
 impl SuperOfficeClient {
     pub fn new(base: &Url, timeout: Duration) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
+        Self::build(base, timeout, None)
+    }
+
+    /// As `new`, resolving host names with `resolver` instead of the
+    /// system's (tests use it to make DNS fail and heal).
+    pub fn with_resolver(
+        base: &Url,
+        timeout: Duration,
+        resolver: Arc<dyn reqwest::dns::Resolve>,
+    ) -> anyhow::Result<Self> {
+        Self::build(base, timeout, Some(resolver))
+    }
+
+    fn build(
+        base: &Url,
+        timeout: Duration,
+        resolver: Option<Arc<dyn reqwest::dns::Resolve>>,
+    ) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("tenant-status/", env!("CARGO_PKG_VERSION")))
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .pool_idle_timeout(Duration::from_secs(60))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(resolver) = resolver {
+            builder = builder.dns_resolver2(resolver);
+        }
+        let http = builder.build()?;
         Ok(Self {
             http,
             base: base.as_str().trim_end_matches('/').to_owned(),
@@ -149,7 +173,14 @@ impl SuperOfficeClient {
         if e.is_timeout() {
             FetchError::Timeout(self.timeout)
         } else if e.is_connect() {
-            FetchError::Connect(error_chain(&e))
+            let chain = error_chain(&e);
+            // hyper-util names a failed lookup "dns error", whichever
+            // resolver failed.
+            if chain.contains("dns error") {
+                FetchError::Dns(chain)
+            } else {
+                FetchError::Connect(chain)
+            }
         } else {
             FetchError::BadResponse(error_chain(&e))
         }

@@ -9,6 +9,7 @@ use tenant_status::{
     fake_superoffice::{FakeSuperOffice, TenantSpec},
     pb::{self, WatchTenantResponse, tenant_status_service_client::TenantStatusServiceClient},
     store::Store,
+    superoffice::StateSource,
     tenant::ChangeType,
 };
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -67,9 +68,28 @@ pub async fn spawn_app_tracking(ctx: &str, valid_for: Duration) -> TestApp {
 }
 
 pub async fn spawn_with_config(fake: FakeSuperOffice, config: Config) -> TestApp {
+    let app = Application::build(config.clone())
+        .await
+        .expect("the app builds");
+    spawn_built(fake, &config, app).await
+}
+
+/// As `spawn_with_config`, with another source of state (a client whose
+/// DNS the test controls, say).
+pub async fn spawn_with_source(
+    fake: FakeSuperOffice,
+    config: Config,
+    source: Arc<dyn StateSource>,
+) -> TestApp {
+    let app = Application::build_with_source(config.clone(), source)
+        .await
+        .expect("the app builds");
+    spawn_built(fake, &config, app).await
+}
+
+async fn spawn_built(fake: FakeSuperOffice, config: &Config, app: Application) -> TestApp {
     let config_path = config.webhook.path.clone();
     let config_tls = config.tls.is_some();
-    let app = Application::build(config).await.expect("the app builds");
     let addr = app.grpc_addr();
     let webhook_addr = app.webhook_addr();
     let admin_addr = app.admin_addr();

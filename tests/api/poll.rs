@@ -1,8 +1,17 @@
-use std::time::Duration;
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use tenant_status::{
-    fake_superoffice::Failure,
+    fake_superoffice::{Failure, FakeSuperOffice},
     pb::{TenantState, WatchEventType as E},
+    superoffice::SuperOfficeClient,
+    tenant::ContextId,
 };
 
 use crate::helpers::*;
@@ -101,4 +110,99 @@ async fn a_429_retry_after_is_honoured() {
         app.fake.requests("Cust1") > after_429
     })
     .await;
+}
+
+/// A resolver the test switches: while up, `state-api.test` is the fake's
+/// address; while down, every lookup fails as an NXDOMAIN would.
+struct SwitchableDns {
+    up: Arc<AtomicBool>,
+    lookups: Arc<AtomicU64>,
+    addr: SocketAddr,
+}
+
+impl reqwest::dns::Resolve for SwitchableDns {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        let (up, addr) = (self.up.load(Ordering::SeqCst), self.addr);
+        Box::pin(async move {
+            if up && name.as_str() == "state-api.test" {
+                Ok(Box::new(std::iter::once(addr)) as reqwest::dns::Addrs)
+            } else {
+                Err(format!("no record for {}", name.as_str()).into())
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_dns_failure_keeps_the_last_state_backs_off_and_recovers() {
+    let (fake, _) = FakeSuperOffice::start().await.unwrap();
+    fake.set(
+        "Cust1",
+        running("Cust1", "sod2.superoffice.com", Duration::from_millis(100)),
+    );
+    let base = format!("http://state-api.test:{}", fake.addr().port());
+    let mut config = test_config(&base);
+    config.tenants = vec![ContextId::parse("Cust1").unwrap()];
+    let up = Arc::new(AtomicBool::new(true));
+    let lookups = Arc::new(AtomicU64::new(0));
+    let client = SuperOfficeClient::with_resolver(
+        &config.state_api_base_url,
+        config.http_timeout,
+        Arc::new(SwitchableDns {
+            up: Arc::clone(&up),
+            lookups: Arc::clone(&lookups),
+            addr: fake.addr(),
+        }),
+    )
+    .unwrap();
+    let app = spawn_with_source(fake, config, Arc::new(client)).await;
+    let mut s = app.watch(&["Cust1"], 0).await.unwrap();
+    next_matching(&mut s, "running", |e| {
+        e.tenant
+            .as_ref()
+            .is_some_and(|t| state(t) == TenantState::Running && !t.stale)
+    })
+    .await;
+
+    // The name stops resolving. Pooled connections would still be used,
+    // so the fake also drops them: polls must look the name up again.
+    up.store(false, Ordering::SeqCst);
+    app.fake.fail(Some("Cust1"), Failure::Reset, 10);
+    // The first failure makes it stale (a CHANGED event); a new reason on
+    // a stale record is not news to watchers, so read the record.
+    next_matching(&mut s, "stale", |e| {
+        e.tenant.as_ref().is_some_and(|t| t.stale)
+    })
+    .await;
+    let mut t = app.get("Cust1").await.unwrap();
+    for _ in 0..100 {
+        if t.last_error.contains("could not resolve") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        t = app.get("Cust1").await.unwrap();
+    }
+    assert!(t.last_error.contains("could not resolve"), "{t:?}");
+    assert!(t.stale, "{t:?}");
+    assert_eq!(state(&t), TenantState::Running, "the last state is kept");
+    assert!(t.last_error.contains("state-api.test"), "{}", t.last_error);
+    // Backoff: not a lookup every 100 ms.
+    let before = lookups.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = lookups.load(Ordering::SeqCst) - before;
+    assert!(during <= 6, "{during} lookups in 2 s while DNS fails");
+    let (_, metrics) = app.admin_get("/metrics").await;
+    assert!(metrics.contains(r#"outcome="dns""#), "{metrics}");
+
+    // DNS comes back: fresh within one backoff cap (2 s in tests).
+    app.fake.heal();
+    up.store(true, Ordering::SeqCst);
+    let ev = next_matching(&mut s, "recovered", |e| {
+        e.tenant.as_ref().is_some_and(|t| !t.stale)
+    })
+    .await;
+    let t = ev.tenant.unwrap();
+    assert!(t.last_error.is_empty(), "{}", t.last_error);
+    assert_eq!(state(&t), TenantState::Running);
 }
