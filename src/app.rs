@@ -21,6 +21,7 @@ use crate::{
     admin::{self, Readiness},
     config::Config,
     grpc::{GrpcService, pb},
+    journal::Journal,
     metrics::Metrics,
     persist,
     poller::Poller,
@@ -50,8 +51,9 @@ pub struct Application {
     tracker: Arc<Tracker>,
     poller: Poller,
     metrics: Arc<Metrics>,
-    /// Tenants put back from the state file.
+    /// Tenants put back from the state file and its journal.
     restored: Vec<ContextId>,
+    journal: Option<Arc<Journal>>,
 }
 
 async fn bind(setting: &str, addr: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
@@ -80,9 +82,13 @@ impl Application {
         let (webhook_listener, webhook_addr) = bind("--webhook-addr", &config.webhook.addr).await?;
         let (admin_listener, admin_addr) = bind("--admin-addr", &config.admin_addr).await?;
         let store = Arc::new(Store::starting_from_clock());
-        let restored = match &config.state_file {
-            Some(path) => restore(&store, path)?,
-            None => Vec::new(),
+        let (restored, journal) = match &config.state_file {
+            Some(path) => {
+                let mut restored = restore(&store, path)?;
+                let journal = replay_journal(&store, path, &mut restored)?;
+                (restored, Some(journal))
+            }
+            None => (Vec::new(), None),
         };
         let metrics = Arc::new(Metrics::new());
         // The poller never has two requests for one tenant in flight, and
@@ -111,6 +117,10 @@ impl Application {
         );
         let webhook =
             webhook.with_body_limits(config.webhook.max_body, config.webhook.body_timeout);
+        let webhook = match &journal {
+            Some(j) => webhook.with_journal(Arc::clone(j)),
+            None => webhook,
+        };
         let webhook = Arc::new(
             match (config.webhook.rate_limit, config.webhook.rate_limit_total) {
                 (None, None) => webhook,
@@ -133,6 +143,7 @@ impl Application {
             poller,
             metrics,
             restored,
+            journal,
         })
     }
 
@@ -177,6 +188,7 @@ impl Application {
             mut poller,
             metrics,
             restored,
+            journal,
         } = self;
         tokio::spawn(async move { verifier.prefetch().await });
 
@@ -217,6 +229,7 @@ impl Application {
             tokio::spawn(persist::run(
                 Arc::clone(&store),
                 path,
+                journal,
                 config.state_file_interval,
                 stop_persist.clone(),
             ))
@@ -404,6 +417,45 @@ fn restore(store: &Store, path: &std::path::Path) -> anyhow::Result<Vec<ContextI
         }
         Err(e) => Err(anyhow::anyhow!("--state-file: {e}")),
     }
+}
+
+/// Applies the notifications journaled after the state file was saved
+/// (a kill -9 came before the next save), adds their tenants to `restored`
+/// so they are re-polled, and opens the journal's next generation.
+fn replay_journal(
+    store: &Store,
+    path: &std::path::Path,
+    restored: &mut Vec<ContextId>,
+) -> anyhow::Result<Arc<Journal>> {
+    let (entries, torn) =
+        crate::journal::replay(path, |ctx| store.get(ctx)).with_context(|| {
+            format!(
+                "--state-file: cannot read the journal beside {}",
+                path.display()
+            )
+        })?;
+    let now = std::time::SystemTime::now();
+    let count = entries.len();
+    for e in entries {
+        if !restored.contains(&e.ctx) {
+            restored.push(e.ctx.clone());
+        }
+        store.apply_notification(&e.ctx, e.info, now);
+    }
+    if count > 0 || torn > 0 {
+        tracing::info!(
+            notifications = count,
+            unreadable = torn,
+            "replayed the notification journal over the state file"
+        );
+    }
+    let journal = Journal::open(path).with_context(|| {
+        format!(
+            "--state-file: cannot open a journal beside {}",
+            path.display()
+        )
+    })?;
+    Ok(Arc::new(journal))
 }
 
 /// Reflection over our proto and grpc.health.v1.

@@ -16,7 +16,7 @@
 //!   and JWKS), and the memory of tokens already used.
 //! - `webhook`: the public state-change listener (axum): parse, verify,
 //!   apply, answer.
-//! - `ratelimit`: a token bucket per client address for the webhook.
+//! - `ratelimit`: token buckets per client and in all for the webhook.
 //! - `signer`: an RSA key, certificate, JWKS and tokens standing in for
 //!   SuperOffice's, for the demo and the tests.
 //! - `grpc`: the tonic service; the only module that knows protobuf types.
@@ -25,6 +25,8 @@
 //! - `admin`: the admin listener: /metrics, /livez, /readyz.
 //! - `metrics`: the Prometheus registry (prometheus-client), one per app.
 //! - `persist`: the state file: atomic saves, restore at start.
+//! - `journal`: accepted notifications made durable before the 204, and
+//!   replayed over the state file after a crash.
 //! - `devcerts`: a throwaway CA and certificates for trying TLS.
 //! - `config`: flags, environment variables and their validation.
 //! - `cli`: runs a parsed command line; shared by `main` and the benchmark.
@@ -41,6 +43,7 @@ pub mod demo;
 pub mod devcerts;
 pub mod fake_superoffice;
 pub mod grpc;
+pub mod journal;
 pub mod metrics;
 pub mod persist;
 pub mod poller;

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    journal::Journal,
     store::Store,
     tenant::{ChangeSource, ChangeType, ContextId, NotificationInfo, TenantRecord, TenantState},
 };
@@ -237,24 +238,45 @@ pub fn save(store: &Store, path: &Path) -> anyhow::Result<(u64, usize)> {
 /// Saves the store whenever its revision moved, at most once per
 /// `interval`, and a last time when `shutdown` fires. Returns after that
 /// last save.
+///
+/// With a `journal`, each save first starts a new journal generation, and
+/// once the file is durable removes the older ones: their notifications
+/// are in it. The first save comes one interval after the start, so a
+/// journal replayed at start is folded into the file.
 pub async fn run(
     store: Arc<Store>,
     path: PathBuf,
+    journal: Option<Arc<Journal>>,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut saved = store.revision();
+    let mut saved = journal.is_none().then(|| store.revision());
     loop {
         let stop = tokio::select! {
             _ = shutdown.cancelled() => true,
             _ = tokio::time::sleep(interval) => false,
         };
-        if store.revision() != saved || stop {
+        if saved != Some(store.revision()) || stop {
+            let rotated = match &journal {
+                Some(j) => j
+                    .rotate()
+                    .await
+                    .inspect_err(
+                        |e| tracing::error!(error = %e, "could not start a new journal generation"),
+                    )
+                    .ok(),
+                None => None,
+            };
             let (s, p) = (Arc::clone(&store), path.clone());
             match tokio::task::spawn_blocking(move || save(&s, &p)).await {
                 Ok(Ok((revision, count))) => {
-                    saved = revision;
+                    saved = Some(revision);
                     tracing::debug!(revision, tenants = count, "state file saved");
+                    if let (Some(j), Some(through)) = (&journal, rotated)
+                        && let Err(e) = j.remove_through(through)
+                    {
+                        tracing::warn!(error = %e, "could not remove journal generations the state file holds");
+                    }
                 }
                 Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "state file not saved"),
                 Err(e) => tracing::error!(error = %e, "state file writer failed"),

@@ -412,7 +412,7 @@ impl Store {
         })
     }
 
-    fn blank(ctx: &ContextId, now: SystemTime) -> TenantRecord {
+    pub(crate) fn blank(ctx: &ContextId, now: SystemTime) -> TenantRecord {
         TenantRecord {
             context_identifier: ctx.clone(),
             state: TenantState::Unknown,

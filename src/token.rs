@@ -515,6 +515,16 @@ impl SeenTokens {
         Seen::First
     }
 
+    /// Forgets `token`: it was recorded but its notification could not be
+    /// kept, so SuperOffice's retry must not be refused as a replay.
+    pub fn forget(&self, token: &str) {
+        let hash = self.hasher.hash_one(token);
+        let mut inner = self.inner.lock().expect("seen tokens lock");
+        if let Some(exp) = inner.expiry.remove(&hash) {
+            inner.by_expiry.remove(&(exp, hash));
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.inner.lock().expect("seen tokens lock").expiry.len()
     }

@@ -24,6 +24,7 @@ use axum::{
 use serde::Deserialize;
 
 use crate::{
+    journal::Journal,
     metrics::Metrics,
     poller::PollerHandle,
     ratelimit::{Limited, RateLimiter},
@@ -111,6 +112,10 @@ pub enum Rejection {
     /// safer than forgetting one. SuperOffice retries later.
     #[error("too many notifications to remember right now; try again shortly")]
     Busy,
+    /// The journal could not make the notification durable (a full or
+    /// failing disk): nothing was applied; SuperOffice retries later.
+    #[error("the notification could not be stored durably right now; try again shortly")]
+    NotStored,
     /// This client sent more than its share, or all clients together more
     /// than the total; Retry-After says when to try again.
     #[error("{}", match .0 {
@@ -137,7 +142,7 @@ impl Rejection {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Busy | Self::NotStored => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -153,6 +158,7 @@ impl Rejection {
             Self::NotFound => "not_found",
             Self::BodyTimeout(_) => "body_timeout",
             Self::Busy => "busy",
+            Self::NotStored => "not_stored",
             Self::RateLimited(Limited::Client(_)) => "rate_limited",
             Self::RateLimited(Limited::Total(_)) => "rate_limited_total",
         }
@@ -286,6 +292,7 @@ pub struct Webhook {
     limiter: Option<RateLimiter>,
     max_body: usize,
     body_timeout: Duration,
+    journal: Option<Arc<Journal>>,
 }
 
 impl Webhook {
@@ -309,7 +316,15 @@ impl Webhook {
             limiter: None,
             max_body: DEFAULT_MAX_BODY,
             body_timeout: DEFAULT_BODY_TIMEOUT,
+            journal: None,
         }
+    }
+
+    /// Makes each notification durable in `journal` before it is applied
+    /// and acknowledged.
+    pub fn with_journal(mut self, journal: Arc<Journal>) -> Self {
+        self.journal = Some(journal);
+        self
     }
 
     /// Limits each client address to `per_second` notifications a second,
@@ -354,17 +369,30 @@ impl Webhook {
             Seen::Replay => return Err(TokenError::Replayed.into()),
             Seen::Full => return Err(Rejection::Busy),
         }
-        let applied = self.store.apply_notification(
-            &n.context_identifier,
-            NotificationInfo {
-                change_type: n.change_type,
-                version_name: n.version_name.clone(),
-                file_version: n.file_version.clone(),
-                public_endpoint: n.public_endpoint.clone(),
-                received_at: now,
+        let info = NotificationInfo {
+            change_type: n.change_type,
+            version_name: n.version_name.clone(),
+            file_version: n.file_version.clone(),
+            public_endpoint: n.public_endpoint.clone(),
+            received_at: now,
+        };
+        let apply = || {
+            self.store
+                .apply_notification(&n.context_identifier, info.clone(), now)
+        };
+        let applied = match &self.journal {
+            None => apply(),
+            Some(journal) => match journal.record(&n.context_identifier, &info, apply).await {
+                Ok(applied) => applied,
+                Err(e) => {
+                    tracing::error!(error = %e, tenant = %n.context_identifier, "could not write the notification journal");
+                    // Not kept: SuperOffice's retry of this token is
+                    // welcome.
+                    self.seen.forget(&n.token);
+                    return Err(Rejection::NotStored);
+                }
             },
-            now,
-        );
+        };
         self.poller.confirm(n.context_identifier.clone());
         Ok((n, applied.record.revision))
     }
@@ -449,7 +477,7 @@ fn refuse(metrics: &Metrics, rejection: Rejection, peer: Option<SocketAddr>) -> 
     }
     let retry_after = match &rejection {
         Rejection::RateLimited(limited) => Some(limited.wait().as_secs().max(1)),
-        Rejection::Busy => Some(5),
+        Rejection::Busy | Rejection::NotStored => Some(5),
         _ => None,
     };
     let status = rejection.status();

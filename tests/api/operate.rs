@@ -492,3 +492,123 @@ async fn bearer_tokens_guard_the_service_but_not_health_or_reflection() {
     let (_, text) = app.admin_get("/metrics").await;
     assert!(text.contains(r#"code="UNAUTHENTICATED""#));
 }
+
+/// The real binary, serving with `args`; returns the process and its gRPC
+/// and webhook addresses, read from its JSON log.
+async fn start_binary(args: &[String]) -> (tokio::process::Child, String, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenant-status"))
+        .arg("--log-format")
+        .arg("json")
+        .arg("serve")
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--webhook-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--admin-addr", "127.0.0.1:0"])
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut grpc, mut webhook) = (None, None);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while grpc.is_none() || webhook.is_none() {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .expect("the binary starts within 20 s")
+            .unwrap()
+            .expect("the binary is running");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        match v["message"].as_str() {
+            Some("tenant-status is serving gRPC") => {
+                grpc = v["grpc_addr"].as_str().map(String::from)
+            }
+            Some("serving the state-change webhook") => {
+                webhook = v["addr"].as_str().map(String::from)
+            }
+            _ => {}
+        }
+    }
+    // Keep draining the log so the process never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, grpc.unwrap(), webhook.unwrap())
+}
+
+#[tokio::test]
+async fn every_acknowledged_notification_survives_a_kill_9() {
+    let (fake, _) = tenant_status::fake_superoffice::FakeSuperOffice::start()
+        .await
+        .unwrap();
+    let dir = temp_dir("kill9");
+    let state_file = dir.join("state.json");
+    let args: Vec<String> = [
+        "--state-api-base-url",
+        &fake.url(),
+        "--state-file",
+        state_file.to_str().unwrap(),
+        // No save of the state file in this test's lifetime: what the
+        // restart finds, the journal kept.
+        "--state-file-interval",
+        "1h",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (mut child, _, webhook) = start_binary(&args).await;
+    let url = format!("http://{webhook}/NotifyCustomerStateChange");
+    let client = reqwest::Client::new();
+    let sends = (0..200).map(|n| {
+        let ctx = format!("Kill{n}");
+        fake.set(
+            &ctx,
+            tenant_status::fake_superoffice::TenantSpec::new(
+                "Suspended",
+                &ctx,
+                "sod2.superoffice.com",
+            ),
+        );
+        let (fake, url, client) = (fake.clone(), url.clone(), client.clone());
+        async move {
+            let status = fake
+                .notify(&client, &url, ChangeType::Suspend, &ctx, None)
+                .await;
+            (ctx, status)
+        }
+    });
+    let acknowledged: Vec<String> = futures_util::future::join_all(sends)
+        .await
+        .into_iter()
+        .filter(|(_, s)| matches!(s, Ok(s) if s.as_u16() == 204))
+        .map(|(ctx, _)| ctx)
+        .collect();
+    assert_eq!(acknowledged.len(), 200, "all accepted before the kill");
+    // SIGKILL at once: no drain, no save.
+    child.kill().await.unwrap();
+    assert!(
+        tenant_status::persist::load(&state_file).unwrap().is_none(),
+        "the state file was never written"
+    );
+
+    let (_child, grpc, _) = start_binary(&args).await;
+    let mut client = TenantStatusServiceClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    for ctx in &acknowledged {
+        let t = client
+            .get_tenant_state(pb::GetTenantStateRequest {
+                context_identifier: ctx.clone(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{ctx} was acknowledged and lost: {e:?}"))
+            .into_inner()
+            .tenant
+            .unwrap();
+        assert_eq!(state(&t), pb::TenantState::Suspended, "{ctx}");
+        let note = t.last_notification.expect("the notification is kept");
+        assert_eq!(note.change_type, pb::ChangeType::Suspend as i32, "{ctx}");
+    }
+}

@@ -68,9 +68,8 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
         common::free_port(),
         common::free_port(),
     );
-    let server = Proc::tenant_status(
-        "notifications-server",
-        &[
+    let serve_args = |grpc: u16, hook: u16, admin: u16| -> Vec<String> {
+        vec![
             "serve".into(),
             "--grpc-addr".into(),
             format!("127.0.0.1:{grpc}"),
@@ -93,8 +92,9 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
             "0".into(),
             "--webhook-rate-limit-total".into(),
             "0".into(),
-        ],
-    )?;
+        ]
+    };
+    let server = Proc::tenant_status("notifications-server", &serve_args(grpc, hook, admin))?;
     let hook_url = format!("http://127.0.0.1:{hook}{PATH}");
     let hook_addr = format!("127.0.0.1:{hook}");
     common::wait_listening("the webhook listening", &hook_addr, Duration::from_secs(30)).await?;
@@ -120,7 +120,13 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
         common::cpu_secs_of("self"),
         Instant::now(),
     );
-    let lat = paced_latency(&format!("127.0.0.1:{grpc}"), &hook_url, paced_bodies, rate).await?;
+    let lat = paced_latency(
+        &format!("127.0.0.1:{grpc}"),
+        &hook_url,
+        paced_bodies.clone(),
+        rate,
+    )
+    .await?;
     let secs = t0.elapsed().as_secs_f64();
     eprintln!(
         "paced phase: server {:.2} core, load {:.2} core, fake {:.2} s CPU",
@@ -132,6 +138,34 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
     let cpu0 = server.cpu_secs();
     let (ours_rate, ours_refused) = blast(&hook_url, Arc::new(bodies.clone())).await?;
     let cpu_per_1000 = (server.cpu_secs() - cpu0) / burst as f64 * 1000.0;
+    server.stop();
+
+    // The same with --state-file: each notification is made durable in
+    // the journal (group-committed fdatasync) before its 204.
+    let (grpc, hook, admin) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let state_dir = common::work_dir().join("notifications-state");
+    let _ = std::fs::remove_dir_all(&state_dir);
+    std::fs::create_dir_all(&state_dir)?;
+    let mut args = serve_args(grpc, hook, admin);
+    args.extend([
+        "--state-file".into(),
+        state_dir.join("state.json").display().to_string(),
+    ]);
+    let server = Proc::tenant_status("notifications-server-journal", &args)?;
+    let hook_url = format!("http://127.0.0.1:{hook}{PATH}");
+    common::wait_listening(
+        "the webhook listening",
+        &format!("127.0.0.1:{hook}"),
+        Duration::from_secs(30),
+    )
+    .await?;
+    let journal_lat =
+        paced_latency(&format!("127.0.0.1:{grpc}"), &hook_url, paced_bodies, rate).await?;
+    let (journal_rate, journal_refused) = blast(&hook_url, Arc::new(bodies.clone())).await?;
     server.stop();
     fake.stop();
 
@@ -193,6 +227,35 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
             String::new(),
             "p99 < 5 ms",
             Some(lat.p99_ms < 5.0),
+        ),
+        Row::new(
+            s,
+            "with --state-file (journal fdatasync before each 204): accepted/s",
+            format!(
+                "{}{}",
+                common::fmt_rate(journal_rate),
+                if journal_refused > 0 {
+                    format!(" ({journal_refused} refused)")
+                } else {
+                    String::new()
+                }
+            ),
+            common::fmt_rate(base_rate),
+            "",
+            None,
+        ),
+        Row::new(
+            s,
+            &format!(
+                "with --state-file: POST sent to watcher's receipt at {rate:.0}/s, p50 / p99 / max"
+            ),
+            format!(
+                "{:.2} / {:.2} / {:.2} ms",
+                journal_lat.p50_ms, journal_lat.p99_ms, journal_lat.max_ms
+            ),
+            String::new(),
+            "",
+            None,
         ),
     ])
 }
