@@ -56,6 +56,9 @@ struct Writer {
     generation: u64,
     /// Entries written, over all generations.
     written: u64,
+    /// A write failed part-way: the file may end in a partial line, which
+    /// the next entry must not be glued to.
+    torn: bool,
 }
 
 /// A notification replayed from the journal at start.
@@ -85,6 +88,7 @@ impl Journal {
                 file,
                 generation: next,
                 written: 0,
+                torn: false,
             }),
             synced: tokio::sync::Mutex::new(0),
         })
@@ -110,9 +114,16 @@ impl Journal {
         let _gate = self.gate.read().await;
         let seq = {
             let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            if w.torn {
+                line.insert(0, b'\n');
+            }
             // One write of a whole line: a crash leaves at most a torn
             // last line, which replay skips.
-            w.file.write_all(&line)?;
+            if let Err(e) = w.file.write_all(&line) {
+                w.torn = true;
+                return Err(e);
+            }
+            w.torn = false;
             w.written += 1;
             w.written
         };
@@ -148,6 +159,7 @@ impl Journal {
         w.file = create(&generation_path(&self.base, next))?;
         let old = w.generation;
         w.generation = next;
+        w.torn = false;
         Ok(old)
     }
 
@@ -356,6 +368,16 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].ctx.as_str(), "Cust2");
         assert_eq!(millis(found[0].info.received_at), 5_000);
+
+        // A write that failed part-way (the partial line above, as a full
+        // disk leaves it): the next entry starts on a line of its own.
+        j.writer.lock().unwrap().torn = true;
+        j.record(&ctx("Cust5"), &info(ChangeType::Resume, 6_000), || ())
+            .await
+            .unwrap();
+        let (found, skipped) = replay(&state, |_| None).unwrap();
+        assert_eq!(skipped, 1);
+        assert_eq!(found.last().unwrap().ctx.as_str(), "Cust5");
     }
 
     #[tokio::test]
