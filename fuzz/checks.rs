@@ -85,24 +85,35 @@ struct Fixture {
     runtime: tokio::runtime::Runtime,
 }
 
+/// A verifier that trusts `signer`'s key, read from its certificate file
+/// as the service reads SuperOffice's, for issuer `ISSUER`, leeway 60 s.
+pub fn verifier_for(signer: &Signer) -> Verifier {
+    let dir = std::env::temp_dir().join(format!(
+        "ts-verifier-{}-{}",
+        std::process::id(),
+        signer.kid()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = dir.join("so.crt");
+    std::fs::write(&cert, signer.certificate_pem()).unwrap();
+    let keys = load_keys(&cert).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    Verifier::new(VerifierSettings {
+        issuer: ISSUER.into(),
+        audience: None,
+        leeway: Duration::from_secs(60),
+        keys,
+        jwks_url: None,
+        jwks_refetch_interval: Duration::from_secs(60),
+    })
+    .unwrap()
+}
+
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
         let signer = Signer::shared(ISSUER).unwrap();
-        let dir = std::env::temp_dir().join(format!("ts-fuzz-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let cert = dir.join("so.crt");
-        std::fs::write(&cert, signer.certificate_pem()).unwrap();
-        let verifier = Verifier::new(VerifierSettings {
-            issuer: ISSUER.into(),
-            audience: None,
-            leeway: Duration::from_secs(60),
-            keys: load_keys(&cert).unwrap(),
-            jwks_url: None,
-            jwks_refetch_interval: Duration::from_secs(60),
-        })
-        .unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
+        let verifier = verifier_for(&signer);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();

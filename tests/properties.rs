@@ -7,6 +7,9 @@
 //! proptest runs 256 cases of each by default (CI); set PROPTEST_CASES for
 //! a longer run.
 
+#[path = "../fuzz/checks.rs"]
+mod checks;
+
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -15,11 +18,11 @@ use tenant_status::{
     signer::Signer,
     superoffice::{FetchOutcome, parse_state_response},
     tenant::ContextId,
-    token::{TokenError, Verifier, VerifierSettings, load_keys},
+    token::TokenError,
     webhook::parse_notification,
 };
 
-const ISSUER: &str = "https://sod.superoffice.com";
+use checks::ISSUER;
 
 /// Arbitrary JSON, nested a few levels.
 fn json_value() -> impl Strategy<Value = Value> {
@@ -108,22 +111,6 @@ proptest! {
     }
 }
 
-fn verifier(signer: &Signer) -> Verifier {
-    let dir = std::env::temp_dir().join(format!("ts-prop-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cert = dir.join("so.crt");
-    std::fs::write(&cert, signer.certificate_pem()).unwrap();
-    Verifier::new(VerifierSettings {
-        issuer: ISSUER.into(),
-        audience: None,
-        leeway: Duration::from_secs(60),
-        keys: load_keys(&cert).unwrap(),
-        jwks_url: None,
-        jwks_refetch_interval: Duration::from_secs(60),
-    })
-    .unwrap()
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
@@ -135,7 +122,7 @@ proptest! {
     ) {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let signer = Signer::shared(ISSUER).unwrap();
-        let v = verifier(&signer);
+        let v = checks::verifier_for(&signer);
         let good = signer.notification_token("Cust1", Duration::from_secs(300));
         rt.block_on(async {
             prop_assert!(v.verify(&good, "Cust1").await.is_ok());
