@@ -51,8 +51,6 @@ pub struct Application {
     tracker: Arc<Tracker>,
     poller: Poller,
     metrics: Arc<Metrics>,
-    /// Tenants put back from the state file and its journal.
-    restored: Vec<ContextId>,
     journal: Option<Arc<Journal>>,
 }
 
@@ -82,13 +80,14 @@ impl Application {
         let (webhook_listener, webhook_addr) = bind("--webhook-addr", &config.webhook.addr).await?;
         let (admin_listener, admin_addr) = bind("--admin-addr", &config.admin_addr).await?;
         let store = Arc::new(Store::starting_from_clock());
-        let (restored, journal) = match &config.state_file {
+        // Whatever the store holds now came from the state file and its
+        // journal: `run_until` re-polls those tenants over a spread.
+        let journal = match &config.state_file {
             Some(path) => {
-                let mut restored = restore(&store, path)?;
-                let journal = replay_journal(&store, path, &mut restored)?;
-                (restored, Some(journal))
+                restore(&store, path)?;
+                Some(replay_journal(&store, path)?)
             }
-            None => (Vec::new(), None),
+            None => None,
         };
         let metrics = Arc::new(Metrics::new());
         // The poller never has two requests for one tenant in flight, and
@@ -142,7 +141,6 @@ impl Application {
             tracker,
             poller,
             metrics,
-            restored,
             journal,
         })
     }
@@ -187,18 +185,23 @@ impl Application {
             tracker,
             mut poller,
             metrics,
-            restored,
             journal,
         } = self;
         tokio::spawn(async move { verifier.prefetch().await });
 
         // Readiness waits for the first poll of each configured tenant the
-        // state file did not already give us.
+        // state file did not already give us (everything in the store now
+        // was restored).
         let readiness = Arc::new(Readiness::default());
+        let restored: Vec<ContextId> = store
+            .snapshot()
+            .iter()
+            .map(|r| r.context_identifier.clone())
+            .collect();
         let awaited: Vec<ContextId> = config
             .tenants
             .iter()
-            .filter(|t| !restored.contains(t))
+            .filter(|t| !store.contains(t))
             .cloned()
             .collect();
         let mut first_round = poller.first_round(awaited.iter().cloned());
@@ -392,41 +395,34 @@ impl Application {
 
 /// Puts the state file's records back into `store`; returns their tenants.
 /// A corrupt file is reported and set aside, not fatal.
-fn restore(store: &Store, path: &std::path::Path) -> anyhow::Result<Vec<ContextId>> {
+fn restore(store: &Store, path: &std::path::Path) -> anyhow::Result<()> {
     match persist::load(path) {
         Ok(None) => {
             tracing::info!(path = %path.display(), "no state file yet; a first start");
-            Ok(Vec::new())
+            Ok(())
         }
         Ok(Some(records)) => {
-            let tenants: Vec<ContextId> = records
-                .iter()
-                .map(|r| r.context_identifier.clone())
-                .collect();
+            let tenants = records.len();
             for r in records {
                 store.restore(r);
             }
-            tracing::info!(path = %path.display(), tenants = tenants.len(), "restored the last known states (stale until re-polled)");
-            Ok(tenants)
+            tracing::info!(path = %path.display(), tenants, "restored the last known states (stale until re-polled)");
+            Ok(())
         }
         Err(e @ persist::LoadError::Corrupt { .. }) => {
             let aside = persist::set_aside(path)
                 .with_context(|| format!("--state-file: {e}; and it cannot be set aside"))?;
             tracing::error!(error = %e, set_aside = %aside.display(), "state file unusable; starting without it");
-            Ok(Vec::new())
+            Ok(())
         }
         Err(e) => Err(anyhow::anyhow!("--state-file: {e}")),
     }
 }
 
 /// Applies the notifications journaled after the state file was saved
-/// (a kill -9 came before the next save), adds their tenants to `restored`
-/// so they are re-polled, and opens the journal's next generation.
-fn replay_journal(
-    store: &Store,
-    path: &std::path::Path,
-    restored: &mut Vec<ContextId>,
-) -> anyhow::Result<Arc<Journal>> {
+/// (a kill -9 came before the next save), and opens the journal's next
+/// generation.
+fn replay_journal(store: &Store, path: &std::path::Path) -> anyhow::Result<Arc<Journal>> {
     let (entries, torn) =
         crate::journal::replay(path, |ctx| store.get(ctx)).with_context(|| {
             format!(
@@ -437,9 +433,6 @@ fn replay_journal(
     let now = std::time::SystemTime::now();
     let count = entries.len();
     for e in entries {
-        if !restored.contains(&e.ctx) {
-            restored.push(e.ctx.clone());
-        }
         store.apply_notification(&e.ctx, e.info, now);
     }
     if count > 0 || torn > 0 {

@@ -19,7 +19,7 @@ use std::{
     fs::{File, OpenOptions},
     io::Write,
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -52,7 +52,8 @@ pub struct Journal {
 }
 
 struct Writer {
-    file: File,
+    /// Shared with the sync in progress (`&File` writes and syncs).
+    file: Arc<File>,
     generation: u64,
     /// Entries written, over all generations.
     written: u64,
@@ -80,7 +81,7 @@ impl Journal {
         let next = generations(state_file)?
             .last()
             .map_or(1, |(g, _)| g.saturating_add(1));
-        let file = create(&generation_path(state_file, next))?;
+        let file = Arc::new(create(&generation_path(state_file, next))?);
         Ok(Self {
             base: state_file.to_owned(),
             gate: tokio::sync::RwLock::new(()),
@@ -119,7 +120,7 @@ impl Journal {
             }
             // One write of a whole line: a crash leaves at most a torn
             // last line, which replay skips.
-            if let Err(e) = w.file.write_all(&line) {
+            if let Err(e) = (&*w.file).write_all(&line) {
                 w.torn = true;
                 return Err(e);
             }
@@ -140,7 +141,7 @@ impl Journal {
         }
         let (file, through) = {
             let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-            (w.file.try_clone()?, w.written)
+            (Arc::clone(&w.file), w.written)
         };
         tokio::task::spawn_blocking(move || file.sync_data())
             .await
@@ -156,7 +157,7 @@ impl Journal {
         let _gate = self.gate.write().await;
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let next = w.generation + 1;
-        w.file = create(&generation_path(&self.base, next))?;
+        w.file = Arc::new(create(&generation_path(&self.base, next))?);
         let old = w.generation;
         w.generation = next;
         w.torn = false;
@@ -212,14 +213,9 @@ pub fn replay(
                     .as_ref()
                     .is_some_and(|n| millis(n.received_at) >= at)
             });
-            // Entries of one tenant replay in order, so a later entry is
-            // still applied after an earlier one.
-            let earlier_in_journal = out
-                .iter()
-                .rev()
-                .find(|r: &&Replayed| r.ctx == ctx)
-                .is_some_and(|r| millis(r.info.received_at) > at);
-            if !newer_news && !earlier_in_journal {
+            // The rest replay in the journal's order, the order they
+            // were written in.
+            if !newer_news {
                 out.push(Replayed { ctx, info });
             }
         }
@@ -278,7 +274,6 @@ fn create(path: &Path) -> std::io::Result<File> {
 mod tests {
     use super::*;
     use crate::tenant::TenantState;
-    use std::sync::Arc;
 
     fn dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("ts-journal-{}-{name}", std::process::id()));
