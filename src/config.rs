@@ -127,6 +127,9 @@ pub struct ServeArgs {
     pub ready_timeout: Duration,
     /// File holding every tracked tenant's last known record, written soon
     /// after changes and at shutdown, and served at once on the next start.
+    /// Accepted notifications are also journaled beside it
+    /// (FILE.journal-N) and synced before they are acknowledged, so a crash
+    /// between two writes loses none.
     #[arg(long, env = "TENANT_STATUS_STATE_FILE")]
     pub state_file: Option<PathBuf>,
     /// Shortest time between two writes of the state file.

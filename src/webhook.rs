@@ -467,8 +467,6 @@ async fn not_found(State(hook): State<Arc<Webhook>>) -> Response {
 fn refuse(metrics: &Metrics, rejection: Rejection, peer: Option<SocketAddr>) -> Response {
     let reason = rejection.reason();
     metrics.notification(false, reason);
-    // A stray request for another path is noise, not a refusal worth a
-    // warning each.
     // Strays and a flood's refusals would flood the log: counted, not
     // logged one by one.
     if !matches!(rejection, Rejection::NotFound | Rejection::RateLimited(_)) {
@@ -476,7 +474,10 @@ fn refuse(metrics: &Metrics, rejection: Rejection, peer: Option<SocketAddr>) -> 
         tracing::warn!(reason, %peer, "refused a notification: {rejection}");
     }
     let retry_after = match &rejection {
-        Rejection::RateLimited(limited) => Some(limited.wait().as_secs().max(1)),
+        // Rounded up: a client that waits what it is told gets through.
+        Rejection::RateLimited(limited) => {
+            Some(limited.wait().as_secs_f64().ceil().max(1.0) as u64)
+        }
         Rejection::Busy | Rejection::NotStored => Some(5),
         _ => None,
     };
