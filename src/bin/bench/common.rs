@@ -165,6 +165,41 @@ pub fn fake_superoffice(
     Proc::tenant_status(name, &args)
 }
 
+/// The arguments of `tenant-status serve` on loopback: the gRPC, webhook
+/// and admin ports (0: any free one, for a listener the scenario does not
+/// use), the state API's base URL, then `extra` flags.
+pub fn serve_args(
+    grpc: u16,
+    hook: u16,
+    admin: u16,
+    state_api: &str,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args = vec![
+        "serve".to_owned(),
+        "--grpc-addr".into(),
+        format!("127.0.0.1:{grpc}"),
+        "--webhook-addr".into(),
+        format!("127.0.0.1:{hook}"),
+        "--admin-addr".into(),
+        format!("127.0.0.1:{admin}"),
+        "--state-api-base-url".into(),
+        state_api.into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+/// A baseline server (`kind` is a `bench` subcommand such as
+/// `baseline-grpc`) in its own process on a free port, once it listens.
+/// Returns the process and its address.
+pub async fn baseline(name: &str, kind: &str) -> anyhow::Result<(Proc, String)> {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let proc = Proc::spawn(name, &[kind.to_owned(), "--addr".into(), addr.clone()])?;
+    wait_listening("the baseline listening", &addr, Duration::from_secs(10)).await?;
+    Ok((proc, addr))
+}
+
 /// Scrapes an admin listener's /metrics into `name{labels}` -> value.
 pub async fn scrape(admin: &str) -> HashMap<String, f64> {
     let Ok(r) = reqwest::get(format!("http://{admin}/metrics")).await else {

@@ -84,21 +84,13 @@ async fn measure(
     );
     let server = Proc::tenant_status(
         &format!("fanout-{streams}"),
-        &[
-            "serve".into(),
-            "--grpc-addr".into(),
-            format!("127.0.0.1:{grpc}"),
-            "--webhook-addr".into(),
-            format!("127.0.0.1:{hook}"),
-            "--admin-addr".into(),
-            format!("127.0.0.1:{admin}"),
-            "--state-api-base-url".into(),
-            fake.url(),
-            "--tenant".into(),
-            "Cust1".into(),
-            "--heartbeat-interval".into(),
-            "1h".into(),
-        ],
+        &common::serve_args(
+            grpc,
+            hook,
+            admin,
+            &fake.url(),
+            &["--tenant", "Cust1", "--heartbeat-interval", "1h"],
+        ),
     )?;
     let admin_addr = format!("127.0.0.1:{admin}");
     common::wait_ready("ready", &admin_addr, Duration::from_secs(30)).await?;

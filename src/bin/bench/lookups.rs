@@ -39,21 +39,18 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
     let (grpc, admin) = (common::free_port(), common::free_port());
     let server = Proc::tenant_status(
         "lookups-server",
-        &[
-            "serve".into(),
-            "--grpc-addr".into(),
-            format!("127.0.0.1:{grpc}"),
-            "--webhook-addr".into(),
-            "127.0.0.1:0".into(),
-            "--admin-addr".into(),
-            format!("127.0.0.1:{admin}"),
-            "--state-api-base-url".into(),
-            format!("http://127.0.0.1:{fake_port}"),
-            "--tenants-file".into(),
-            file.display().to_string(),
-            "--poll-concurrency".into(),
-            "64".into(),
-        ],
+        &common::serve_args(
+            grpc,
+            0,
+            admin,
+            &format!("http://127.0.0.1:{fake_port}"),
+            &[
+                "--tenants-file",
+                &file.display().to_string(),
+                "--poll-concurrency",
+                "64",
+            ],
+        ),
     )?;
     let admin_addr = format!("127.0.0.1:{admin}");
     common::wait_until(
@@ -74,22 +71,7 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
     server.stop();
     fake.stop();
 
-    let base_port = common::free_port();
-    let _baseline = Proc::spawn(
-        "lookups-baseline",
-        &[
-            "baseline-grpc".into(),
-            "--addr".into(),
-            format!("127.0.0.1:{base_port}"),
-        ],
-    )?;
-    let base_addr = format!("127.0.0.1:{base_port}");
-    common::wait_listening(
-        "the baseline listening",
-        &base_addr,
-        Duration::from_secs(10),
-    )
-    .await?;
+    let (_baseline, base_addr) = common::baseline("lookups-baseline", "baseline-grpc").await?;
     let (base_rps, base) = load(&base_addr, &ids, warmup, measure).await?;
 
     let s = "1 lookups";

@@ -69,30 +69,27 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
         common::free_port(),
     );
     let serve_args = |grpc: u16, hook: u16, admin: u16| -> Vec<String> {
-        vec![
-            "serve".into(),
-            "--grpc-addr".into(),
-            format!("127.0.0.1:{grpc}"),
-            "--webhook-addr".into(),
-            format!("127.0.0.1:{hook}"),
-            "--admin-addr".into(),
-            format!("127.0.0.1:{admin}"),
-            "--state-api-base-url".into(),
-            format!("http://127.0.0.1:{fake_port}"),
-            "--jwt-certificate".into(),
-            cert.display().to_string(),
-            "--jwt-issuer".into(),
-            issuer.into(),
-            "--seen-tokens-max".into(),
-            "1000000".into(),
-            // The load comes from one address, far above a client's share
-            // and above the default total: this measures the webhook, not
-            // its limits.
-            "--webhook-rate-limit".into(),
-            "0".into(),
-            "--webhook-rate-limit-total".into(),
-            "0".into(),
-        ]
+        common::serve_args(
+            grpc,
+            hook,
+            admin,
+            &format!("http://127.0.0.1:{fake_port}"),
+            &[
+                "--jwt-certificate",
+                &cert.display().to_string(),
+                "--jwt-issuer",
+                issuer,
+                "--seen-tokens-max",
+                "1000000",
+                // The load comes from one address, far above a client's
+                // share and above the default total: this measures the
+                // webhook, not its limits.
+                "--webhook-rate-limit",
+                "0",
+                "--webhook-rate-limit-total",
+                "0",
+            ],
+        )
     };
     let server = Proc::tenant_status("notifications-server", &serve_args(grpc, hook, admin))?;
     let hook_url = format!("http://127.0.0.1:{hook}{PATH}");
@@ -169,27 +166,9 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
     server.stop();
     fake.stop();
 
-    let base_port = common::free_port();
-    let _baseline = Proc::spawn(
-        "notifications-baseline",
-        &[
-            "baseline-http".into(),
-            "--addr".into(),
-            format!("127.0.0.1:{base_port}"),
-        ],
-    )?;
-    let base_addr = format!("127.0.0.1:{base_port}");
-    common::wait_listening(
-        "the baseline listening",
-        &base_addr,
-        Duration::from_secs(10),
-    )
-    .await?;
-    let (base_rate, _) = blast(
-        &format!("http://127.0.0.1:{base_port}{PATH}"),
-        Arc::new(bodies),
-    )
-    .await?;
+    let (_baseline, base_addr) =
+        common::baseline("notifications-baseline", "baseline-http").await?;
+    let (base_rate, _) = blast(&format!("http://{base_addr}{PATH}"), Arc::new(bodies)).await?;
 
     let s = "3 notifications";
     Ok(vec![

@@ -18,17 +18,7 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
         let admin = common::free_port();
         let idle = Proc::tenant_status(
             "polling-idle",
-            &[
-                "serve".into(),
-                "--grpc-addr".into(),
-                "127.0.0.1:0".into(),
-                "--webhook-addr".into(),
-                "127.0.0.1:0".into(),
-                "--admin-addr".into(),
-                format!("127.0.0.1:{admin}"),
-                "--state-api-base-url".into(),
-                "http://127.0.0.1:9".into(),
-            ],
+            &common::serve_args(0, 0, admin, "http://127.0.0.1:9", &[]),
         )?;
         common::wait_until("the idle service", Duration::from_secs(30), || async move {
             reqwest::get(format!("http://127.0.0.1:{admin}/livez"))
@@ -54,23 +44,20 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
     let admin = common::free_port();
     let server = Proc::tenant_status(
         "polling-server",
-        &[
-            "serve".into(),
-            "--grpc-addr".into(),
-            "127.0.0.1:0".into(),
-            "--webhook-addr".into(),
-            "127.0.0.1:0".into(),
-            "--admin-addr".into(),
-            format!("127.0.0.1:{admin}"),
-            "--state-api-base-url".into(),
-            format!("http://127.0.0.1:{fake_port}"),
-            "--tenants-file".into(),
-            file.display().to_string(),
-            "--poll-min-interval".into(),
-            "1s".into(),
-            "--ready-timeout".into(),
-            "10m".into(),
-        ],
+        &common::serve_args(
+            0,
+            0,
+            admin,
+            &format!("http://127.0.0.1:{fake_port}"),
+            &[
+                "--tenants-file",
+                &file.display().to_string(),
+                "--poll-min-interval",
+                "1s",
+                "--ready-timeout",
+                "10m",
+            ],
+        ),
     )?;
     let started = Instant::now();
     let admin_addr = format!("127.0.0.1:{admin}");

@@ -71,32 +71,26 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
         common::free_port(),
         common::free_port(),
     );
-    let args: Vec<String> = [
-        "serve",
-        "--grpc-addr",
-        &format!("127.0.0.1:{grpc}"),
-        "--webhook-addr",
-        &format!("127.0.0.1:{hook}"),
-        "--admin-addr",
-        &format!("127.0.0.1:{admin}"),
-        "--state-api-base-url",
+    let args = common::serve_args(
+        grpc,
+        hook,
+        admin,
         &format!("http://127.0.0.1:{fake_port}"),
-        "--tenants-file",
-        &file.display().to_string(),
-        "--state-file",
-        &state.display().to_string(),
-        "--jwt-certificate",
-        &cert.display().to_string(),
-        "--jwt-issuer",
-        issuer,
-        "--webhook-rate-limit",
-        "0",
-        "--restore-spread",
-        if quick { "2s" } else { "10s" },
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+        &[
+            "--tenants-file",
+            &file.display().to_string(),
+            "--state-file",
+            &state.display().to_string(),
+            "--jwt-certificate",
+            &cert.display().to_string(),
+            "--jwt-issuer",
+            issuer,
+            "--webhook-rate-limit",
+            "0",
+            "--restore-spread",
+            if quick { "2s" } else { "10s" },
+        ],
+    );
     let admin_addr = format!("127.0.0.1:{admin}");
 
     let counters = Arc::new(Counters::default());

@@ -57,18 +57,9 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
 
 async fn time_to_serving(state_file: Option<String>) -> anyhow::Result<Duration> {
     let grpc = common::free_port();
-    let mut args = vec![
-        "serve".to_owned(),
-        "--grpc-addr".into(),
-        format!("127.0.0.1:{grpc}"),
-        "--webhook-addr".into(),
-        "127.0.0.1:0".into(),
-        "--admin-addr".into(),
-        "127.0.0.1:0".into(),
-        // Nothing listens there: no poll matters within the measurement.
-        "--state-api-base-url".into(),
-        "http://127.0.0.1:9".into(),
-    ];
+    // Nothing listens at the state API: no poll matters within the
+    // measurement.
+    let mut args = common::serve_args(grpc, 0, 0, "http://127.0.0.1:9", &[]);
     if let Some(p) = state_file {
         args.extend(["--state-file".into(), p]);
     }
