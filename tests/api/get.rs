@@ -9,10 +9,7 @@ use tenant_status::pb::{ChangeSource, TenantState};
 #[tokio::test]
 async fn an_untracked_tenant_is_fetched_once_then_answered_from_memory() {
     let app = spawn_app().await;
-    app.fake.set(
-        "Cust1",
-        running("Cust1", "sod2.superoffice.com", Duration::from_secs(600)),
-    );
+    serve_running(&app.fake, "Cust1");
     let t = app.get("Cust1").await.unwrap();
     assert_eq!(t.context_identifier, "Cust1");
     assert_eq!(state(&t), TenantState::Running);
@@ -72,10 +69,7 @@ async fn a_tenant_superoffice_does_not_know_is_not_found() {
 #[tokio::test]
 async fn superoffice_failing_on_a_miss_is_unavailable() {
     let app = spawn_app().await;
-    app.fake.set(
-        "Cust1",
-        running("Cust1", "sod2.superoffice.com", Duration::from_secs(600)),
-    );
+    serve_running(&app.fake, "Cust1");
     app.fake.fail(Some("Cust1"), Failure::Status(503), 1);
     let e = app.get("Cust1").await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable);

@@ -264,6 +264,30 @@ pub async fn next_matching(
     }
 }
 
+/// The fake serves `ctx` as Running on sod2, valid for 10 minutes.
+pub fn serve_running(fake: &FakeSuperOffice, ctx: &str) {
+    fake.set(
+        ctx,
+        running(ctx, "sod2.superoffice.com", Duration::from_secs(600)),
+    );
+}
+
+/// Watches `ctx` and waits for an event that shows it RUNNING; returns the
+/// stream and that event.
+pub async fn watch_until_running(
+    app: &TestApp,
+    ctx: &str,
+) -> (Streaming<WatchTenantResponse>, WatchTenantResponse) {
+    let mut stream = app.watch(&[ctx], 0).await.unwrap();
+    let ev = next_matching(&mut stream, "a RUNNING snapshot", |ev| {
+        ev.tenant
+            .as_ref()
+            .is_some_and(|t| state(t) == pb::TenantState::Running)
+    })
+    .await;
+    (stream, ev)
+}
+
 /// Waits until `f` holds, failing after 10 s.
 pub async fn eventually(what: &str, f: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

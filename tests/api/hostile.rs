@@ -93,10 +93,7 @@ async fn ten_thousand_streams_opened_and_dropped_at_once_leave_nothing_behind() 
 #[tokio::test]
 async fn past_max_watchers_a_stream_is_refused_until_one_closes() {
     let app = spawn_app_with(|fake, config| {
-        fake.set(
-            "Cust1",
-            running("Cust1", "sod2.superoffice.com", Duration::from_secs(600)),
-        );
+        serve_running(fake, "Cust1");
         config.max_watchers = 3;
     })
     .await;
@@ -139,10 +136,7 @@ async fn past_max_watchers_a_stream_is_refused_until_one_closes() {
 #[tokio::test]
 async fn oversize_call_headers_are_refused_and_the_client_carries_on() {
     let app = spawn_app_with(|fake, config| {
-        fake.set(
-            "Cust1",
-            running("Cust1", "sod2.superoffice.com", Duration::from_secs(600)),
-        );
+        serve_running(fake, "Cust1");
         config.grpc_max_header_size = 16 * 1024;
     })
     .await;
@@ -177,10 +171,7 @@ async fn oversize_call_headers_are_refused_and_the_client_carries_on() {
 #[tokio::test]
 async fn past_max_concurrent_streams_a_connection_queues_its_calls() {
     let app = spawn_app_with(|fake, config| {
-        fake.set(
-            "Cust1",
-            running("Cust1", "sod2.superoffice.com", Duration::from_secs(600)),
-        );
+        serve_running(fake, "Cust1");
         config.max_concurrent_streams = 5;
     })
     .await;

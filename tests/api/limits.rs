@@ -21,10 +21,7 @@ fn client_from(from: IpAddr) -> reqwest::Client {
 #[tokio::test]
 async fn a_flood_from_many_addresses_meets_the_total_limit() {
     let app = spawn_app_with(|fake, config| {
-        fake.set(
-            "Cust1",
-            running("Cust1", "sod2.superoffice.com", Duration::from_secs(600)),
-        );
+        serve_running(fake, "Cust1");
         // Each address stays inside its own limit (2 at once); together
         // they are far past the total of 10 a second.
         config.webhook.rate_limit = Some((2.0, 2.0));

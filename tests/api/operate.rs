@@ -106,10 +106,7 @@ async fn metrics_tell_how_the_service_is_doing() {
 #[tokio::test]
 async fn ready_once_the_first_poll_round_is_done_and_alive_throughout() {
     let app = spawn_app_with(|fake, config| {
-        fake.set(
-            "Cust1",
-            running("Cust1", "sod2.superoffice.com", Duration::from_secs(600)),
-        );
+        serve_running(fake, "Cust1");
         fake.fail(
             Some("Cust1"),
             Failure::Delay(Duration::from_millis(1500)),
@@ -250,10 +247,7 @@ async fn a_restart_serves_the_saved_records_before_the_first_poll() {
     let first = {
         let state = state_file.clone();
         spawn_app_with(move |fake, config| {
-            fake.set(
-                "Cust1",
-                running("Cust1", "sod2.superoffice.com", Duration::from_secs(600)),
-            );
+            serve_running(fake, "Cust1");
             config.tenants = vec![ContextId::parse("Cust1").unwrap()];
             config.state_file = Some(state);
         })
@@ -365,10 +359,7 @@ async fn tls_app(certs: &DevCerts, mtls: bool) -> TestApp {
         client_ca_pem: mtls.then(|| certs.ca_pem.clone().into_bytes()),
     };
     spawn_app_with(move |fake, config| {
-        fake.set(
-            "Cust1",
-            running("Cust1", "sod2.superoffice.com", Duration::from_secs(600)),
-        );
+        serve_running(fake, "Cust1");
         config.tls = Some(tls);
     })
     .await
@@ -449,10 +440,7 @@ async fn bearer_tokens_guard_the_service_but_not_health_or_reflection() {
     .unwrap();
     let tokens = std::sync::Arc::new(BearerTokens::from_file(&file).unwrap());
     let app = spawn_app_with(move |fake, config| {
-        fake.set(
-            "Cust1",
-            running("Cust1", "sod2.superoffice.com", Duration::from_secs(600)),
-        );
+        serve_running(fake, "Cust1");
         config.access = Some(tokens);
     })
     .await;

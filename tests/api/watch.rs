@@ -27,10 +27,7 @@ async fn snapshot_then_synced_then_changes_then_heartbeats() {
             "Cust1",
             running("Cust1", "sod2.superoffice.com", Duration::from_millis(200)),
         );
-        fake.set(
-            "Cust2",
-            running("Cust2", "sod2.superoffice.com", Duration::from_secs(600)),
-        );
+        serve_running(fake, "Cust2");
         config.tenants = vec![
             ContextId::parse("Cust1").unwrap(),
             ContextId::parse("Cust2").unwrap(),

@@ -34,13 +34,7 @@ fn source(t: &pb::Tenant) -> pb::ChangeSource {
 #[tokio::test]
 async fn a_notification_reaches_a_watcher_at_once_and_a_poll_confirms_it() {
     let app = spawn_app_tracking("Cust1", Duration::from_secs(600)).await;
-    let mut stream = app.watch(&["Cust1"], 0).await.unwrap();
-    let first = next_matching(&mut stream, "a RUNNING snapshot", |ev| {
-        ev.tenant
-            .as_ref()
-            .is_some_and(|t| state(t) == pb::TenantState::Running)
-    })
-    .await;
+    let (mut stream, first) = watch_until_running(&app, "Cust1").await;
     let polls_before = app.fake.requests("Cust1");
     // SuperOffice suspends the tenant: its state API and its notification
     // agree.
@@ -87,13 +81,7 @@ async fn a_notification_reaches_a_watcher_at_once_and_a_poll_confirms_it() {
 #[tokio::test]
 async fn the_poll_has_the_last_word_when_it_disagrees() {
     let app = spawn_app_tracking("Cust1", Duration::from_secs(600)).await;
-    let mut stream = app.watch(&["Cust1"], 0).await.unwrap();
-    next_matching(&mut stream, "a RUNNING snapshot", |ev| {
-        ev.tenant
-            .as_ref()
-            .is_some_and(|t| state(t) == pb::TenantState::Running)
-    })
-    .await;
+    let (mut stream, _) = watch_until_running(&app, "Cust1").await;
     // An upgrade is announced; the state API still says Running.
     assert_eq!(
         app.notify(ChangeType::Upgrade, "Cust1", None).await,
@@ -550,13 +538,7 @@ async fn a_certificate_file_alone_is_enough() {
 #[tokio::test]
 async fn a_poll_asked_before_a_notification_never_undoes_it() {
     let app = spawn_app_tracking("Cust1", Duration::from_secs(600)).await;
-    let mut stream = app.watch(&["Cust1"], 0).await.unwrap();
-    next_matching(&mut stream, "a RUNNING snapshot", |ev| {
-        ev.tenant
-            .as_ref()
-            .is_some_and(|t| state(t) == pb::TenantState::Running)
-    })
-    .await;
+    let (mut stream, _) = watch_until_running(&app, "Cust1").await;
     // The next answer takes 1.5 s; a Resume's confirming poll asks now and
     // is still in flight when the tenant is suspended.
     app.fake.fail(
@@ -622,10 +604,7 @@ async fn resume_and_backup_restored_leave_the_state_to_the_poll() {
 #[tokio::test]
 async fn a_deleted_tenant_superoffice_forgets_is_removed_after_its_retention() {
     let app = spawn_app_with(|fake, config| {
-        fake.set(
-            "Cust1",
-            running("Cust1", "sod2.superoffice.com", Duration::from_secs(600)),
-        );
+        serve_running(fake, "Cust1");
         config.tenants = vec![tenant_status::tenant::ContextId::parse("Cust1").unwrap()];
         config.policy.deleted_retention = Duration::from_millis(500);
     })
@@ -680,10 +659,7 @@ async fn a_full_replay_memory_refuses_rather_than_forgets() {
 async fn a_flood_from_one_client_is_answered_429_before_any_work() {
     // A tight limit: 1 a second, 3 at once.
     let app = spawn_app_with(|fake, config| {
-        fake.set(
-            "Cust1",
-            running("Cust1", "sod2.superoffice.com", Duration::from_secs(600)),
-        );
+        serve_running(fake, "Cust1");
         config.webhook.rate_limit = Some((1.0, 3.0));
     })
     .await;
