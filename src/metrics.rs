@@ -139,7 +139,7 @@ impl Metrics {
         let events_coalesced = Counter::default();
         registry.register(
             "watch_events_coalesced",
-            "Changes folded into a later one for a slow watcher of every tenant",
+            "Changes folded into a later one for a slow watcher (each watcher counts)",
             events_coalesced.clone(),
         );
         let tenants = Family::<TenantLabels, Gauge>::default();

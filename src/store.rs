@@ -9,10 +9,15 @@
 //!   inbox.
 //! - An update that changes nothing meaningful refreshes `observed_at` and
 //!   `valid_until` and wakes nobody.
-//! - Fan-out never waits on a reader. A per-tenant `watch` channel holds only
-//!   the latest record, and a dashboard's inbox holds only the *names* of
-//!   tenants that changed, so a slow reader costs at most one entry per
-//!   tenant and always ends with each tenant's latest record.
+//! - Fan-out never waits on a reader. Each watcher has an inbox that holds
+//!   only the *names* of watched tenants that changed, each with the newest
+//!   revision marked, so a slow reader costs at most one entry per tenant
+//!   and always ends with each tenant's latest record.
+//! - Marks reach every inbox in revision order (they are made in the
+//!   ordered section), and a watcher registers inside that section too. So
+//!   whatever a watcher takes from its inbox holds every change of its
+//!   tenants up to the highest revision taken: the watch stream sends them
+//!   in revision order and a client may resume from any revision it saw.
 //! - The store knows nothing of tonic, axum or reqwest.
 
 use std::{
@@ -25,7 +30,7 @@ use std::{
 };
 
 use dashmap::DashMap;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::tenant::{
@@ -37,20 +42,17 @@ use crate::tenant::{
 /// `since_revision`.
 const TOMBSTONES_KEPT: usize = 10_000;
 
-/// The latest word on one tenant, as a per-tenant watch channel carries it.
+/// The latest word on one tenant, as a watcher's inbox holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Slot {
-    /// Not tracked (yet).
-    Absent,
     Present(Arc<TenantRecord>),
     /// Forgotten at this revision.
     Removed(u64),
 }
 
 impl Slot {
-    fn revision(&self) -> u64 {
+    pub fn revision(&self) -> u64 {
         match self {
-            Slot::Absent => 0,
             Slot::Present(r) => r.revision,
             Slot::Removed(rev) => *rev,
         }
@@ -84,14 +86,14 @@ pub struct Store {
     /// Held (inside a tenant's shard lock) while a revision is assigned,
     /// stored and published, so changes are published in revision order.
     order: Mutex<()>,
-    /// Per-tenant latest-value channels, created when a tenant is watched by
-    /// name and dropped when its last watcher leaves.
-    subscriptions: DashMap<ContextId, watch::Sender<Slot>>,
+    /// Inboxes of watchers of a tenant by name, created when the tenant is
+    /// first watched and dropped when its last watcher leaves.
+    named: DashMap<ContextId, Vec<Arc<Inbox>>>,
     /// Inboxes of watchers of every tenant.
-    dashboards: RwLock<Vec<Arc<Inbox>>>,
+    watch_all: RwLock<Vec<Arc<Inbox>>>,
     tombstones: Mutex<VecDeque<(u64, ContextId)>>,
     closing: CancellationToken,
-    /// Changes folded into a later one in a dashboard's inbox.
+    /// Changes folded into a later one in a watcher's inbox.
     coalesced: AtomicU64,
 }
 
@@ -113,8 +115,8 @@ impl Store {
             tenants: DashMap::new(),
             revision: AtomicU64::new(base),
             order: Mutex::new(()),
-            subscriptions: DashMap::new(),
-            dashboards: RwLock::new(Vec::new()),
+            named: DashMap::new(),
+            watch_all: RwLock::new(Vec::new()),
             tombstones: Mutex::new(VecDeque::new()),
             closing: CancellationToken::new(),
             coalesced: AtomicU64::new(0),
@@ -155,8 +157,8 @@ impl Store {
         self.tenants.contains_key(ctx)
     }
 
-    /// How many changes were folded into a later one for a slow watcher of
-    /// every tenant (each such watcher counts).
+    /// How many changes were folded into a later one for a slow watcher
+    /// (each watcher counts).
     pub fn coalesced(&self) -> u64 {
         self.coalesced.load(Ordering::Relaxed)
     }
@@ -430,18 +432,18 @@ impl Store {
         }
     }
 
-    /// Wakes the watchers of `ctx`. Called in the ordered section; the
-    /// revision check in `publish_newer` is a second guard against a
-    /// newer word being overwritten.
+    /// Puts `ctx`'s new slot in the inbox of every watcher of it. Called
+    /// in the ordered section, so every inbox is marked in revision order.
     fn publish(&self, ctx: &ContextId, slot: Slot) {
-        let revision = slot.revision();
-        if let Some(tx) = self.subscriptions.get(ctx) {
-            publish_newer(&tx, slot);
-        }
-        let dashboards = self.dashboards.read().expect("dashboards lock");
         let mut coalesced = 0;
-        for inbox in dashboards.iter() {
-            coalesced += u64::from(inbox.mark(ctx, revision));
+        if let Some(inboxes) = self.named.get(ctx) {
+            for inbox in inboxes.iter() {
+                coalesced += u64::from(inbox.mark(ctx, &slot));
+            }
+        }
+        let all = self.watch_all.read().expect("watch-all lock");
+        for inbox in all.iter() {
+            coalesced += u64::from(inbox.mark(ctx, &slot));
         }
         if coalesced > 0 {
             self.coalesced.fetch_add(coalesced, Ordering::Relaxed);
@@ -478,16 +480,13 @@ impl Store {
         (page, more)
     }
 
-    /// Every record changed after `since`, ordered by identifier.
-    pub fn records_since(&self, since: u64) -> Vec<Arc<TenantRecord>> {
-        let mut v: Vec<_> = self
-            .tenants
+    /// Every record whose revision is in `(since, through]`, in no order.
+    pub fn records_between(&self, since: u64, through: u64) -> Vec<Arc<TenantRecord>> {
+        self.tenants
             .iter()
-            .filter(|r| r.revision > since)
+            .filter(|r| r.revision > since && r.revision <= through)
             .map(|r| Arc::clone(r.value()))
-            .collect();
-        v.sort_by(|a, b| a.context_identifier.cmp(&b.context_identifier));
-        v
+            .collect()
     }
 
     /// Removals after `since` that are still remembered.
@@ -496,49 +495,43 @@ impl Store {
         t.iter().filter(|(rev, _)| *rev > since).cloned().collect()
     }
 
-    /// A receiver of `ctx`'s latest slot. The channel is created on first
-    /// use and holds the current record.
-    pub fn subscribe(&self, ctx: &ContextId) -> watch::Receiver<Slot> {
-        let rx = self
-            .subscriptions
-            .entry(ctx.clone())
-            .or_insert_with(|| watch::channel(Slot::Absent).0)
-            .subscribe();
-        // A writer that stored its record before our channel existed did
-        // not see the channel; publish what the store holds now ourselves.
-        if let Some(r) = self.get(ctx) {
-            if let Some(tx) = self.subscriptions.get(ctx) {
-                publish_newer(&tx, Slot::Present(r));
-            }
-        }
-        rx
-    }
-
-    /// Drops `ctx`'s channel if nobody watches it any more.
-    pub fn unsubscribe(&self, ctx: &ContextId) {
-        self.subscriptions
-            .remove_if(ctx, |_, tx| tx.receiver_count() == 0);
-    }
-
-    /// The number of per-tenant channels and dashboard inboxes open.
+    /// The number of tenants watched by name and of watchers of every
+    /// tenant.
     pub fn watcher_counts(&self) -> (usize, usize) {
         (
-            self.subscriptions.len(),
-            self.dashboards.read().expect("dashboards lock").len(),
+            self.named.len(),
+            self.watch_all.read().expect("watch-all lock").len(),
         )
     }
 
-    /// Registers an inbox that hears of every change; dropping the guard
-    /// unregisters it.
-    pub fn register_dashboard(self: &Arc<Self>) -> DashboardGuard {
+    /// Registers a watcher of `names` (of every tenant, when empty) and
+    /// returns it with the store revision at registration. Done inside the
+    /// ordered section: every change at or below that revision is in the
+    /// store, and every change above it will be marked in the watcher's
+    /// inbox, so a snapshot of records at or below it followed by the inbox
+    /// misses nothing and repeats nothing. Dropping the watcher unregisters
+    /// it.
+    pub fn register_watcher(self: &Arc<Self>, names: Vec<ContextId>) -> Watcher {
         let inbox = Arc::new(Inbox::default());
-        self.dashboards
-            .write()
-            .expect("dashboards lock")
-            .push(Arc::clone(&inbox));
-        DashboardGuard {
+        let _order = self.order.lock().expect("order lock");
+        if names.is_empty() {
+            self.watch_all
+                .write()
+                .expect("watch-all lock")
+                .push(Arc::clone(&inbox));
+        } else {
+            for n in &names {
+                self.named
+                    .entry(n.clone())
+                    .or_default()
+                    .push(Arc::clone(&inbox));
+            }
+        }
+        Watcher {
             store: Arc::clone(self),
+            floor: self.revision.load(Ordering::Relaxed),
             inbox,
+            names,
         }
     }
 
@@ -550,17 +543,6 @@ impl Store {
     pub fn closing(&self) -> CancellationToken {
         self.closing.clone()
     }
-}
-
-fn publish_newer(tx: &watch::Sender<Slot>, slot: Slot) {
-    tx.send_if_modified(|cur| {
-        if slot.revision() > cur.revision() {
-            *cur = slot;
-            true
-        } else {
-            false
-        }
-    });
 }
 
 struct HeapItem(Arc<TenantRecord>);
@@ -581,33 +563,28 @@ impl Ord for HeapItem {
     }
 }
 
-/// The names of tenants that changed since a dashboard watcher last looked.
-/// A set, so its size is bounded by the number of tenants however slow the
-/// reader is.
+/// The watched tenants that changed since a watcher last looked, each with
+/// its newest slot. A map by name, so its size is bounded by the number of
+/// tenants watched however slow the reader is.
+///
+/// It holds the slots themselves, not only names: what a reader takes is
+/// exactly what was marked, never a record that changed after (whose own
+/// mark the reader has not taken yet and would then send out of order).
 #[derive(Default)]
-pub struct Inbox {
-    /// Tenant name to the newest revision marked.
-    dirty: Mutex<HashMap<ContextId, u64>>,
+struct Inbox {
+    dirty: Mutex<HashMap<ContextId, Slot>>,
     notify: Notify,
 }
 
 impl Inbox {
-    /// Marks `ctx` changed at `revision`; returns whether an earlier
-    /// change of it was still waiting (and is now folded into this one).
-    fn mark(&self, ctx: &ContextId, revision: u64) -> bool {
+    /// Marks `ctx` changed; returns whether an earlier change of it was
+    /// still waiting (and is now folded into this one).
+    fn mark(&self, ctx: &ContextId, slot: &Slot) -> bool {
         let (was_empty, coalesced) = {
             let mut dirty = self.dirty.lock().expect("inbox lock");
             let was_empty = dirty.is_empty();
-            let coalesced = match dirty.entry(ctx.clone()) {
-                std::collections::hash_map::Entry::Occupied(mut o) => {
-                    *o.get_mut() = (*o.get()).max(revision);
-                    true
-                }
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(revision);
-                    false
-                }
-            };
+            // Marks come in revision order: the new slot is the newest.
+            let coalesced = dirty.insert(ctx.clone(), slot.clone()).is_some();
             (was_empty, coalesced)
         };
         if was_empty {
@@ -615,40 +592,79 @@ impl Inbox {
         }
         coalesced
     }
+
+    /// Swaps what is marked into `into` (which must be empty). The two maps
+    /// trade places, so each keeps its capacity and a steady stream of
+    /// changes allocates nothing.
+    fn take_into(&self, into: &mut HashMap<ContextId, Slot>) {
+        debug_assert!(into.is_empty());
+        std::mem::swap(&mut *self.dirty.lock().expect("inbox lock"), into);
+    }
 }
 
-/// A registered dashboard inbox; unregisters on drop.
-pub struct DashboardGuard {
+/// A registered watcher of some tenants or of all of them; unregisters on
+/// drop.
+pub struct Watcher {
     store: Arc<Store>,
     inbox: Arc<Inbox>,
+    /// Empty for a watcher of every tenant.
+    names: Vec<ContextId>,
+    floor: u64,
 }
 
-impl DashboardGuard {
-    /// Waits until some tenant changed, then takes the names of all that
-    /// did, each with the newest revision marked.
-    pub async fn changed(&self) -> HashMap<ContextId, u64> {
+impl Watcher {
+    /// The store revision when the watcher registered: every change above
+    /// it is marked in the inbox, none at or below it is.
+    pub fn floor(&self) -> u64 {
+        self.floor
+    }
+
+    /// The tenants watched; empty for every tenant.
+    pub fn names(&self) -> &[ContextId] {
+        &self.names
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Waits until some watched tenant changed, then moves every tenant
+    /// that did, with its newest slot, into `into` (which must be empty).
+    ///
+    /// Marks are made in revision order, so what is taken is, for each
+    /// watched tenant, its latest change up to the highest revision taken.
+    pub async fn changed(&self, into: &mut HashMap<ContextId, Slot>) {
         loop {
             let notified = self.inbox.notify.notified();
-            {
-                let mut dirty = self.inbox.dirty.lock().expect("inbox lock");
-                if !dirty.is_empty() {
-                    return std::mem::take(&mut *dirty);
-                }
+            self.inbox.take_into(into);
+            if !into.is_empty() {
+                return;
             }
             notified.await;
         }
     }
 
-    /// Takes whatever changed so far, without waiting.
-    pub fn take_now(&self) -> HashMap<ContextId, u64> {
-        std::mem::take(&mut *self.inbox.dirty.lock().expect("inbox lock"))
+    /// Moves whatever is marked so far into `into`, without waiting.
+    pub fn take_now(&self, into: &mut HashMap<ContextId, Slot>) {
+        self.inbox.take_into(into);
     }
 }
 
-impl Drop for DashboardGuard {
+impl Drop for Watcher {
     fn drop(&mut self) {
-        let mut d = self.store.dashboards.write().expect("dashboards lock");
-        d.retain(|i| !Arc::ptr_eq(i, &self.inbox));
+        if self.names.is_empty() {
+            let mut all = self.store.watch_all.write().expect("watch-all lock");
+            all.retain(|i| !Arc::ptr_eq(i, &self.inbox));
+            return;
+        }
+        for n in &self.names {
+            if let Some(mut inboxes) = self.store.named.get_mut(n) {
+                inboxes.retain(|i| !Arc::ptr_eq(i, &self.inbox));
+            }
+            self.store
+                .named
+                .remove_if(n, |_, inboxes| inboxes.is_empty());
+        }
     }
 }
 
@@ -784,44 +800,111 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_subscriber_always_ends_with_the_latest_record() {
+    async fn a_named_watcher_hears_only_its_tenants_and_unregisters_on_drop() {
         let store = Arc::new(Store::new());
-        let c = ctx("Cust1");
         let now = SystemTime::now();
-        store.apply_poll(&c, running("https://a"), now);
-        let mut rx = store.subscribe(&c);
-        assert!(matches!(&*rx.borrow_and_update(), Slot::Present(r) if r.revision == 1));
+        store.apply_poll(&ctx("Cust1"), running("https://a"), now);
+        let w = store.register_watcher(vec![ctx("Cust1")]);
+        assert_eq!(w.floor(), 1);
+        store.apply_poll(&ctx("Cust2"), running("https://b"), now);
         for i in 0..100 {
-            store.apply_poll(&c, running(&format!("https://{i}")), now);
+            store.apply_poll(&ctx("Cust1"), running(&format!("https://{i}")), now);
         }
-        rx.changed().await.unwrap();
-        assert!(matches!(&*rx.borrow_and_update(), Slot::Present(r) if r.endpoint == "https://99"));
-        store.remove(&c);
-        rx.changed().await.unwrap();
-        assert_eq!(*rx.borrow(), Slot::Removed(102));
-        drop(rx);
-        store.unsubscribe(&c);
+        let mut marks = HashMap::new();
+        w.changed(&mut marks).await;
+        assert_eq!(marks.len(), 1, "one entry per tenant, however many changes");
+        assert_eq!(marks[&ctx("Cust1")].revision(), 102);
+        marks.clear();
+        store.remove(&ctx("Cust1"));
+        w.changed(&mut marks).await;
+        assert_eq!(marks[&ctx("Cust1")], Slot::Removed(103));
+        assert_eq!(store.watcher_counts(), (1, 0));
+        drop(w);
         assert_eq!(store.watcher_counts(), (0, 0));
     }
 
     #[tokio::test]
-    async fn a_dashboard_inbox_coalesces_and_unregisters_on_drop() {
+    async fn a_watch_all_inbox_coalesces_and_unregisters_on_drop() {
         let store = Arc::new(Store::new());
-        let guard = store.register_dashboard();
+        let w = store.register_watcher(Vec::new());
         let now = SystemTime::now();
         for i in 0..1000 {
             let c = ctx(&format!("Cust{}", i % 3));
             store.apply_poll(&c, running(&format!("https://{i}")), now);
         }
-        let changed = guard.changed().await;
-        assert_eq!(
-            changed.len(),
-            3,
-            "one entry per tenant, however many changes"
-        );
-        assert_eq!(store.watcher_counts().1, 1);
-        drop(guard);
-        assert_eq!(store.watcher_counts().1, 0);
+        let mut marks = HashMap::new();
+        w.changed(&mut marks).await;
+        assert_eq!(marks.len(), 3, "one entry per tenant, however many changes");
+        assert_eq!(store.coalesced(), 997);
+        assert_eq!(store.watcher_counts(), (0, 1));
+        drop(w);
+        assert_eq!(store.watcher_counts(), (0, 0));
+    }
+
+    /// A watcher registering while writers run on other threads: every
+    /// change above its floor is marked, none at or below it is, so its
+    /// snapshot and its inbox together tell each tenant's latest record.
+    #[test]
+    fn a_watcher_registering_amid_writes_misses_no_change_and_repeats_none() {
+        let store = Arc::new(Store::new());
+        let names: Vec<_> = (0..8).map(|i| ctx(&format!("Cust{i}"))).collect();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers: Vec<_> = (0..2)
+            .map(|t| {
+                let (store, names, stop) = (Arc::clone(&store), names.clone(), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    let mut i = 0usize;
+                    while !stop.load(Ordering::Relaxed) {
+                        let c = &names[(i * 3 + t) % names.len()];
+                        store.apply_poll(
+                            c,
+                            running(&format!("https://{t}/{i}")),
+                            SystemTime::now(),
+                        );
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        for round in 0..500 {
+            let named = round % 2 == 0;
+            let w = store.register_watcher(if named {
+                names[..4].to_vec()
+            } else {
+                Vec::new()
+            });
+            let floor = w.floor();
+            let mut view: HashMap<ContextId, u64> = store
+                .records_between(0, floor)
+                .into_iter()
+                .map(|r| (r.context_identifier.clone(), r.revision))
+                .collect();
+            std::thread::yield_now();
+            let mut marks = HashMap::new();
+            w.take_now(&mut marks);
+            for (c, slot) in marks.drain() {
+                let rev = slot.revision();
+                assert!(
+                    rev > floor,
+                    "a mark at {rev}, at or below the floor {floor}"
+                );
+                view.insert(c, rev);
+            }
+            // Whatever is in the store now at or below the highest revision
+            // seen must be what the view holds.
+            let high = view.values().copied().max().unwrap_or(floor);
+            for c in if named { &names[..4] } else { &names[..] } {
+                if let Some(r) = store.get(c) {
+                    if r.revision <= high {
+                        assert_eq!(view.get(c), Some(&r.revision), "{c} in round {round}");
+                    }
+                }
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            w.join().unwrap();
+        }
     }
 
     fn note(change_type: ChangeType, at: SystemTime) -> NotificationInfo {

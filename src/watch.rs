@@ -11,13 +11,12 @@ use std::{
     time::Duration,
 };
 
-use futures_util::{FutureExt, Stream, StreamExt};
+use futures_util::Stream;
 use tokio::time::{Interval, MissedTickBehavior};
-use tokio_stream::{StreamMap, wrappers::WatchStream};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::{
-    store::{DashboardGuard, Slot, Store},
+    store::{Slot, Store, Watcher},
     tenant::{ContextId, TenantRecord},
 };
 
@@ -33,38 +32,26 @@ pub enum WatchEvent {
     Closing,
 }
 
-enum Source {
-    /// Every tenant, through an inbox of changed names.
-    All(DashboardGuard),
-    /// Named tenants, through their latest-value channels.
-    Named(StreamMap<ContextId, WatchStream<Slot>>),
-}
-
 struct State {
-    store: Arc<Store>,
-    source: Source,
-    names: Vec<ContextId>,
+    watcher: Watcher,
+    /// Marks taken from the inbox; kept between rounds for its capacity.
+    marks: HashMap<ContextId, Slot>,
     pending: VecDeque<WatchEvent>,
     heartbeat: Interval,
     closing: Pin<Box<WaitForCancellationFutureOwned>>,
-    /// Records at or below this revision were in the snapshot.
-    floor: u64,
+    /// Every change of the watched tenants at or below this revision has
+    /// been queued, or is superseded by a later change that will be.
+    covered: u64,
     done: bool,
-}
-
-impl Drop for State {
-    fn drop(&mut self) {
-        if let Source::Named(map) = &mut self.source {
-            map.clear();
-            for n in &self.names {
-                self.store.unsubscribe(n);
-            }
-        }
-    }
 }
 
 /// Opens a watch of `names` (every tenant when empty), with a snapshot of
 /// what changed after `since`.
+///
+/// Every event carries a revision at least as large as every event before
+/// it, CHANGED and REMOVED strictly larger: the snapshot goes out in
+/// revision order, and so does each round of changes taken from the inbox.
+/// So any revision the client has seen is a safe `since` to resume from.
 pub fn watch(
     store: Arc<Store>,
     mut names: Vec<ContextId>,
@@ -73,23 +60,18 @@ pub fn watch(
 ) -> impl Stream<Item = WatchEvent> + Send + 'static {
     names.sort();
     names.dedup();
+    let watcher = store.register_watcher(names);
+    let floor = watcher.floor();
     let mut pending = VecDeque::new();
-    // The revision SYNCED reports. Every change at or below
-    // `store.revision()` has been published, so reading it before taking the
-    // snapshot makes the snapshot hold everything up to it.
-    let synced;
-    let floor;
-    let source = if names.is_empty() {
-        // Register first, then read: a change racing the snapshot lands in
-        // the inbox and is sent after SYNCED.
-        let guard = store.register_dashboard();
-        floor = store.revision();
-        synced = floor;
-        for r in store.records_since(since) {
-            if r.revision <= floor {
-                pending.push_back(WatchEvent::Snapshot(r));
-            }
-        }
+    // Records at or below the floor are the snapshot; every change above
+    // it is marked in the inbox and follows SYNCED.
+    if watcher.names().is_empty() {
+        pending.extend(
+            store
+                .records_between(since, floor)
+                .into_iter()
+                .map(WatchEvent::Snapshot),
+        );
         if since > 0 {
             for (rev, ctx) in store.removed_since(since) {
                 if rev <= floor && !store.contains(&ctx) {
@@ -97,37 +79,33 @@ pub fn watch(
                 }
             }
         }
-        Source::All(guard)
     } else {
-        synced = store.revision();
-        let mut map = StreamMap::with_capacity(names.len());
-        for n in &names {
-            let mut rx = store.subscribe(n);
-            match &*rx.borrow_and_update() {
-                Slot::Present(r) if r.revision > since => {
-                    pending.push_back(WatchEvent::Snapshot(Arc::clone(r)))
+        for n in watcher.names() {
+            match store.get(n) {
+                Some(r) if r.revision > since && r.revision <= floor => {
+                    pending.push_back(WatchEvent::Snapshot(r))
                 }
-                Slot::Removed(rev) if *rev > since && since > 0 => {
-                    pending.push_back(WatchEvent::Removed(n.clone(), *rev))
+                Some(_) => {}
+                None if since > 0 => {
+                    if let Some(rev) = store.removed_at(n).filter(|r| *r > since && *r <= floor) {
+                        pending.push_back(WatchEvent::Removed(n.clone(), rev));
+                    }
                 }
-                _ => {}
+                None => {}
             }
-            map.insert(n.clone(), WatchStream::from_changes(rx));
         }
-        floor = 0;
-        Source::Named(map)
-    };
-    pending.push_back(WatchEvent::Synced(synced));
+    }
+    sort_by_revision(&mut pending);
+    pending.push_back(WatchEvent::Synced(floor));
     let mut hb = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     hb.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let state = State {
         closing: Box::pin(store.closing().cancelled_owned()),
-        store,
-        source,
-        names,
+        watcher,
+        marks: HashMap::new(),
         pending,
         heartbeat: hb,
-        floor,
+        covered: floor,
         done: false,
     };
     futures_util::stream::unfold(state, |mut st| async move {
@@ -142,91 +120,175 @@ pub fn watch(
                 biased;
                 _ = st.closing.as_mut() => {
                     // What changed before the close is still sent.
-                    let events = ready_changes(&mut st.source, &st.store, st.floor);
-                    st.pending.extend(events);
+                    st.watcher.take_now(&mut st.marks);
+                    st.queue_marked();
                     st.done = true;
                     st.pending.push_back(WatchEvent::Closing);
                 }
-                events = next_changes(&mut st.source, &st.store, st.floor) => {
-                    st.pending.extend(events);
-                }
+                _ = st.watcher.changed(&mut st.marks) => st.queue_marked(),
                 _ = st.heartbeat.tick() => {
-                    // Read first, then send what is ready: every change at
-                    // or below the heartbeat's revision goes out before it,
-                    // so a client may resume from it.
-                    let revision = st.store.revision();
-                    let events = ready_changes(&mut st.source, &st.store, st.floor);
-                    st.pending.extend(events);
-                    st.pending.push_back(WatchEvent::Heartbeat(revision));
+                    // Read first, then take what is marked: every change at
+                    // or below the store's revision is in the inbox by now,
+                    // so it goes out before the heartbeat, and a client may
+                    // resume from it.
+                    let revision = st.watcher.store().revision();
+                    st.watcher.take_now(&mut st.marks);
+                    st.queue_marked();
+                    st.pending.push_back(WatchEvent::Heartbeat(revision.max(st.covered)));
                 }
             }
         }
     })
 }
 
-/// Waits for the next changes.
-async fn next_changes(source: &mut Source, store: &Store, floor: u64) -> Vec<WatchEvent> {
-    match source {
-        Source::All(guard) => dashboard_events(guard.changed().await, store, floor),
-        Source::Named(map) => match map.next().await {
-            Some((ctx, slot)) => slot_event(ctx, slot).into_iter().collect(),
-            // Every channel closed: cannot happen while we hold receivers,
-            // but never spin if it does.
-            None => std::future::pending().await,
-        },
-    }
-}
-
-/// The changes already waiting, without waiting for more.
-fn ready_changes(source: &mut Source, store: &Store, floor: u64) -> Vec<WatchEvent> {
-    match source {
-        Source::All(guard) => dashboard_events(guard.take_now(), store, floor),
-        Source::Named(map) => {
-            let mut events = Vec::new();
-            while let Some(Some((ctx, slot))) = map.next().now_or_never() {
-                events.extend(slot_event(ctx, slot));
-            }
-            events
+impl State {
+    /// Queues what was marked, in revision order, and empties `marks`.
+    ///
+    /// The inbox is marked in revision order, so the marks hold, for every
+    /// watched tenant, its latest change up to the highest revision marked:
+    /// sorted, they continue the stream in order, and everything the next
+    /// round takes is newer.
+    fn queue_marked(&mut self) {
+        // Called only when everything queued before has gone out.
+        debug_assert!(self.pending.is_empty());
+        self.pending
+            .extend(self.marks.drain().map(|(ctx, slot)| match slot {
+                Slot::Present(r) => WatchEvent::Changed(r),
+                Slot::Removed(rev) => WatchEvent::Removed(ctx, rev),
+            }));
+        sort_by_revision(&mut self.pending);
+        if let Some(last) = self.pending.back() {
+            self.covered = self.covered.max(event_revision(last));
         }
     }
 }
 
-fn slot_event(ctx: ContextId, slot: Slot) -> Option<WatchEvent> {
-    match slot {
-        Slot::Present(r) => Some(WatchEvent::Changed(r)),
-        Slot::Removed(rev) => Some(WatchEvent::Removed(ctx, rev)),
-        Slot::Absent => None,
+fn event_revision(e: &WatchEvent) -> u64 {
+    match e {
+        WatchEvent::Snapshot(r) | WatchEvent::Changed(r) => r.revision,
+        WatchEvent::Removed(_, rev) | WatchEvent::Synced(rev) | WatchEvent::Heartbeat(rev) => *rev,
+        WatchEvent::Closing => u64::MAX,
     }
 }
 
-/// A dashboard's changed names as events: each tenant's latest record, in
-/// revision order.
-fn dashboard_events(
-    changed: HashMap<ContextId, u64>,
-    store: &Store,
-    floor: u64,
-) -> Vec<WatchEvent> {
-    let mut events: Vec<WatchEvent> = changed
-        .into_iter()
-        .filter_map(|(ctx, rev)| match store.get(&ctx) {
-            Some(r) if r.revision > floor => Some(WatchEvent::Changed(r)),
-            Some(_) => None,
-            // Gone. Report the removal under its own revision: if this mark
-            // is an older change's, the removal's own mark is on its way.
-            None => match store.removed_at(&ctx) {
-                Some(removed) if removed == rev && rev > floor => {
-                    Some(WatchEvent::Removed(ctx, rev))
-                }
-                Some(_) => None,
-                None if rev > floor => Some(WatchEvent::Removed(ctx, rev)),
-                None => None,
-            },
-        })
-        .collect();
-    events.sort_by_key(|e| match e {
-        WatchEvent::Changed(r) => r.revision,
-        WatchEvent::Removed(_, rev) => *rev,
-        _ => 0,
-    });
+fn sort_by_revision(events: &mut VecDeque<WatchEvent>) {
     events
+        .make_contiguous()
+        .sort_unstable_by_key(event_revision);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use futures_util::StreamExt;
+
+    use super::*;
+    use crate::{
+        store::PollResult,
+        tenant::{Observation, TenantState},
+    };
+
+    fn ctx(s: &str) -> ContextId {
+        ContextId::parse(s).unwrap()
+    }
+
+    fn change(store: &Store, c: &ContextId, endpoint: &str) -> u64 {
+        let o = Observation {
+            state: TenantState::Running,
+            endpoint: endpoint.into(),
+            api: String::new(),
+            version: String::new(),
+            valid_until: None,
+        };
+        store
+            .apply_poll(c, PollResult::Observed(o), SystemTime::now())
+            .unwrap()
+            .record
+            .revision
+    }
+
+    /// Tenants changed while the reader was away go out in the order of
+    /// their changes, whichever of them the stream looks at first; a tenant
+    /// changed twice goes out once, at its later place.
+    #[tokio::test]
+    async fn changes_of_several_tenants_go_out_in_revision_order() {
+        let names: Vec<_> = (0..6).map(|i| ctx(&format!("Cust{i}"))).collect();
+        for round in 0..50 {
+            let store = Arc::new(Store::new());
+            for n in &names {
+                change(&store, n, "https://start");
+            }
+            let watch_all = round % 2 == 1;
+            let watched = if watch_all { Vec::new() } else { names.clone() };
+            let mut s = Box::pin(watch(
+                Arc::clone(&store),
+                watched,
+                0,
+                Duration::from_secs(60),
+            ));
+            let mut sent = vec![];
+            loop {
+                match s.next().await.unwrap() {
+                    WatchEvent::Synced(_) => break,
+                    WatchEvent::Snapshot(r) => sent.push(r.revision),
+                    other => panic!("{other:?} before SYNCED"),
+                }
+            }
+            // Changed in an order of their own, one of them twice.
+            let order = [4, 1, 5, 0, 4, 3, 2];
+            let mut expected = vec![];
+            for (i, k) in order.iter().enumerate() {
+                let rev = change(&store, &names[*k], &format!("https://{round}/{i}"));
+                expected.retain(|(n, _)| n != k);
+                expected.push((*k, rev));
+            }
+            store.remove(&names[1]);
+            expected.retain(|(n, _)| *n != 1);
+            expected.push((1, store.revision()));
+            for (k, rev) in &expected {
+                let (name, got) = match s.next().await.unwrap() {
+                    WatchEvent::Changed(r) => (r.context_identifier.clone(), r.revision),
+                    WatchEvent::Removed(n, rev) => (n, rev),
+                    other => panic!("{other:?}"),
+                };
+                assert_eq!((&name, got), (&names[*k], *rev), "round {round}: {sent:?}");
+                sent.push(got);
+            }
+            assert!(sent.is_sorted(), "round {round}: {sent:?}");
+        }
+    }
+
+    /// A heartbeat's revision is never below an event sent before it, and
+    /// every watched tenant's latest change at or below it went out first.
+    #[tokio::test(start_paused = true)]
+    async fn a_heartbeat_follows_the_changes_it_covers() {
+        let store = Arc::new(Store::new());
+        let a = ctx("CustA");
+        let b = ctx("CustB");
+        change(&store, &a, "https://0");
+        let mut s = Box::pin(watch(
+            Arc::clone(&store),
+            vec![a.clone()],
+            0,
+            Duration::from_millis(100),
+        ));
+        assert!(matches!(s.next().await, Some(WatchEvent::Snapshot(_))));
+        assert_eq!(s.next().await, Some(WatchEvent::Synced(1)));
+        let mut last = 0;
+        for i in 1..=5 {
+            last = change(&store, &a, &format!("https://{i}"));
+            change(&store, &b, &format!("https://{i}"));
+        }
+        // Nothing was read while the tenants changed: A's latest goes out,
+        // then a heartbeat at the store's revision (B's last change).
+        match s.next().await {
+            Some(WatchEvent::Changed(r)) => assert_eq!(r.revision, last),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            s.next().await,
+            Some(WatchEvent::Heartbeat(store.revision()))
+        );
+    }
 }

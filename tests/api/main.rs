@@ -8,6 +8,7 @@ mod limits;
 mod list;
 mod operate;
 mod poll;
+mod resume;
 mod serving;
 mod watch;
 mod webhook;
