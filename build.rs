@@ -16,7 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     tonic_prost_build::configure()
         // A smaller encode buffer per stream: see src/codec.rs.
-        .codec_path("crate::codec::SmallBufferCodec")
+        .codec_path("crate::serve::codec::SmallBufferCodec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -14,9 +14,9 @@ use std::{
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use tenant_status::{
-    signer::{CONTEXT_CLAIM, Signer},
+    core::tenant::{ContextId, TenantState},
+    sim::signer::{CONTEXT_CLAIM, Signer},
     superoffice::{FetchOutcome, parse_state_response},
-    tenant::{ContextId, TenantState},
     token::{Verifier, VerifierSettings, load_keys},
     webhook::parse_notification,
 };

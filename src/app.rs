@@ -18,18 +18,18 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::T
 use tonic_health::ServingStatus;
 
 use crate::{
+    admin::metrics::Metrics,
     admin::{self, Readiness},
     config::Config,
-    grpc::{GrpcService, pb},
-    journal::Journal,
-    metrics::Metrics,
+    core::store::Store,
+    core::tenant::ContextId,
     persist,
-    poller::Poller,
-    store::Store,
+    persist::journal::Journal,
+    serve::grpc::{GrpcService, pb},
+    superoffice::poller::Poller,
+    superoffice::tracker::Tracker,
     superoffice::{SingleFlight, StateSource, SuperOfficeClient},
-    tenant::ContextId,
     token::{SeenTokens, Verifier},
-    tracker::Tracker,
     webhook::Webhook,
 };
 
@@ -423,8 +423,8 @@ fn restore(store: &Store, path: &std::path::Path) -> anyhow::Result<()> {
 /// (a kill -9 came before the next save), and opens the journal's next
 /// generation.
 fn replay_journal(store: &Store, path: &std::path::Path) -> anyhow::Result<Arc<Journal>> {
-    let (entries, torn) =
-        crate::journal::replay(path, |ctx| store.get(ctx)).with_context(|| {
+    let (entries, torn) = crate::persist::journal::replay(path, |ctx| store.get(ctx))
+        .with_context(|| {
             format!(
                 "--state-file: cannot read the journal beside {}",
                 path.display()

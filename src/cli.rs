@@ -8,9 +8,10 @@ use std::{ffi::OsString, process::ExitCode};
 use crate::{
     app::Application,
     config::{CliError, Command, parse_cli_from},
-    demo,
-    devcerts::DevCerts,
-    fake_superoffice, shutdown_signal, telemetry,
+    shutdown_signal, sim,
+    sim::demo,
+    sim::devcerts::DevCerts,
+    telemetry,
 };
 
 pub async fn run(args: Vec<OsString>) -> ExitCode {
@@ -44,7 +45,7 @@ pub async fn run(args: Vec<OsString>) -> ExitCode {
         Command::DevCerts(args) => DevCerts::generate().and_then(|c| c.write(&args.dir)),
         Command::Demo(args) => demo::run(args, shutdown_signal()).await,
         Command::FakeSuperoffice(args) => {
-            fake_superoffice::run_standalone(args, shutdown_signal()).await
+            sim::superoffice::run_standalone(args, shutdown_signal()).await
         }
     };
     match result {

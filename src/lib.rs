@@ -37,28 +37,17 @@
 pub mod admin;
 pub mod app;
 pub mod cli;
-pub mod codec;
 pub mod config;
-pub mod demo;
-pub mod devcerts;
-pub mod fake_superoffice;
-pub mod grpc;
-pub mod journal;
-pub mod metrics;
+pub mod core;
 pub mod persist;
-pub mod poller;
-pub mod ratelimit;
-pub mod signer;
-pub mod store;
+pub mod serve;
+pub mod sim;
 pub mod superoffice;
 pub mod telemetry;
-pub mod tenant;
 pub mod token;
-pub mod tracker;
-pub mod watch;
 pub mod webhook;
 
-pub use grpc::pb;
+pub use serve::grpc::pb;
 
 /// Completes on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {

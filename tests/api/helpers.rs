@@ -6,11 +6,11 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tenant_status::{
     app::Application,
     config::Config,
-    fake_superoffice::{FakeSuperOffice, TenantSpec},
+    core::store::Store,
+    core::tenant::ChangeType,
     pb::{self, WatchTenantResponse, tenant_status_service_client::TenantStatusServiceClient},
-    store::Store,
+    sim::superoffice::{FakeSuperOffice, TenantSpec},
     superoffice::StateSource,
-    tenant::ChangeType,
 };
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{Status, Streaming, transport::Channel};
@@ -62,7 +62,7 @@ pub async fn spawn_app_with(setup: impl FnOnce(&FakeSuperOffice, &mut Config)) -
 pub async fn spawn_app_tracking(ctx: &str, valid_for: Duration) -> TestApp {
     spawn_app_with(|fake, config| {
         fake.set(ctx, running(ctx, "sod2.superoffice.com", valid_for));
-        config.tenants = vec![tenant_status::tenant::ContextId::parse(ctx).unwrap()];
+        config.tenants = vec![tenant_status::core::tenant::ContextId::parse(ctx).unwrap()];
     })
     .await
 }

@@ -4,7 +4,7 @@
 
 use std::{net::IpAddr, time::Duration};
 
-use tenant_status::tenant::ChangeType;
+use tenant_status::core::tenant::ChangeType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::*;

@@ -1,9 +1,9 @@
 use std::time::{Duration, SystemTime};
 
 use tenant_status::{
+    core::store::PollResult,
+    core::tenant::{ContextId, Observation, TenantState as S},
     pb::{self, TenantState},
-    store::PollResult,
-    tenant::{ContextId, Observation, TenantState as S},
 };
 use tonic::Code;
 

@@ -6,11 +6,11 @@ use std::{collections::HashMap, path::PathBuf, process::Command, time::Duration}
 
 use tenant_status::{
     config::TlsFiles,
-    devcerts::DevCerts,
-    fake_superoffice::Failure,
-    grpc::BearerTokens,
+    core::tenant::{ChangeType, ContextId},
     pb::{self, tenant_status_service_client::TenantStatusServiceClient},
-    tenant::{ChangeType, ContextId},
+    serve::grpc::BearerTokens,
+    sim::devcerts::DevCerts,
+    sim::superoffice::Failure,
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
@@ -528,7 +528,7 @@ async fn start_binary(args: &[String]) -> (tokio::process::Child, String, String
 
 #[tokio::test]
 async fn every_acknowledged_notification_survives_a_kill_9() {
-    let (fake, _) = tenant_status::fake_superoffice::FakeSuperOffice::start()
+    let (fake, _) = tenant_status::sim::superoffice::FakeSuperOffice::start()
         .await
         .unwrap();
     let dir = temp_dir("kill9");
@@ -553,7 +553,7 @@ async fn every_acknowledged_notification_survives_a_kill_9() {
         let ctx = format!("Kill{n}");
         fake.set(
             &ctx,
-            tenant_status::fake_superoffice::TenantSpec::new(
+            tenant_status::sim::superoffice::TenantSpec::new(
                 "Suspended",
                 &ctx,
                 "sod2.superoffice.com",

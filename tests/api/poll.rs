@@ -8,10 +8,10 @@ use std::{
 };
 
 use tenant_status::{
-    fake_superoffice::{Failure, FakeSuperOffice},
+    core::tenant::ContextId,
     pb::{TenantState, WatchEventType as E},
+    sim::superoffice::{Failure, FakeSuperOffice},
     superoffice::SuperOfficeClient,
-    tenant::ContextId,
 };
 
 use crate::helpers::*;

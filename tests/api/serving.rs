@@ -3,9 +3,9 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use prost::Message;
 use tenant_status::{
+    core::store::PollResult,
+    core::tenant::{ContextId, Observation, TenantState},
     pb,
-    store::PollResult,
-    tenant::{ContextId, Observation, TenantState},
 };
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,

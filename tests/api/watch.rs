@@ -1,10 +1,10 @@
 use std::time::{Duration, SystemTime};
 
 use tenant_status::{
-    fake_superoffice::{Failure, TenantSpec},
+    core::store::PollResult,
+    core::tenant::{ContextId, Observation, TenantState as S},
     pb::{TenantState, WatchEventType as E},
-    store::PollResult,
-    tenant::{ContextId, Observation, TenantState as S},
+    sim::superoffice::{Failure, TenantSpec},
 };
 use tonic::Code;
 

@@ -8,10 +8,10 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{Value, json};
 use tenant_status::{
-    fake_superoffice::Failure,
+    core::tenant::ChangeType,
     pb,
-    signer::{Signer, unix_seconds},
-    tenant::ChangeType,
+    sim::signer::{Signer, unix_seconds},
+    sim::superoffice::Failure,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -49,7 +49,7 @@ async fn a_notification_reaches_a_watcher_at_once_and_a_poll_confirms_it() {
     // Acknowledged means stored.
     assert_eq!(
         app.store.get("Cust1").unwrap().state,
-        tenant_status::tenant::TenantState::Suspended
+        tenant_status::core::tenant::TenantState::Suspended
     );
     let ev = next_matching(&mut stream, "CHANGED", |ev| {
         kind(ev) == pb::WatchEventType::Changed
@@ -605,7 +605,7 @@ async fn resume_and_backup_restored_leave_the_state_to_the_poll() {
 async fn a_deleted_tenant_superoffice_forgets_is_removed_after_its_retention() {
     let app = spawn_app_with(|fake, config| {
         serve_running(fake, "Cust1");
-        config.tenants = vec![tenant_status::tenant::ContextId::parse("Cust1").unwrap()];
+        config.tenants = vec![tenant_status::core::tenant::ContextId::parse("Cust1").unwrap()];
         config.policy.deleted_retention = Duration::from_millis(500);
     })
     .await;

@@ -15,9 +15,9 @@ use std::{
 
 use anyhow::Context;
 use tenant_status::{
-    fake_superoffice::{FakeSuperOffice, TenantSpec},
+    core::tenant::ChangeType,
     pb::{self, tenant_status_service_client::TenantStatusServiceClient},
-    tenant::ChangeType,
+    sim::superoffice::{FakeSuperOffice, TenantSpec},
 };
 use tokio::sync::mpsc;
 use tonic::transport::Channel;

@@ -14,10 +14,10 @@ use std::{
 
 use anyhow::Context;
 use tenant_status::{
-    fake_superoffice::notification_body,
+    core::tenant::ChangeType,
     pb::{self, tenant_status_service_client::TenantStatusServiceClient},
-    signer::Signer,
-    tenant::ChangeType,
+    sim::signer::Signer,
+    sim::superoffice::notification_body,
 };
 
 use crate::common::{self, Latency, Proc, Row};

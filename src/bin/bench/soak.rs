@@ -20,10 +20,10 @@ use std::{
 
 use rand::Rng;
 use tenant_status::{
-    fake_superoffice::notification_body,
+    core::tenant::ChangeType,
     pb::{self, tenant_status_service_client::TenantStatusServiceClient},
-    signer::Signer,
-    tenant::ChangeType,
+    sim::signer::Signer,
+    sim::superoffice::notification_body,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;

@@ -4,9 +4,9 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use tenant_status::{
+    core::store::{PollResult, Store},
+    core::tenant::{ContextId, Observation, TenantState},
     persist,
-    store::{PollResult, Store},
-    tenant::{ContextId, Observation, TenantState},
 };
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 

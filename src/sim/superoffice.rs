@@ -25,7 +25,7 @@ use axum::{
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::{signer::Signer, tenant::ChangeType};
+use crate::{core::tenant::ChangeType, sim::signer::Signer};
 
 /// What the fake says about one tenant during one step of its script.
 #[derive(Debug, Clone, PartialEq)]

@@ -20,10 +20,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::{sync::CancellationToken, time::DelayQueue};
 
 use crate::{
-    metrics::Metrics,
-    store::{PollResult, Store},
+    admin::metrics::Metrics,
+    core::store::{PollResult, Store},
+    core::tenant::{ContextId, TenantState},
     superoffice::{FetchError, FetchOutcome, FetchResult, StateSource},
-    tenant::{ContextId, TenantState},
 };
 
 /// The longest the poller ever waits to poll or forget a tenant.
@@ -591,7 +591,7 @@ mod tests {
     }
 
     fn running_for(secs: u64) -> FetchResult {
-        Ok(FetchOutcome::Found(crate::tenant::Observation {
+        Ok(FetchOutcome::Found(crate::core::tenant::Observation {
             state: TenantState::Running,
             endpoint: "https://sod2.superoffice.com/Cust1".into(),
             api: String::new(),
@@ -677,7 +677,7 @@ mod tests {
         let now = SystemTime::now();
         store.apply_poll(
             &ctx,
-            PollResult::Observed(crate::tenant::Observation {
+            PollResult::Observed(crate::core::tenant::Observation {
                 state: TenantState::Running,
                 endpoint: "https://sod2.superoffice.com/Cust1".into(),
                 api: String::new(),
@@ -719,7 +719,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_deleted_tenant_is_forgotten_unless_it_came_back_meanwhile() {
         let deleted = || {
-            Ok(FetchOutcome::Found(crate::tenant::Observation {
+            Ok(FetchOutcome::Found(crate::core::tenant::Observation {
                 state: TenantState::Deleted,
                 endpoint: String::new(),
                 api: String::new(),
@@ -742,7 +742,7 @@ mod tests {
         // Cust2 comes back (as a lookup would record it).
         h.store.apply_poll(
             &two,
-            PollResult::Observed(crate::tenant::Observation {
+            PollResult::Observed(crate::core::tenant::Observation {
                 state: TenantState::Provisioning,
                 endpoint: String::new(),
                 api: String::new(),

@@ -1,6 +1,8 @@
 //! The admin listener (loopback by default, apart from the public webhook):
 //! `/metrics` for Prometheus, `/livez` and `/readyz` for probes.
 
+pub mod metrics;
+
 use std::sync::{
     Arc,
     atomic::{AtomicBool, Ordering},
@@ -15,7 +17,7 @@ use axum::{
 };
 use serde_json::json;
 
-use crate::{metrics::Metrics, store::Store};
+use crate::{admin::metrics::Metrics, core::store::Store};
 
 /// Whether the service should receive traffic: once listening and the
 /// first poll round of the configured tenants is done (or timed out), and
@@ -77,7 +79,11 @@ pub fn router(metrics: Arc<Metrics>, store: Arc<Store>, readiness: Arc<Readiness
 
 async fn scrape(State(s): State<AdminState>) -> Response {
     let body = s.metrics.render(&s.store);
-    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
+    (
+        [(header::CONTENT_TYPE, crate::admin::metrics::CONTENT_TYPE)],
+        body,
+    )
+        .into_response()
 }
 
 async fn ready(State(s): State<AdminState>) -> Response {

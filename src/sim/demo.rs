@@ -11,8 +11,8 @@ use tokio::time::Instant;
 use crate::{
     app::Application,
     config::{Config, DemoArgs},
-    fake_superoffice::{FakeSuperOffice, demo_script, demo_tenants},
-    tenant::{ChangeType, ContextId},
+    core::tenant::{ChangeType, ContextId},
+    sim::superoffice::{FakeSuperOffice, demo_script, demo_tenants},
 };
 
 /// How long the demo's simulated SuperOffice says each answer holds: short,

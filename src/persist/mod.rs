@@ -6,6 +6,8 @@
 //! The file format is this module's own (`SavedTenant`), versioned, so the
 //! in-memory types can change without breaking a file written before.
 
+pub mod journal;
+
 use std::{
     io::Write,
     path::{Path, PathBuf},
@@ -18,9 +20,11 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    journal::Journal,
-    store::Store,
-    tenant::{ChangeSource, ChangeType, ContextId, NotificationInfo, TenantRecord, TenantState},
+    core::store::Store,
+    core::tenant::{
+        ChangeSource, ChangeType, ContextId, NotificationInfo, TenantRecord, TenantState,
+    },
+    persist::journal::Journal,
 };
 
 const FORMAT_VERSION: u32 = 1;
@@ -292,8 +296,8 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::PollResult;
-    use crate::tenant::Observation;
+    use crate::core::store::PollResult;
+    use crate::core::tenant::Observation;
 
     fn dir() -> PathBuf {
         let d = std::env::temp_dir().join(format!(

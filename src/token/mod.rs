@@ -27,7 +27,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde::Deserialize;
 use url::Url;
 
-use crate::signer::unix_seconds;
+use crate::sim::signer::unix_seconds;
 
 /// Tokens longer than this are refused unread. SuperOffice's are about a
 /// kilobyte.
@@ -537,7 +537,7 @@ impl SeenTokens {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::signer::{CONTEXT_CLAIM, Signer};
+    use crate::sim::signer::{CONTEXT_CLAIM, Signer};
     use serde_json::json;
 
     const ISSUER: &str = "https://sod.superoffice.com";

@@ -7,6 +7,8 @@
 //! is in the store. Every refusal is a JSON body naming the reason, is
 //! logged once and counted, and never contains the token.
 
+pub mod ratelimit;
+
 use std::{
     net::SocketAddr,
     sync::Arc,
@@ -24,14 +26,14 @@ use axum::{
 use serde::Deserialize;
 
 use crate::{
-    journal::Journal,
-    metrics::Metrics,
-    poller::PollerHandle,
-    ratelimit::{Limited, RateLimiter},
-    signer::unix_seconds,
-    store::Store,
-    tenant::{ChangeType, ContextId, NotificationInfo},
+    admin::metrics::Metrics,
+    core::store::Store,
+    core::tenant::{ChangeType, ContextId, NotificationInfo},
+    persist::journal::Journal,
+    sim::signer::unix_seconds,
+    superoffice::poller::PollerHandle,
     token::{Seen, SeenTokens, TokenError, Verifier},
+    webhook::ratelimit::{Limited, RateLimiter},
 };
 
 /// The largest notification body read unless `--webhook-max-body` says

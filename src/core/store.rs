@@ -33,7 +33,7 @@ use dashmap::DashMap;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::tenant::{
+use crate::core::tenant::{
     ChangeSource, ChangeType, ContextId, NotificationInfo, Observation, TenantRecord, TenantState,
     moved_url,
 };

@@ -16,8 +16,8 @@ use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::{
-    store::{Slot, Store, Watcher},
-    tenant::{ContextId, TenantRecord},
+    core::store::{Slot, Store, Watcher},
+    core::tenant::{ContextId, TenantRecord},
 };
 
 /// One event of a watch stream.
@@ -185,8 +185,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        store::PollResult,
-        tenant::{Observation, TenantState},
+        core::store::PollResult,
+        core::tenant::{Observation, TenantState},
     };
 
     fn ctx(s: &str) -> ContextId {

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use tokio::sync::OnceCell;
 use url::Url;
 
-use crate::tenant::{ContextId, Observation, TenantState};
+use crate::core::tenant::{ContextId, Observation, TenantState};
 
 /// The largest state API response read; SuperOffice's are a few hundred
 /// bytes, so anything near this is not a state response.

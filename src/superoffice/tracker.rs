@@ -4,10 +4,10 @@
 use std::{sync::Arc, time::SystemTime};
 
 use crate::{
-    poller::PollerHandle,
-    store::{PollResult, Store},
+    core::store::{PollResult, Store},
+    core::tenant::{ContextId, TenantRecord},
+    superoffice::poller::PollerHandle,
     superoffice::{FetchOutcome, StateSource},
-    tenant::{ContextId, TenantRecord},
 };
 
 /// Why a lookup has no record to give.

@@ -11,10 +11,10 @@ use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    metrics::Metrics,
-    tenant::{ChangeSource, ChangeType, ContextId, TenantRecord, TenantState},
-    tracker::{LookupError, Tracker},
-    watch::{WatchEvent, watch},
+    admin::metrics::Metrics,
+    core::tenant::{ChangeSource, ChangeType, ContextId, TenantRecord, TenantState},
+    core::watch::{WatchEvent, watch},
+    superoffice::tracker::{LookupError, Tracker},
 };
 
 /// The generated protobuf types, client and server.

@@ -12,10 +12,10 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use url::Url;
 
 use crate::{
-    grpc::BearerTokens,
-    poller::PollPolicy,
+    core::tenant::ContextId,
+    serve::grpc::BearerTokens,
     superoffice::environment_base_url,
-    tenant::ContextId,
+    superoffice::poller::PollPolicy,
     token::{JWKS_REFETCH_INTERVAL, VerifierSettings, load_keys},
 };
 

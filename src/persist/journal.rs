@@ -25,7 +25,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::tenant::{ChangeType, ContextId, NotificationInfo, TenantRecord};
+use crate::core::tenant::{ChangeType, ContextId, NotificationInfo, TenantRecord};
 
 /// One accepted notification, as written: a JSON line.
 #[derive(Serialize, Deserialize)]
@@ -273,7 +273,7 @@ fn create(path: &Path) -> std::io::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tenant::TenantState;
+    use crate::core::tenant::TenantState;
 
     fn dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("ts-journal-{}-{name}", std::process::id()));
@@ -348,7 +348,7 @@ mod tests {
         // The state file holds Cust1's notification, and Cust2's first
         // (then a poll observed it Running).
         let record = |name: &str, notified_ms: u64| {
-            let mut r = crate::store::Store::blank(&ctx(name), SystemTime::now());
+            let mut r = crate::core::store::Store::blank(&ctx(name), SystemTime::now());
             r.state = TenantState::Running;
             r.last_notification = Some(info(ChangeType::Suspend, notified_ms));
             Arc::new(r)

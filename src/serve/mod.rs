@@ -1,0 +1,4 @@
+//! The gRPC side: the service and its protobuf mapping, and the codec.
+
+pub mod codec;
+pub mod grpc;

@@ -1,0 +1,9 @@
+//! The simulated SuperOffice: its state API, JWKS and signed notifications,
+//! the signer standing in for SuperOffice's certificate, throwaway TLS
+//! certificates, and the demo. It ships in the binary (the demo needs it),
+//! but nothing in the product's modules imports it.
+
+pub mod demo;
+pub mod devcerts;
+pub mod signer;
+pub mod superoffice;

@@ -1,0 +1,9 @@
+//! SuperOffice's state API: the client and its response parser, the
+//! single-flight wrapper, the poller that keeps every tracked tenant fresh,
+//! and the tracker that fetches a tenant on first use.
+
+mod client;
+pub mod poller;
+pub mod tracker;
+
+pub use client::*;
