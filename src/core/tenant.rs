@@ -267,6 +267,26 @@ pub struct TenantRecord {
 }
 
 impl TenantRecord {
+    /// A tenant just tracked, of which nothing is known yet: UNKNOWN, no
+    /// addresses, not yet given a revision.
+    pub fn unknown(ctx: &ContextId, now: SystemTime) -> Self {
+        Self {
+            context_identifier: ctx.clone(),
+            state: TenantState::Unknown,
+            endpoint: String::new(),
+            api: String::new(),
+            version: String::new(),
+            valid_until: None,
+            observed_at: now,
+            revision: 0,
+            changed_at: now,
+            source: ChangeSource::Poll,
+            last_notification: None,
+            stale: false,
+            last_error: String::new(),
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         self.state.is_running()
     }

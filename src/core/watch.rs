@@ -16,8 +16,11 @@ use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::{
-    core::store::{Slot, Store, Watcher},
     core::tenant::{ContextId, TenantRecord},
+    core::{
+        fanout::{Slot, Watcher},
+        store::Store,
+    },
 };
 
 /// One event of a watch stream.

@@ -348,7 +348,7 @@ mod tests {
         // The state file holds Cust1's notification, and Cust2's first
         // (then a poll observed it Running).
         let record = |name: &str, notified_ms: u64| {
-            let mut r = crate::core::store::Store::blank(&ctx(name), SystemTime::now());
+            let mut r = crate::core::tenant::TenantRecord::unknown(&ctx(name), SystemTime::now());
             r.state = TenantState::Running;
             r.last_notification = Some(info(ChangeType::Suspend, notified_ms));
             Arc::new(r)

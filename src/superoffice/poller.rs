@@ -423,13 +423,12 @@ impl Poller {
             Ok(FetchOutcome::NotFound) => {
                 e.failures += 1;
                 let failures = e.failures;
-                self.store
-                    .apply_poll_asked_at(&ctx, PollResult::NotFound, asked_at, now);
-                if self
+                let deleted = self
                     .store
-                    .get(&ctx)
-                    .is_some_and(|r| r.state == TenantState::Deleted)
-                {
+                    .apply_poll_asked_at(&ctx, PollResult::NotFound, asked_at, now)
+                    .record()
+                    .is_some_and(|r| r.state == TenantState::Deleted);
+                if deleted {
                     // Deleted, and SuperOffice has forgotten it too.
                     self.after_answer(&ctx, None, now, settling)
                 } else {

@@ -63,14 +63,12 @@ impl Tracker {
                     SystemTime::now(),
                 );
                 self.poller.observed(ctx.clone(), valid_until);
-                match applied {
-                    Some(a) => Ok(a.record),
-                    // A notification arrived while we asked: it is newer.
-                    None => self
-                        .store
-                        .get(ctx)
-                        .ok_or_else(|| LookupError::NotFound(ctx.clone())),
-                }
+                // Taken, or a notification that arrived while we asked and
+                // stands: either way, the record the store now holds.
+                applied
+                    .record()
+                    .cloned()
+                    .ok_or_else(|| LookupError::NotFound(ctx.clone()))
             }
             Ok(FetchOutcome::NotFound) => Err(LookupError::NotFound(ctx.clone())),
             Err(e) => Err(LookupError::Unavailable(ctx.clone(), e.to_string())),
