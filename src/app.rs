@@ -14,8 +14,6 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
-use tonic_health::ServingStatus;
 
 use crate::{
     admin::metrics::Metrics,
@@ -25,16 +23,13 @@ use crate::{
     core::tenant::ContextId,
     persist,
     persist::journal::Journal,
-    serve::grpc::{GrpcService, pb},
+    serve::server::{Health, grpc_server},
     superoffice::poller::Poller,
     superoffice::tracker::Tracker,
     superoffice::{SingleFlight, StateSource, SuperOfficeClient},
     token::{SeenTokens, Verifier},
     webhook::Webhook,
 };
-
-/// The gRPC service name health reports on (besides "" for the server).
-pub const SERVICE_NAME: &str = "tenantstatus.v1.TenantStatusService";
 
 /// A built service: listeners bound, state restored, not yet serving.
 pub struct Application {
@@ -183,149 +178,69 @@ impl Application {
             verifier,
             store,
             tracker,
-            mut poller,
+            poller,
             metrics,
             journal,
         } = self;
         tokio::spawn(async move { verifier.prefetch().await });
-
-        // Readiness waits for the first poll of each configured tenant the
-        // state file did not already give us (everything in the store now
-        // was restored).
         let readiness = Arc::new(Readiness::default());
-        let restored: Vec<ContextId> = store
-            .snapshot()
-            .iter()
-            .map(|r| r.context_identifier.clone())
-            .collect();
-        let awaited: Vec<ContextId> = config
-            .tenants
-            .iter()
-            .filter(|t| !store.contains(t))
-            .cloned()
-            .collect();
-        let mut first_round = poller.first_round(awaited.iter().cloned());
-        let stop_poller = CancellationToken::new();
-        let poller_task = tokio::spawn(poller.run(stop_poller.clone()));
-        for t in &restored {
-            tracker
-                .poller()
-                .track_within(t.clone(), config.restore_spread);
-        }
-        for t in &awaited {
-            tracker.poller().track(t.clone());
-        }
-        {
-            let readiness = Arc::clone(&readiness);
-            let timeout = config.ready_timeout;
-            tokio::spawn(async move {
-                let done = tokio::time::timeout(timeout, first_round.wait_for(|d| *d)).await;
-                if done.is_err() {
-                    tracing::warn!(?timeout, "first poll round not done in time; ready anyway");
-                }
-                readiness.first_round_done();
-            });
-        }
-
-        let stop_persist = CancellationToken::new();
-        let persist_task = config.state_file.clone().map(|path| {
-            tokio::spawn(persist::run(
-                Arc::clone(&store),
-                path,
-                journal,
-                config.state_file_interval,
-                stop_persist.clone(),
-            ))
-        });
-
-        let stop_admin = CancellationToken::new();
-        let admin_task = tokio::spawn(
-            axum::serve(
-                admin_listener,
-                admin::router(
-                    Arc::clone(&metrics),
+        let restored = store.len();
+        let polling = spawn_polling(&config, &store, &tracker, poller, &readiness);
+        let persisting = config.state_file.clone().map(|path| {
+            Background::spawn(|stop| {
+                persist::run(
                     Arc::clone(&store),
-                    Arc::clone(&readiness),
-                ),
-            )
-            .with_graceful_shutdown(stop_admin.clone().cancelled_owned())
-            .into_future(),
-        );
+                    path,
+                    journal,
+                    config.state_file_interval,
+                    stop,
+                )
+            })
+        });
+        let admin = {
+            let router = admin::router(
+                Arc::clone(&metrics),
+                Arc::clone(&store),
+                Arc::clone(&readiness),
+            );
+            Background::spawn(|stop| async move {
+                let _ = axum::serve(admin_listener, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+            })
+        };
 
-        let (health, health_service) = tonic_health::server::health_reporter();
-        // v1 for current tools, v1alpha for grpcurl 1.8.6 and its age.
-        let reflection_v1 = reflection().build_v1().context("building reflection v1")?;
-        let reflection_v1alpha = reflection()
-            .build_v1alpha()
-            .context("building reflection v1alpha")?;
-
+        // The drain starts here: not ready, NOT_SERVING, watch streams end,
+        // and both public listeners stop accepting.
+        let health = Health::default();
         let draining = CancellationToken::new();
         let signal = {
-            let draining = draining.clone();
-            let health = health.clone();
-            let store = Arc::clone(&store);
-            let readiness = Arc::clone(&readiness);
+            let (draining, health, store, readiness) = (
+                draining.clone(),
+                health.clone(),
+                Arc::clone(&store),
+                Arc::clone(&readiness),
+            );
             async move {
                 shutdown.await;
                 tracing::info!(
                     "shutting down: not ready, health NOT_SERVING, ending watch streams"
                 );
                 readiness.draining();
-                health
-                    .set_service_status("", ServingStatus::NotServing)
-                    .await;
-                health
-                    .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-                    .await;
+                health.set(false).await;
                 store.close();
                 draining.cancel();
             }
         };
-
-        let mut builder = Server::builder();
-        if let Some(tls) = &config.tls {
-            let mut tls_config =
-                ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
-            if let Some(ca) = &tls.client_ca_pem {
-                tls_config = tls_config.client_ca_root(Certificate::from_pem(ca));
-            }
-            builder = builder
-                .tls_config(tls_config)
-                .context("--tls-cert: the certificate and key cannot serve TLS")?;
-        }
-        let server = builder
-            .accept_http1(true)
-            .layer(tonic_web::GrpcWebLayer::new())
-            .http2_keepalive_interval(Some(config.http2_keepalive_interval))
-            .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
-            .max_concurrent_streams(Some(config.max_concurrent_streams))
-            .http2_max_header_list_size(Some(config.grpc_max_header_size))
-            .tcp_nodelay(true)
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(
-                GrpcService::new(
-                    Arc::clone(&tracker),
-                    config.heartbeat_interval,
-                    Arc::clone(&metrics),
-                    config.access.clone(),
-                )
-                .with_limits(config.max_watchers, config.grpc_max_request_size)
-                .into_server(),
-            )
-            // Our own listener (bound in build), so the builder's
-            // tcp_nodelay does not reach it: set it here, or small stream
-            // messages wait on Nagle and delayed ACKs (40 ms tails).
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
-                signal,
-            );
-
-        health.set_service_status("", ServingStatus::Serving).await;
-        health
-            .set_service_status(SERVICE_NAME, ServingStatus::Serving)
-            .await;
+        let grpc = grpc_server(
+            &config,
+            Arc::clone(&tracker),
+            &health,
+            Arc::clone(&metrics),
+            grpc_listener,
+            signal,
+        )?;
+        health.set(true).await;
         tracing::info!(
             %grpc_addr,
             tls = config.tls.is_some(),
@@ -334,10 +249,9 @@ impl Application {
             %admin_addr,
             state_api = %config.state_api_base_url,
             tenants = config.tenants.len(),
-            restored = restored.len(),
+            restored,
             "tenant-status is serving gRPC"
         );
-
         // The webhook stops accepting when draining starts and finishes the
         // requests in flight: an acknowledged notification is applied.
         let webhook_server = crate::webhook::serve(
@@ -358,15 +272,12 @@ impl Application {
             certificate_keys = config.webhook.verifier.keys.len(),
             "serving the state-change webhook"
         );
-        let both = async move {
-            let (grpc, ()) = tokio::join!(server, webhook_server);
-            grpc.context("the gRPC server failed")?;
-            anyhow::Ok(())
-        };
-
-        let mut server = tokio::spawn(both);
+        let mut serving = tokio::spawn(async move {
+            let (grpc, ()) = tokio::join!(grpc, webhook_server);
+            grpc.context("the gRPC server failed")
+        });
         let result = tokio::select! {
-            r = &mut server => r.context("the server task failed")?,
+            r = &mut serving => r.context("the server task failed")?,
             _ = async {
                 draining.cancelled().await;
                 tokio::time::sleep(config.shutdown_timeout).await;
@@ -375,22 +286,86 @@ impl Application {
                     timeout = ?config.shutdown_timeout,
                     "connections still open at the shutdown deadline; closing them"
                 );
-                server.abort();
+                serving.abort();
                 Ok(())
             }
         };
-        stop_poller.cancel();
-        let _ = poller_task.await;
-        // Last: everything acknowledged is in the store; save it.
-        stop_persist.cancel();
-        if let Some(t) = persist_task {
-            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+        // Then, in order: the poller; the state file, last, so it holds
+        // everything acknowledged; the admin listener, so probes saw the
+        // drain.
+        polling.stop().await;
+        if let Some(p) = persisting {
+            let _ = tokio::time::timeout(Duration::from_secs(30), p.stop()).await;
         }
-        stop_admin.cancel();
-        let _ = admin_task.await;
+        admin.stop().await;
         tracing::info!("tenant-status stopped");
         result
     }
+}
+
+/// A task that runs until told to stop.
+struct Background {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Background {
+    fn spawn<F>(f: impl FnOnce(CancellationToken) -> F) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(f(stop.clone()));
+        Self { stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Starts the poller: the configured tenants the state file did not give
+/// us are polled at once, and readiness waits for that first round (or
+/// `--ready-timeout`); restored tenants are re-polled over
+/// `--restore-spread`.
+fn spawn_polling(
+    config: &Config,
+    store: &Store,
+    tracker: &Tracker,
+    mut poller: Poller,
+    readiness: &Arc<Readiness>,
+) -> Background {
+    // Everything in the store now was restored from the state file.
+    let restored: Vec<ContextId> = store
+        .snapshot()
+        .iter()
+        .map(|r| r.context_identifier.clone())
+        .collect();
+    let awaited: Vec<ContextId> = config
+        .tenants
+        .iter()
+        .filter(|t| !store.contains(t))
+        .cloned()
+        .collect();
+    let mut first_round = poller.first_round(awaited.iter().cloned());
+    let task = Background::spawn(|stop| poller.run(stop));
+    for t in restored {
+        tracker.poller().track_within(t, config.restore_spread);
+    }
+    for t in awaited {
+        tracker.poller().track(t);
+    }
+    let readiness = Arc::clone(readiness);
+    let timeout = config.ready_timeout;
+    tokio::spawn(async move {
+        let done = tokio::time::timeout(timeout, first_round.wait_for(|d| *d)).await;
+        if done.is_err() {
+            tracing::warn!(?timeout, "first poll round not done in time; ready anyway");
+        }
+        readiness.first_round_done();
+    });
+    task
 }
 
 /// Puts the state file's records back into `store`; returns their tenants.
@@ -449,11 +424,4 @@ fn replay_journal(store: &Store, path: &std::path::Path) -> anyhow::Result<Arc<J
         )
     })?;
     Ok(Arc::new(journal))
-}
-
-/// Reflection over our proto and grpc.health.v1.
-fn reflection() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }

@@ -1,6 +1,7 @@
 //! The core: tenants, their records, the store and watch streams. No I/O,
 //! no protocol: nothing here imports tonic, prost, axum, hyper or reqwest.
 
+pub mod backend;
 pub mod fanout;
 pub mod store;
 pub mod tenant;

@@ -12,9 +12,9 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     admin::metrics::Metrics,
+    core::backend::{LookupError, Tenants},
     core::tenant::{ChangeSource, ChangeType, ContextId, TenantRecord, TenantState},
-    core::watch::{WatchEvent, watch},
-    superoffice::tracker::{LookupError, Tracker},
+    core::watch::WatchEvent,
 };
 
 /// The generated protobuf types, client and server.
@@ -41,9 +41,10 @@ pub const DEFAULT_MAX_REQUEST_SIZE: usize = 256 * 1024;
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 pub const MAX_PAGE_SIZE: usize = 1000;
 
-/// Implements `tenantstatus.v1.TenantStatusService`.
-pub struct GrpcService {
-    tracker: Arc<Tracker>,
+/// Implements `tenantstatus.v1.TenantStatusService` over any backend of
+/// tenant records.
+pub struct GrpcService<B> {
+    tenants: Arc<B>,
     heartbeat: Duration,
     metrics: Arc<Metrics>,
     access: Option<Arc<BearerTokens>>,
@@ -101,15 +102,15 @@ impl BearerTokens {
     }
 }
 
-impl GrpcService {
+impl<B: Tenants> GrpcService<B> {
     pub fn new(
-        tracker: Arc<Tracker>,
+        tenants: Arc<B>,
         heartbeat: Duration,
         metrics: Arc<Metrics>,
         access: Option<Arc<BearerTokens>>,
     ) -> Self {
         Self {
-            tracker,
+            tenants,
             heartbeat,
             metrics,
             access,
@@ -197,7 +198,7 @@ fn lookup_status(e: LookupError) -> Status {
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchTenantResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl TenantStatusService for GrpcService {
+impl<B: Tenants> TenantStatusService for GrpcService<B> {
     async fn get_tenant_state(
         &self,
         request: Request<pb::GetTenantStateRequest>,
@@ -227,7 +228,7 @@ impl TenantStatusService for GrpcService {
     }
 }
 
-impl GrpcService {
+impl<B: Tenants> GrpcService<B> {
     #[tracing::instrument(name = "GetTenantState", skip_all, fields(tenant = tracing::field::Empty))]
     async fn get(
         &self,
@@ -236,11 +237,7 @@ impl GrpcService {
         let ctx = parse_ctx("context_identifier", &request.get_ref().context_identifier)?;
         // Recorded only once valid: raw input never reaches a log line.
         tracing::Span::current().record("tenant", ctx.as_str());
-        let record = self
-            .tracker
-            .get_or_fetch(&ctx)
-            .await
-            .map_err(lookup_status)?;
+        let record = self.tenants.lookup(&ctx).await.map_err(lookup_status)?;
         Ok(Response::new(pb::GetTenantStateResponse {
             tenant: Some(tenant_to_pb(&record)),
         }))
@@ -274,18 +271,13 @@ impl GrpcService {
                     self.max_watchers
                 ))
             })?;
-        let store = self.tracker.store();
-        let untracked: Vec<_> = names.iter().filter(|n| !store.contains(n)).collect();
-        let fetched = futures_util::future::join_all(
-            untracked.iter().map(|n| self.tracker.track_for_watch(n)),
-        )
-        .await;
-        if let Some(e) = fetched.into_iter().find_map(Result::err) {
-            return Err(lookup_status(e));
-        }
+        self.tenants
+            .track_for_watch(&names)
+            .await
+            .map_err(lookup_status)?;
         let open = self.metrics.stream_opened();
         let metrics = Arc::clone(&self.metrics);
-        let stream = watch(Arc::clone(store), names, req.since_revision, self.heartbeat).map(
+        let stream = self.tenants.watch(names, req.since_revision, self.heartbeat).map(
             move |event| {
                 // Counted open, and holding its permit, for as long as the
                 // stream lives.
@@ -330,17 +322,15 @@ impl GrpcService {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let store = self.tracker.store();
-        let revision = store.revision();
-        let (page, more) = store.list(&req.page_token, &states, page_size);
-        let next_page_token = match (more, page.last()) {
+        let page = self.tenants.list(&req.page_token, &states, page_size);
+        let next_page_token = match (page.more, page.tenants.last()) {
             (true, Some(last)) => last.context_identifier.to_string(),
             _ => String::new(),
         };
         Ok(Response::new(pb::ListTenantsResponse {
-            tenants: page.iter().map(|r| tenant_to_pb(r)).collect(),
+            tenants: page.tenants.iter().map(|r| tenant_to_pb(r)).collect(),
             next_page_token,
-            revision,
+            revision: page.revision,
         }))
     }
 }

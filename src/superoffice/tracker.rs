@@ -1,23 +1,21 @@
 //! Lookups: answer from the store, or fetch an untracked tenant once and
 //! track it from then on.
 
-use std::{sync::Arc, time::SystemTime};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use futures_util::Stream;
 
 use crate::{
+    core::backend::{LookupError, Page, Tenants},
     core::store::{PollResult, Store},
-    core::tenant::{ContextId, TenantRecord},
+    core::tenant::{ContextId, TenantRecord, TenantState},
+    core::watch::{WatchEvent, watch},
     superoffice::poller::PollerHandle,
     superoffice::{FetchOutcome, StateSource},
 };
-
-/// Why a lookup has no record to give.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LookupError {
-    #[error("SuperOffice does not know tenant {0}")]
-    NotFound(ContextId),
-    #[error("tenant {0} is not tracked yet and SuperOffice could not be asked: {1}")]
-    Unavailable(ContextId, String),
-}
 
 /// The store, the (single-flight) state source and the poller, together.
 pub struct Tracker {
@@ -77,7 +75,7 @@ impl Tracker {
 
     /// For a watcher: like `get_or_fetch`, but a tenant SuperOffice does not
     /// know is tracked as UNKNOWN so the watcher sees it when it appears.
-    pub async fn track_for_watch(&self, ctx: &ContextId) -> Result<(), LookupError> {
+    pub async fn track_one_for_watch(&self, ctx: &ContextId) -> Result<(), LookupError> {
         match self.get_or_fetch(ctx).await {
             Ok(_) => Ok(()),
             Err(LookupError::NotFound(_)) => {
@@ -89,6 +87,39 @@ impl Tracker {
                 Ok(())
             }
             Err(e) => Err(e),
+        }
+    }
+}
+
+/// The in-memory backend: the store, fed by the poller and the tracker.
+impl Tenants for Tracker {
+    async fn lookup(&self, ctx: &ContextId) -> Result<Arc<TenantRecord>, LookupError> {
+        self.get_or_fetch(ctx).await
+    }
+
+    async fn track_for_watch(&self, names: &[ContextId]) -> Result<(), LookupError> {
+        let untracked = names.iter().filter(|n| !self.store.contains(n));
+        let fetched =
+            futures_util::future::join_all(untracked.map(|n| self.track_one_for_watch(n))).await;
+        fetched.into_iter().collect()
+    }
+
+    fn watch(
+        &self,
+        names: Vec<ContextId>,
+        since: u64,
+        heartbeat: Duration,
+    ) -> impl Stream<Item = WatchEvent> + Send + 'static {
+        watch(Arc::clone(&self.store), names, since, heartbeat)
+    }
+
+    fn list(&self, after: &str, states: &[TenantState], page_size: usize) -> Page {
+        let revision = self.store.revision();
+        let (tenants, more) = self.store.list(after, states, page_size);
+        Page {
+            tenants,
+            more,
+            revision,
         }
     }
 }

@@ -1,0 +1,64 @@
+//! What the serving layers need of a store of tenant records: look one up
+//! (tracking it on first use), watch some or all, list a page. The gRPC
+//! service depends on this trait, not on a store's type, so another
+//! backend (a replicated one) plugs in without touching it.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use futures_util::Stream;
+
+use crate::core::{
+    tenant::{ContextId, TenantRecord, TenantState},
+    watch::WatchEvent,
+};
+
+/// Why a lookup has no record to give.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    #[error("SuperOffice does not know tenant {0}")]
+    NotFound(ContextId),
+    #[error("tenant {0} is not tracked yet and SuperOffice could not be asked: {1}")]
+    Unavailable(ContextId, String),
+}
+
+/// A page of tenants ordered by identifier.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub tenants: Vec<Arc<TenantRecord>>,
+    /// Whether more tenants follow the last one.
+    pub more: bool,
+    /// The store revision when the page was read.
+    pub revision: u64,
+}
+
+/// A store of tenant records as the serving layers see it.
+pub trait Tenants: Send + Sync + 'static {
+    /// The tenant's record: from memory if tracked, else fetched once and
+    /// tracked from then on. A tenant SuperOffice does not know is not
+    /// tracked.
+    fn lookup(
+        &self,
+        ctx: &ContextId,
+    ) -> impl Future<Output = Result<Arc<TenantRecord>, LookupError>> + Send;
+
+    /// Makes sure every tenant in `names` is tracked, for a watcher: one
+    /// SuperOffice does not know is tracked as UNKNOWN, so the watcher sees
+    /// it when it appears.
+    fn track_for_watch(
+        &self,
+        names: &[ContextId],
+    ) -> impl Future<Output = Result<(), LookupError>> + Send;
+
+    /// A watch of `names` (every tenant when empty) after `since`: see
+    /// `core::watch`.
+    fn watch(
+        &self,
+        names: Vec<ContextId>,
+        since: u64,
+        heartbeat: Duration,
+    ) -> impl Stream<Item = WatchEvent> + Send + 'static;
+
+    /// A page of tenants after `after` (by identifier), in `states` (all
+    /// when empty).
+    fn list(&self, after: &str, states: &[TenantState], page_size: usize) -> Page;
+}

@@ -1,0 +1,108 @@
+//! The gRPC listener's server: TLS (and mTLS), HTTP/1.1 for gRPC-Web,
+//! keepalive and limits, and its services: grpc.health.v1, reflection v1
+//! and v1alpha, and ours.
+
+use std::{future::Future, sync::Arc};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
+use tonic_health::{
+    ServingStatus,
+    pb::health_server::HealthServer,
+    server::{HealthReporter, HealthService},
+};
+
+use crate::{
+    admin::metrics::Metrics,
+    config::Config,
+    core::backend::Tenants,
+    serve::grpc::{GrpcService, pb},
+};
+
+/// The gRPC service name health reports on (besides "" for the server).
+pub const SERVICE_NAME: &str = "tenantstatus.v1.TenantStatusService";
+
+/// Health as grpc.health.v1 reports it, for the server ("") and our
+/// service (unknown until first set).
+#[derive(Clone, Default)]
+pub struct Health(HealthReporter);
+
+impl Health {
+    fn service(&self) -> HealthServer<HealthService> {
+        HealthServer::new(HealthService::from_health_reporter(self.0.clone()))
+    }
+
+    pub async fn set(&self, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.0.set_service_status("", status).await;
+        self.0.set_service_status(SERVICE_NAME, status).await;
+    }
+}
+
+/// Builds the server on `listener`, serving `tenants` and `health` until
+/// `shutdown` completes; returns the future that serves.
+pub fn grpc_server<T: Tenants, S: Future<Output = ()> + Send + 'static>(
+    config: &Config,
+    tenants: Arc<T>,
+    health: &Health,
+    metrics: Arc<Metrics>,
+    listener: TcpListener,
+    shutdown: S,
+) -> anyhow::Result<impl Future<Output = Result<(), tonic::transport::Error>> + use<T, S>> {
+    // v1 for current tools, v1alpha for grpcurl 1.8.6 and its age.
+    let reflection_v1 = reflection().build_v1().context("building reflection v1")?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .context("building reflection v1alpha")?;
+    let mut builder = Server::builder();
+    if let Some(tls) = &config.tls {
+        let mut tls_config =
+            ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+        if let Some(ca) = &tls.client_ca_pem {
+            tls_config = tls_config.client_ca_root(Certificate::from_pem(ca));
+        }
+        builder = builder
+            .tls_config(tls_config)
+            .context("--tls-cert: the certificate and key cannot serve TLS")?;
+    }
+    let service = GrpcService::new(
+        tenants,
+        config.heartbeat_interval,
+        metrics,
+        config.access.clone(),
+    )
+    .with_limits(config.max_watchers, config.grpc_max_request_size)
+    .into_server();
+    let server = builder
+        .accept_http1(true)
+        .layer(tonic_web::GrpcWebLayer::new())
+        .http2_keepalive_interval(Some(config.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
+        .max_concurrent_streams(Some(config.max_concurrent_streams))
+        .http2_max_header_list_size(Some(config.grpc_max_header_size))
+        .tcp_nodelay(true)
+        .add_service(health.service())
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(service)
+        // Our own listener (bound in build), so the builder's tcp_nodelay
+        // does not reach it: set it here, or small stream messages wait on
+        // Nagle and delayed ACKs (40 ms tails).
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        );
+    Ok(server)
+}
+
+/// Reflection over our proto and grpc.health.v1.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
