@@ -15,8 +15,9 @@ use std::{
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use tenant_status::{
     core::tenant::{ContextId, TenantState},
-    sim::signer::{CONTEXT_CLAIM, Signer},
+    sim::signer::Signer,
     superoffice::{FetchOutcome, parse_state_response},
+    token::CONTEXT_CLAIM,
     token::{Verifier, VerifierSettings, load_keys},
     webhook::parse_notification,
 };

@@ -8,6 +8,7 @@ use std::{
 };
 
 use futures_util::{Stream, StreamExt};
+use subtle::{Choice, ConstantTimeEq};
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -89,16 +90,15 @@ impl BearerTokens {
     }
 
     /// Whether `presented` is one of the tokens, compared in time that does
-    /// not depend on where they differ.
+    /// not depend on where they differ (subtle's constant-time equality),
+    /// and against every token whichever matches.
     pub fn accepts(&self, presented: &[u8]) -> bool {
-        self.0.iter().fold(false, |found, t| {
-            let same = t.len() == presented.len()
-                && t.iter()
-                    .zip(presented)
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0;
-            found | same
-        })
+        self.0
+            .iter()
+            .fold(Choice::from(0), |found, t| {
+                found | t.as_slice().ct_eq(presented)
+            })
+            .into()
     }
 }
 

@@ -18,8 +18,7 @@ use jsonwebtoken::{
 };
 use serde_json::json;
 
-/// The claim in which SuperOffice's tokens name the tenant.
-pub const CONTEXT_CLAIM: &str = "http://schemes.superoffice.net/identity/ctx";
+use crate::token::{CONTEXT_CLAIM, unix_seconds};
 
 /// An RSA-2048 key with its certificate, signing RS256 tokens for one issuer.
 #[derive(Clone)]
@@ -156,10 +155,4 @@ impl Signer {
     pub fn notification_token(&self, ctx: &str, lifetime: Duration) -> String {
         self.sign(&self.notification_claims(ctx, lifetime))
     }
-}
-
-pub fn unix_seconds(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
 }

@@ -1,15 +1,12 @@
-//! SuperOffice's state API: the client, the response parser, and the
-//! single-flight wrapper that lets concurrent askers share one request.
+//! SuperOffice's state API: the client and the response parser.
 
 use std::{
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use dashmap::DashMap;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
-use tokio::sync::OnceCell;
 use url::Url;
 
 use crate::core::tenant::{ContextId, Observation, TenantState};
@@ -215,7 +212,7 @@ fn parse_retry_after(v: &str) -> Option<Duration> {
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
     }
-    let when = httpdate_parse(v)?;
+    let when = httpdate::parse_http_date(v).ok()?;
     // A date is capped like a number of seconds: a server's far-future date
     // must not stop polling for years.
     Some(
@@ -223,28 +220,6 @@ fn parse_retry_after(v: &str) -> Option<Duration> {
             .unwrap_or_default()
             .min(MAX_RETRY_AFTER),
     )
-}
-
-fn httpdate_parse(v: &str) -> Option<SystemTime> {
-    // "Sun, 06 Nov 1994 08:49:37 GMT" is the only form servers send today.
-    let parts: Vec<&str> = v.split_whitespace().collect();
-    if parts.len() != 6 || parts[5] != "GMT" {
-        return None;
-    }
-    let month = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ]
-    .iter()
-    .position(|m| *m == parts[2])?
-        + 1;
-    let s = format!(
-        "{}-{:02}-{:02}T{}Z",
-        parts[3],
-        month,
-        parts[1].parse::<u32>().ok()?,
-        parts[4]
-    );
-    humantime::parse_rfc3339(&s).ok()
 }
 
 #[derive(Deserialize)]
@@ -353,35 +328,6 @@ fn truncate(s: &str, max: usize) -> String {
         let mut t: String = s.chars().take(max).collect();
         t.push('…');
         t
-    }
-}
-
-/// Shares one in-flight request among everyone asking for the same tenant.
-///
-/// If the asker that drives the request goes away (its client hung up),
-/// the next waiter takes the request over (`OnceCell::get_or_init`).
-pub struct SingleFlight {
-    inner: Arc<dyn StateSource>,
-    inflight: DashMap<ContextId, Arc<OnceCell<FetchResult>>>,
-}
-
-impl SingleFlight {
-    pub fn new(inner: Arc<dyn StateSource>) -> Self {
-        Self {
-            inner,
-            inflight: DashMap::new(),
-        }
-    }
-}
-
-impl StateSource for SingleFlight {
-    fn fetch<'a>(&'a self, ctx: &'a ContextId) -> BoxFuture<'a, FetchResult> {
-        Box::pin(async move {
-            let cell = Arc::clone(self.inflight.entry(ctx.clone()).or_default().value());
-            let result = cell.get_or_init(|| self.inner.fetch(ctx)).await.clone();
-            self.inflight.remove_if(ctx, |_, c| Arc::ptr_eq(c, &cell));
-            result
-        })
     }
 }
 

@@ -4,6 +4,8 @@
 
 mod client;
 pub mod poller;
+mod single_flight;
 pub mod tracker;
 
 pub use client::*;
+pub use single_flight::SingleFlight;

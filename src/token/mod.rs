@@ -1,5 +1,6 @@
 //! Verification of the RS256 tokens in SuperOffice's state-change
-//! notifications, and the memory of tokens already used.
+//! notifications (here), the environment's JWKS (`jwks`), and the memory of
+//! tokens already used (`replay`).
 //!
 //! Rules, in the order they are checked:
 //! - The header's `alg` is RS256. Nothing else is tried: not `none`, not
@@ -14,12 +15,12 @@
 //!
 //! Error texts never contain the token or its claims.
 
+mod jwks;
+mod replay;
+
 use std::{
-    collections::{BTreeSet, HashMap},
-    hash::{BuildHasher, RandomState},
     path::Path,
-    sync::{Mutex, RwLock},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
 use base64::Engine;
@@ -27,7 +28,19 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde::Deserialize;
 use url::Url;
 
-use crate::sim::signer::unix_seconds;
+use jwks::Jwks;
+pub use jwks::parse_jwks;
+pub use replay::{Seen, SeenTokens};
+
+/// The claim in which SuperOffice's tokens name the tenant.
+pub const CONTEXT_CLAIM: &str = "http://schemes.superoffice.net/identity/ctx";
+
+/// Seconds since the Unix epoch, as JWT claims count time.
+pub fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
 
 /// Tokens longer than this are refused unread. SuperOffice's are about a
 /// kilobyte.
@@ -178,16 +191,6 @@ pub struct Verifier {
     jwks: Option<Jwks>,
 }
 
-struct Jwks {
-    url: Url,
-    client: reqwest::Client,
-    keys: RwLock<HashMap<String, DecodingKey>>,
-    /// When the last fetch started; held across the fetch so concurrent
-    /// unknown key ids share one.
-    last_fetch: tokio::sync::Mutex<Option<Instant>>,
-    refetch_interval: Duration,
-}
-
 impl Verifier {
     pub fn new(settings: VerifierSettings) -> anyhow::Result<Self> {
         let mut validation = Validation::new(Algorithm::RS256);
@@ -202,16 +205,7 @@ impl Verifier {
             None => validation.validate_aud = false,
         }
         let jwks = match settings.jwks_url {
-            Some(url) => Some(Jwks {
-                url,
-                client: reqwest::Client::builder()
-                    .timeout(Duration::from_secs(10))
-                    .redirect(reqwest::redirect::Policy::none())
-                    .build()?,
-                keys: RwLock::new(HashMap::new()),
-                last_fetch: tokio::sync::Mutex::new(None),
-                refetch_interval: settings.jwks_refetch_interval,
-            }),
+            Some(url) => Some(Jwks::new(url, settings.jwks_refetch_interval)?),
             None => None,
         };
         Ok(Self {
@@ -227,21 +221,13 @@ impl Verifier {
     /// certificate keys still work, and an unknown `kid` tries again.
     pub async fn prefetch(&self) {
         if let Some(jwks) = &self.jwks {
-            let mut last = jwks.last_fetch.lock().await;
-            *last = Some(Instant::now());
-            if let Err(e) = jwks.fetch().await {
-                tracing::warn!(url = %jwks.url, error = format!("{e:#}"), "could not fetch SuperOffice's JWKS; will try again on the next notification");
-            }
+            jwks.prefetch().await;
         }
     }
 
     /// How many keys are trusted now (files and JWKS).
     pub fn key_count(&self) -> usize {
-        self.keys.len()
-            + self
-                .jwks
-                .as_ref()
-                .map_or(0, |j| j.keys.read().expect("jwks lock").len())
+        self.keys.len() + self.jwks.as_ref().map_or(0, |j| j.len())
     }
 
     /// Verifies `token` for a notification about `ctx`.
@@ -327,112 +313,22 @@ impl Verifier {
         if let Some(jwks) = &self.jwks {
             match kid {
                 Some(kid) => {
-                    let known = jwks.keys.read().expect("jwks lock").get(kid).cloned();
-                    match known {
-                        Some(k) => out.push(k),
-                        None => {
-                            jwks.refetch_if_due().await;
-                            if let Some(k) = jwks.keys.read().expect("jwks lock").get(kid) {
-                                out.push(k.clone());
-                            }
-                        }
-                    }
-                }
-                None => {
-                    if jwks.keys.read().expect("jwks lock").is_empty() {
+                    if jwks.get(kid).is_none() {
                         jwks.refetch_if_due().await;
                     }
-                    out.extend(jwks.keys.read().expect("jwks lock").values().cloned());
+                    out.extend(jwks.get(kid));
+                }
+                None => {
+                    if jwks.len() == 0 {
+                        jwks.refetch_if_due().await;
+                    }
+                    out.extend(jwks.all());
                 }
             }
         }
         out.extend(self.keys.iter().map(|k| k.key.clone()));
         out
     }
-}
-
-impl Jwks {
-    async fn refetch_if_due(&self) {
-        // A fetch already under way: go on with the keys we have rather
-        // than queue behind it.
-        let Ok(mut last) = self.last_fetch.try_lock() else {
-            return;
-        };
-        if last.is_some_and(|t| t.elapsed() < self.refetch_interval) {
-            return;
-        }
-        *last = Some(Instant::now());
-        if let Err(e) = self.fetch().await {
-            tracing::warn!(url = %self.url, error = format!("{e:#}"), "could not fetch SuperOffice's JWKS");
-        }
-    }
-
-    async fn fetch(&self) -> anyhow::Result<()> {
-        use anyhow::Context;
-        let response = self
-            .client
-            .get(self.url.clone())
-            .send()
-            .await
-            .context("request failed")?;
-        if !response.status().is_success() {
-            anyhow::bail!("answered {}", response.status());
-        }
-        let body = response.bytes().await.context("reading the body")?;
-        if body.len() > 1024 * 1024 {
-            anyhow::bail!("the JWKS is larger than 1 MiB");
-        }
-        let keys = parse_jwks(&body)?;
-        if keys.is_empty() {
-            // Never trade known keys for none: a broken publication should
-            // not stop every notification.
-            anyhow::bail!("the JWKS holds no usable RS256 signing key; keeping the keys we had");
-        }
-        tracing::info!(url = %self.url, keys = keys.len(), "fetched SuperOffice's JWKS");
-        *self.keys.write().expect("jwks lock") = keys;
-        Ok(())
-    }
-}
-
-/// The RS256 signing keys of a JWKS document, by `kid`. Keys of other
-/// types, for encryption (`use: enc`) or for other algorithms are skipped
-/// one by one, so one odd key does not hide the rest.
-pub fn parse_jwks(body: &[u8]) -> anyhow::Result<HashMap<String, DecodingKey>> {
-    use anyhow::Context;
-    #[derive(Deserialize)]
-    struct Set {
-        keys: Vec<serde_json::Value>,
-    }
-    let set: Set = serde_json::from_slice(body).context("not a JWKS document")?;
-    let mut keys = HashMap::new();
-    for (i, value) in set.keys.into_iter().enumerate() {
-        let usable = value.get("kty").and_then(|v| v.as_str()) == Some("RSA")
-            && value
-                .get("use")
-                .and_then(|v| v.as_str())
-                .is_none_or(|u| u == "sig")
-            && value
-                .get("alg")
-                .and_then(|v| v.as_str())
-                .is_none_or(|a| a == "RS256");
-        if !usable {
-            continue;
-        }
-        let Ok(jwk) = serde_json::from_value::<jsonwebtoken::jwk::Jwk>(value) else {
-            continue;
-        };
-        let Ok(key) = DecodingKey::from_jwk(&jwk) else {
-            continue;
-        };
-        // Trusted all the same without a kid: tokens without one try every key.
-        let kid = jwk
-            .common
-            .key_id
-            .clone()
-            .unwrap_or_else(|| format!("(no kid #{i})"));
-        keys.insert(kid, key);
-    }
-    Ok(keys)
 }
 
 fn read_header(token: &str) -> Result<RawHeader, TokenError> {
@@ -456,352 +352,5 @@ fn printable(s: &str) -> String {
         .collect()
 }
 
-/// Whether a token was seen before.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Seen {
-    First,
-    Replay,
-    /// The memory is full of tokens still usable.
-    Full,
-}
-
-/// Tokens already accepted, remembered until they expire, at most
-/// `capacity` of them. Each is kept as a 64-bit keyed hash, so the memory
-/// is about 50 bytes a token whatever its size.
-pub struct SeenTokens {
-    capacity: usize,
-    hasher: RandomState,
-    inner: Mutex<SeenInner>,
-}
-
-#[derive(Default)]
-struct SeenInner {
-    expiry: HashMap<u64, u64>,
-    by_expiry: BTreeSet<(u64, u64)>,
-}
-
-impl SeenTokens {
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            capacity: capacity.max(1),
-            hasher: RandomState::new(),
-            inner: Mutex::new(SeenInner::default()),
-        }
-    }
-
-    /// Records `token`, usable until `forget_after` (Unix seconds), and
-    /// says whether this is its first use. When the memory is full of
-    /// tokens still usable, nothing is forgotten (that would open a replay
-    /// window): the answer is `Full` and the caller refuses for now.
-    pub fn first_use(&self, token: &str, forget_after: u64, now: SystemTime) -> Seen {
-        let hash = self.hasher.hash_one(token);
-        let now = unix_seconds(now);
-        let mut inner = self.inner.lock().expect("seen tokens lock");
-        while let Some(&(exp, h)) = inner.by_expiry.first() {
-            if exp >= now {
-                break;
-            }
-            inner.by_expiry.pop_first();
-            inner.expiry.remove(&h);
-        }
-        if inner.expiry.contains_key(&hash) {
-            return Seen::Replay;
-        }
-        if inner.expiry.len() >= self.capacity {
-            return Seen::Full;
-        }
-        inner.expiry.insert(hash, forget_after);
-        inner.by_expiry.insert((forget_after, hash));
-        Seen::First
-    }
-
-    /// Forgets `token`: it was recorded but its notification could not be
-    /// kept, so SuperOffice's retry must not be refused as a replay.
-    pub fn forget(&self, token: &str) {
-        let hash = self.hasher.hash_one(token);
-        let mut inner = self.inner.lock().expect("seen tokens lock");
-        if let Some(exp) = inner.expiry.remove(&hash) {
-            inner.by_expiry.remove(&(exp, hash));
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.inner.lock().expect("seen tokens lock").expiry.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sim::signer::{CONTEXT_CLAIM, Signer};
-    use serde_json::json;
-
-    const ISSUER: &str = "https://sod.superoffice.com";
-
-    fn verifier_for(signer: &Signer) -> Verifier {
-        Verifier::new(settings_for(signer)).unwrap()
-    }
-
-    fn settings_for(signer: &Signer) -> VerifierSettings {
-        let dir = std::env::temp_dir().join(format!(
-            "ts-token-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let cert = dir.join("so.crt");
-        std::fs::write(&cert, signer.certificate_pem()).unwrap();
-        VerifierSettings {
-            issuer: ISSUER.to_owned(),
-            audience: None,
-            leeway: Duration::from_secs(60),
-            keys: load_keys(&cert).unwrap(),
-            jwks_url: None,
-            jwks_refetch_interval: JWKS_REFETCH_INTERVAL,
-        }
-    }
-
-    fn b64(v: &serde_json::Value) -> String {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
-    }
-
-    #[tokio::test]
-    async fn a_certificate_file_verifies_good_tokens_and_refuses_forgeries() {
-        let signer = Signer::shared(ISSUER).unwrap();
-        let v = verifier_for(&signer);
-        let good = signer.notification_token("Cust1", Duration::from_secs(300));
-        let verified = v.verify(&good, "Cust1").await.unwrap();
-        assert!(verified.expires_at > unix_seconds(SystemTime::now()));
-
-        assert_eq!(
-            v.verify(&good, "Cust2").await,
-            Err(TokenError::ContextMismatch)
-        );
-
-        let claims = signer.notification_claims("Cust1", Duration::from_secs(300));
-        let none = format!("{}.{}.", b64(&json!({"alg": "none"})), b64(&claims));
-        assert_eq!(
-            v.verify(&none, "Cust1").await,
-            Err(TokenError::Algorithm("none".into()))
-        );
-
-        // HS256 with our own public key as the shared secret.
-        let hs = jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(Algorithm::HS256),
-            &claims,
-            &jsonwebtoken::EncodingKey::from_secret(signer.certificate_pem().as_bytes()),
-        )
-        .unwrap();
-        assert_eq!(
-            v.verify(&hs, "Cust1").await,
-            Err(TokenError::Algorithm("HS256".into()))
-        );
-
-        // The payload swapped for another tenant's, signature kept.
-        let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
-        parts[1] = b64(&signer.notification_claims("Cust9", Duration::from_secs(300)));
-        assert_eq!(
-            v.verify(&parts.join("."), "Cust9").await,
-            Err(TokenError::Signature)
-        );
-
-        for garbage in ["", "abc", "a.b.c", "....", &"x".repeat(MAX_TOKEN_LEN + 1)] {
-            assert!(
-                matches!(
-                    v.verify(garbage, "Cust1").await,
-                    Err(TokenError::Malformed(_))
-                ),
-                "{garbage:.20}"
-            );
-        }
-    }
-
-    #[tokio::test]
-    async fn time_and_issuer_are_checked_with_leeway() {
-        let signer = Signer::shared(ISSUER).unwrap();
-        let v = verifier_for(&signer);
-        let now = unix_seconds(SystemTime::now());
-        let token = |iss: &str, nbf: u64, exp: u64| {
-            signer.sign(&json!({"iss": iss, "nbf": nbf, "exp": exp, CONTEXT_CLAIM: "Cust1"}))
-        };
-        assert_eq!(
-            v.verify(&token(ISSUER, now - 600, now - 120), "Cust1")
-                .await,
-            Err(TokenError::Expired)
-        );
-        // Within the 60 s leeway.
-        assert!(
-            v.verify(&token(ISSUER, now - 600, now - 30), "Cust1")
-                .await
-                .is_ok()
-        );
-        assert_eq!(
-            v.verify(&token(ISSUER, now + 600, now + 900), "Cust1")
-                .await,
-            Err(TokenError::NotYetValid)
-        );
-        assert_eq!(
-            v.verify(
-                &token("https://online.superoffice.com", now, now + 60),
-                "Cust1"
-            )
-            .await,
-            Err(TokenError::Issuer(ISSUER.into()))
-        );
-        let no_exp = signer.sign(&json!({"iss": ISSUER}));
-        assert_eq!(
-            v.verify(&no_exp, "Cust1").await,
-            Err(TokenError::MissingClaim("exp".into()))
-        );
-        // Without a context claim the token is not bound to a tenant.
-        let unbound = signer.sign(&json!({"iss": ISSUER, "exp": now + 60}));
-        assert!(v.verify(&unbound, "Cust7").await.is_ok());
-    }
-
-    #[tokio::test]
-    async fn another_key_is_refused_and_several_files_rotate() {
-        let ours = Signer::shared(ISSUER).unwrap();
-        let foreign = Signer::generate(ISSUER).unwrap();
-        let v = verifier_for(&ours);
-        let forged = foreign.notification_token("Cust1", Duration::from_secs(60));
-        assert_eq!(v.verify(&forged, "Cust1").await, Err(TokenError::Signature));
-
-        // Both keys trusted: the old certificate and its successor, the
-        // second as a bare public key.
-        let dir = std::env::temp_dir().join(format!("ts-rotate-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let both = dir.join("both.pem");
-        std::fs::write(
-            &both,
-            format!("{}\n{}", ours.certificate_pem(), foreign.public_key_pem()),
-        )
-        .unwrap();
-        let keys = load_keys(&both).unwrap();
-        assert_eq!(keys.len(), 2);
-        let v = Verifier::new(VerifierSettings {
-            issuer: ISSUER.into(),
-            audience: None,
-            leeway: Duration::from_secs(60),
-            keys,
-            jwks_url: None,
-            jwks_refetch_interval: JWKS_REFETCH_INTERVAL,
-        })
-        .unwrap();
-        assert!(v.verify(&forged, "Cust1").await.is_ok());
-        let good = ours.notification_token("Cust1", Duration::from_secs(60));
-        assert!(v.verify(&good, "Cust1").await.is_ok());
-    }
-
-    #[tokio::test]
-    async fn an_audience_is_checked_when_configured() {
-        let signer = Signer::shared(ISSUER).unwrap();
-        let v = Verifier::new(VerifierSettings {
-            audience: Some("our-app".into()),
-            ..settings_for(&signer)
-        })
-        .unwrap();
-        let now = unix_seconds(SystemTime::now());
-        let ours = signer.sign(&json!({"iss": ISSUER, "exp": now + 60, "aud": "our-app"}));
-        assert!(v.verify(&ours, "Cust1").await.is_ok());
-        let theirs = signer.sign(&json!({"iss": ISSUER, "exp": now + 60, "aud": "other"}));
-        assert_eq!(
-            v.verify(&theirs, "Cust1").await,
-            Err(TokenError::Audience("our-app".into()))
-        );
-    }
-
-    #[test]
-    fn key_files_that_hold_no_key_are_refused_with_the_reason() {
-        let dir = std::env::temp_dir().join(format!("ts-keys-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let junk = dir.join("junk.pem");
-        std::fs::write(
-            &junk,
-            "-----BEGIN NOTHING-----\nAAAA\n-----END NOTHING-----\n",
-        )
-        .unwrap();
-        assert!(
-            load_keys(&junk)
-                .unwrap_err()
-                .contains("holds no certificate")
-        );
-        let garbage = dir.join("garbage.crt");
-        std::fs::write(&garbage, b"\x30\x03\x02\x01\x01").unwrap();
-        assert!(
-            load_keys(&garbage)
-                .unwrap_err()
-                .contains("no RSA public key")
-        );
-        let signer = Signer::shared(ISSUER).unwrap();
-        let bag = dir.join("bag.pem");
-        std::fs::write(
-            &bag,
-            format!(
-                "\u{feff}Bag Attributes\nsubject=CN = x\n{}",
-                signer.certificate_pem()
-            ),
-        )
-        .unwrap();
-        assert_eq!(load_keys(&bag).unwrap().len(), 1);
-        let der = dir.join("so.der.crt");
-        std::fs::write(
-            &der,
-            pem::parse(signer.certificate_pem()).unwrap().contents(),
-        )
-        .unwrap();
-        assert_eq!(load_keys(&der).unwrap().len(), 1);
-        assert!(
-            load_keys(&dir.join("missing.crt"))
-                .unwrap_err()
-                .contains("cannot read")
-        );
-    }
-
-    #[test]
-    fn a_jwks_yields_its_rs256_signing_keys_and_skips_the_rest() {
-        let signer = Signer::shared(ISSUER).unwrap();
-        let mut good = serde_json::to_value(signer.jwks()).unwrap()["keys"][0].clone();
-        good["alg"] = json!("RS256");
-        let mut enc = good.clone();
-        enc["use"] = json!("enc");
-        enc["kid"] = json!("enc");
-        let mut ps = good.clone();
-        ps["alg"] = json!("PS256");
-        ps["kid"] = json!("ps");
-        let doc = json!({"keys": [
-            {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"},
-            {"kty": "EC", "crv": "P-256", "x": "AAAA", "y": "AAAA", "kid": "ec"},
-            {"kty": "RSA", "kid": "broken", "n": "!!", "e": "AQAB"},
-            {"kty": "OKP", "crv": "X448", "x": "AAAA"},
-            enc, ps, good
-        ]});
-        let keys = parse_jwks(doc.to_string().as_bytes()).unwrap();
-        assert_eq!(keys.len(), 1, "{:?}", keys.keys().collect::<Vec<_>>());
-        assert!(keys.contains_key(signer.kid()));
-        assert!(parse_jwks(b"[]").is_err());
-    }
-
-    #[test]
-    fn seen_tokens_are_remembered_until_expiry_within_a_bound() {
-        let seen = SeenTokens::new(3);
-        let now = SystemTime::now();
-        let t = unix_seconds(now);
-        assert_eq!(seen.first_use("a", t + 100, now), Seen::First);
-        assert_eq!(seen.first_use("a", t + 100, now), Seen::Replay);
-        assert_eq!(seen.first_use("b", t + 50, now), Seen::First);
-        assert_eq!(seen.first_use("c", t + 200, now), Seen::First);
-        // Full of usable tokens: nothing is forgotten early.
-        assert_eq!(seen.first_use("d", t + 300, now), Seen::Full);
-        assert_eq!(seen.len(), 3);
-        assert_eq!(seen.first_use("a", t + 100, now), Seen::Replay);
-        // Once "b" and "a" expire there is room again, and they are
-        // forgotten (the verifier refuses them as expired by then).
-        let later = now + Duration::from_secs(150);
-        assert_eq!(seen.first_use("d", t + 400, later), Seen::First);
-        assert_eq!(seen.first_use("a", t + 500, later), Seen::First);
-    }
-}
+mod tests;

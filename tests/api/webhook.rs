@@ -8,10 +8,8 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{Value, json};
 use tenant_status::{
-    core::tenant::ChangeType,
-    pb,
-    sim::signer::{Signer, unix_seconds},
-    sim::superoffice::Failure,
+    core::tenant::ChangeType, pb, sim::signer::Signer, sim::superoffice::Failure,
+    token::unix_seconds,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
