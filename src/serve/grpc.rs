@@ -68,7 +68,7 @@ impl std::fmt::Debug for BearerTokens {
 
 impl BearerTokens {
     pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
+        let text = crate::config::read_text(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let tokens: Vec<Vec<u8>> = text
             .lines()

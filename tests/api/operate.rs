@@ -240,6 +240,35 @@ async fn a_bad_configuration_stops_start_up_with_one_sentence_naming_the_setting
     assert!(text.contains("--tenant:"), "{text}");
 }
 
+#[test]
+fn tenants_come_from_the_variable_named_after_the_flag_and_from_its_older_name() {
+    let check = |vars: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenant-status"));
+        cmd.args(["check-config", "--superoffice-env", "sod"])
+            .env_remove("TENANT_STATUS_CONFIG")
+            .env_remove("TENANT_STATUS_TENANT")
+            .env_remove("TENANT_STATUS_TENANTS");
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("the binary runs");
+        assert!(out.status.success(), "{vars:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = check(&[("TENANT_STATUS_TENANT", "Cust1,Cust2,Cust3")]);
+    assert!(text.contains(", 3 tenants"), "{text}");
+    let text = check(&[("TENANT_STATUS_TENANTS", "Cust1,Cust2")]);
+    assert!(text.contains(", 2 tenants"), "the older name: {text}");
+    let text = check(&[
+        ("TENANT_STATUS_TENANT", "Cust1"),
+        ("TENANT_STATUS_TENANTS", "Cust1,Cust2"),
+    ]);
+    assert!(
+        text.contains(", 1 tenants"),
+        "the current name wins: {text}"
+    );
+}
+
 #[tokio::test]
 async fn a_restart_serves_the_saved_records_before_the_first_poll() {
     let dir = temp_dir("restart");
