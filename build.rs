@@ -1,5 +1,6 @@
 //! Compiles the proto with protox (pure Rust), so no system `protoc` is
-//! needed, and writes the descriptor set that reflection serves.
+//! needed, writes the descriptor set that reflection serves, and records
+//! the git commit for `tenant_status_build_info`.
 
 use std::{env, path::PathBuf};
 
@@ -18,5 +19,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // A smaller encode buffer per stream: see src/codec.rs.
         .codec_path("crate::serve::codec::SmallBufferCodec")
         .compile_fds(fds)?;
+    println!("cargo:rustc-env=TENANT_STATUS_COMMIT={}", git_commit());
     Ok(())
+}
+
+/// The commit being built, or "unknown" outside a git checkout (a crate
+/// tarball) or without git. Rebuilt when HEAD moves.
+fn git_commit() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
+        println!("cargo:rerun-if-changed={dir}/HEAD");
+        if let Some(head) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            println!("cargo:rerun-if-changed={dir}/{head}");
+        }
+    }
+    git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_owned())
 }

@@ -18,11 +18,12 @@ use prometheus_client::{
         family::Family,
         gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
+        info::Info,
     },
     registry::{Registry, Unit},
 };
 
-use crate::core::store::Store;
+use crate::{admin::process::ProcessCollector, core::store::Store};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
@@ -83,7 +84,19 @@ fn latency_buckets() -> Histogram {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("tenant_status");
+        let mut root = Registry::default();
+        root.register(
+            "tenant_status_build",
+            "The version and commit of this build",
+            Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("commit", env!("TENANT_STATUS_COMMIT")),
+            ]),
+        );
+        // The figures every Prometheus client library exports, by their
+        // usual names (no prefix), so stock dashboards find them.
+        root.register_collector(Box::new(ProcessCollector));
+        let registry = root.sub_registry_with_prefix("tenant_status");
         let polls = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "polls",
@@ -155,7 +168,7 @@ impl Metrics {
             revision.clone(),
         );
         Self {
-            registry,
+            registry: root,
             polls,
             poll_duration,
             poll_lateness,

@@ -2,6 +2,7 @@
 //! `/metrics` for Prometheus, `/livez` and `/readyz` for probes.
 
 pub mod metrics;
+mod process;
 
 use std::sync::{
     Arc,

@@ -89,6 +89,22 @@ async fn metrics_tell_how_the_service_is_doing() {
     assert!(get("tenant_status_watch_events_sent_total") >= 2.0);
     assert!(get("tenant_status_store_revision") > 0.0);
     assert!(m.contains_key("tenant_status_watch_events_coalesced_total"));
+    // What every Prometheus client library exports, and what this build is.
+    let build = m
+        .keys()
+        .find(|k| k.starts_with("tenant_status_build_info{"))
+        .unwrap_or_else(|| panic!("no build info in:\n{text}"));
+    assert!(
+        build.contains(&format!(r#"version="{}""#, env!("CARGO_PKG_VERSION")))
+            && build.contains("commit=\""),
+        "{build}"
+    );
+    assert_eq!(m[build], 1.0);
+    assert!(get("process_cpu_seconds_total") > 0.0);
+    assert!(get("process_resident_memory_bytes") > 1e6);
+    assert!(get("process_open_fds") > 3.0);
+    assert!(get("process_max_fds") >= get("process_open_fds"));
+    assert!(get("process_start_time_seconds") > 1.7e9);
 
     drop(stream);
     let mut closed = false;
