@@ -40,18 +40,18 @@ pub fn parse_cli_from(args: Vec<OsString>) -> Result<Cli, CliError> {
     }
     // `--tenant`'s variable was once TENANT_STATUS_TENANTS, the one not
     // named after its flag; it still counts, below the current name.
-    if std::env::var_os("TENANT_STATUS_TENANT").is_none() {
-        if let Some(old) = std::env::var_os("TENANT_STATUS_TENANTS") {
-            let values: Vec<String> = old
-                .to_string_lossy()
-                .split(',')
-                .map(str::to_owned)
-                .collect();
-            for sub in ["serve", "check-config"] {
-                cmd = cmd.mut_subcommand(sub, |c| {
-                    c.mut_arg("tenants", |a| a.default_values(values.clone()))
-                });
-            }
+    if std::env::var_os("TENANT_STATUS_TENANT").is_none()
+        && let Some(old) = std::env::var_os("TENANT_STATUS_TENANTS")
+    {
+        let values: Vec<String> = old
+            .to_string_lossy()
+            .split(',')
+            .map(str::to_owned)
+            .collect();
+        for sub in ["serve", "check-config"] {
+            cmd = cmd.mut_subcommand(sub, |c| {
+                c.mut_arg("tenants", |a| a.default_values(values.clone()))
+            });
         }
     }
     let matches = cmd.try_get_matches_from(args)?;

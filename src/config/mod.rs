@@ -257,13 +257,13 @@ impl ServeArgs {
         };
         if let Some(path) = &self.state_file {
             let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-            if let Some(dir) = dir {
-                if !dir.is_dir() {
-                    return Err(bad(
-                        "--state-file",
-                        format!("the directory {} does not exist", dir.display()),
-                    ));
-                }
+            if let Some(dir) = dir
+                && !dir.is_dir()
+            {
+                return Err(bad(
+                    "--state-file",
+                    format!("the directory {} does not exist", dir.display()),
+                ));
             }
             if path.is_dir() {
                 return Err(bad(

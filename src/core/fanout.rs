@@ -350,10 +350,10 @@ mod tests {
             // seen must be what the view holds.
             let high = view.values().copied().max().unwrap_or(floor);
             for c in if named { &names[..4] } else { &names[..] } {
-                if let Some(r) = store.get(c) {
-                    if r.revision <= high {
-                        assert_eq!(view.get(c), Some(&r.revision), "{c} in round {round}");
-                    }
+                if let Some(r) = store.get(c)
+                    && r.revision <= high
+                {
+                    assert_eq!(view.get(c), Some(&r.revision), "{c} in round {round}");
                 }
             }
         }

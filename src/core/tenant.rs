@@ -222,10 +222,11 @@ impl ChangeType {
 /// host). When `url` is empty or unusable, SuperOffice's layout is assumed:
 /// `https://{host}/{ctx}{suffix}`.
 pub fn moved_url(url: &str, host: &str, ctx: &ContextId, suffix: &str) -> String {
-    if let Ok(mut u) = url::Url::parse(url) {
-        if u.has_host() && u.set_host(Some(host)).is_ok() {
-            return u.to_string();
-        }
+    if let Ok(mut u) = url::Url::parse(url)
+        && u.has_host()
+        && u.set_host(Some(host)).is_ok()
+    {
+        return u.to_string();
     }
     format!("https://{host}/{ctx}{suffix}")
 }

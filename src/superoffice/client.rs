@@ -108,7 +108,7 @@ impl SuperOfficeClient {
             .pool_idle_timeout(Duration::from_secs(60))
             .redirect(reqwest::redirect::Policy::none());
         if let Some(resolver) = resolver {
-            builder = builder.dns_resolver2(resolver);
+            builder = builder.dns_resolver(resolver);
         }
         let http = builder.build()?;
         Ok(Self {
@@ -272,13 +272,13 @@ pub fn parse_state_response(body: &[u8], ctx: &ContextId) -> FetchResult {
             )));
         }
     };
-    if let Some(got) = &r.context_identifier {
-        if !got.eq_ignore_ascii_case(ctx.as_str()) {
-            return Err(FetchError::BadResponse(format!(
-                "the response is about {:?}, not {ctx}",
-                truncate(got, 64)
-            )));
-        }
+    if let Some(got) = &r.context_identifier
+        && !got.eq_ignore_ascii_case(ctx.as_str())
+    {
+        return Err(FetchError::BadResponse(format!(
+            "the response is about {:?}, not {ctx}",
+            truncate(got, 64)
+        )));
     }
     let valid_until = match r.valid_until.as_deref() {
         None | Some("") => None,

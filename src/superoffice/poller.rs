@@ -245,11 +245,10 @@ impl Poller {
                         };
                         m.poll(outcome, took);
                     }
-                    if self.first_round.remove(&ctx) && self.first_round.is_empty() {
-                        if let Some(tx) = &self.first_round_done {
+                    if self.first_round.remove(&ctx) && self.first_round.is_empty()
+                        && let Some(tx) = &self.first_round_done {
                             let _ = tx.send(true);
                         }
-                    }
                     self.finish(ctx, result, took);
                 }
                 Some(cmd) = self.rx.recv() => self.command(cmd),
