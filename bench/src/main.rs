@@ -1,4 +1,4 @@
-//! `cargo run --release --bin bench -- all` (or one scenario by name): runs
+//! `cargo run --release -p tenant-status-bench -- all` (or one scenario by name): runs
 //! tenant-status and its load in separate processes on this machine,
 //! beside a baseline measured in the same run, prints a table and writes it
 //! as JSON (target/bench/results.json). `--quick` runs every scenario once
@@ -7,7 +7,7 @@
 //!
 //! Child processes are this same binary: `bench child -- tenant-status
 //! serve ...` runs the service exactly as `tenant-status` would, so
-//! `cargo run --bin bench` needs no other build.
+//! `cargo run -p tenant-status-bench` needs no other build.
 
 mod common;
 mod fanout;
