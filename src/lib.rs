@@ -2,39 +2,33 @@
 //! Online tenant can take API calls and where its API lives, and serves it
 //! over gRPC.
 //!
-//! Layout, one file per concern:
-//! - `tenant`: the domain (context identifiers, states, records). No I/O.
-//! - `store`: the dashmap of records, the store-wide revision, and the
-//!   fan-out to watchers. Knows nothing of tonic, axum or reqwest.
-//! - `watch`: watch streams (snapshot, SYNCED, changes, heartbeats) as
-//!   protocol-free events.
-//! - `superoffice`: the state API client, its response parser, and the
-//!   single-flight wrapper.
-//! - `poller`: one task and one delay queue that polls every tracked tenant.
-//! - `tracker`: lookups that fetch an untracked tenant once and track it.
-//! - `token`: RS256 verification of notification tokens (certificate files
-//!   and JWKS), and the memory of tokens already used.
-//! - `webhook`: the public state-change listener (axum): parse, verify,
-//!   apply, answer.
-//! - `ratelimit`: token buckets per client and in all for the webhook.
-//! - `signer`: an RSA key, certificate, JWKS and tokens standing in for
-//!   SuperOffice's, for the demo and the tests.
-//! - `grpc`: the tonic service; the only module that knows protobuf types.
-//! - `codec`: prost's codec with a small per-stream encode buffer.
-//! - `app`: `Application::build` binds, `run_until` serves and drains.
-//! - `admin`: the admin listener: /metrics, /livez, /readyz.
-//! - `metrics`: the Prometheus registry (prometheus-client), one per app.
-//! - `persist`: the state file: atomic saves, restore at start.
-//! - `journal`: accepted notifications made durable before the 204, and
-//!   replayed over the state file after a crash.
-//! - `devcerts`: a throwaway CA and certificates for trying TLS.
-//! - `config`: flags, environment variables and their validation.
-//! - `cli`: runs a parsed command line; shared by `main` and the benchmark.
-//! - `fake_superoffice`: the simulated state API for tests, demo, benches.
-//! - `demo`: `tenant-status demo`.
-//! - `telemetry`: logging setup.
+//! Layout, a folder per concern (ARCHITECTURE.md has the invariants):
+//! - `core`: tenants and their records, the store (the ordered section
+//!   where every change takes its revision), the fan-out to watchers, watch
+//!   streams, and the `Tenants` trait the serving layers use. No I/O, no
+//!   protocol.
+//! - `superoffice`: the state API client and parser, the single flight,
+//!   the poller, and the tracker (the in-memory `Tenants`).
+//! - `webhook`: the public state-change listener: the notification parser
+//!   and its rejections, the handler, the accept loop, the rate limiter.
+//! - `token`: RS256 verification of notification tokens, the JWKS, the
+//!   memory of used tokens.
+//! - `serve`: the gRPC service (the only module that knows protobuf types)
+//!   and the server builder (TLS, health, reflection, gRPC-Web).
+//! - `admin` (private): the admin listener and the metrics.
+//! - `persist`: the state file and the notification journal.
+//! - `config`: flags, loading (flag > environment > file) and validation.
+//! - `sim`: the simulated SuperOffice, its signer, dev certificates and the
+//!   demo. Shipped for the demo and the tests; the product's modules never
+//!   import it (only `cli`, which runs its commands).
+//! - `app`: wiring: `Application::build` binds, `run_until` serves and
+//!   drains. `cli`: runs a command line, for `main` and the bench.
+//!
+//! What is public is what the tests, the bench, the fuzz targets and a Rust
+//! user of the crate need: the application and its configuration, the core
+//! types, the generated protobuf types and client (`pb`), the parsers of
+//! network input, the verifier, the persistence format and the simulator.
 
-pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
@@ -43,9 +37,11 @@ pub mod persist;
 pub mod serve;
 pub mod sim;
 pub mod superoffice;
-pub mod telemetry;
 pub mod token;
 pub mod webhook;
+
+mod admin;
+mod telemetry;
 
 pub use serve::grpc::pb;
 

@@ -2,7 +2,7 @@
 //! no protocol: nothing here imports tonic, prost, axum, hyper or reqwest.
 
 pub mod backend;
-pub mod fanout;
+pub(crate) mod fanout;
 pub mod store;
 pub mod tenant;
 pub mod watch;

@@ -1,5 +1,5 @@
 //! The gRPC side: the service and its protobuf mapping, and the codec.
 
-pub mod codec;
+pub(crate) mod codec;
 pub mod grpc;
-pub mod server;
+pub(crate) mod server;

@@ -5,7 +5,7 @@
 mod client;
 pub mod poller;
 mod single_flight;
-pub mod tracker;
+pub(crate) mod tracker;
 
 pub use client::*;
 pub use single_flight::SingleFlight;

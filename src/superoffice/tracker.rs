@@ -35,10 +35,6 @@ impl Tracker {
         }
     }
 
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
-    }
-
     pub fn poller(&self) -> &PollerHandle {
         &self.poller
     }

@@ -1,7 +1,10 @@
 //! `spawn_app()`: the real server on port 0, talking to a real fake
 //! SuperOffice on port 0, with a generated gRPC client.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap, net::SocketAddr, path::PathBuf, process::Command, sync::Arc,
+    time::Duration,
+};
 
 use tenant_status::{
     app::Application,
@@ -306,4 +309,85 @@ pub fn kind(ev: &WatchTenantResponse) -> pb::WatchEventType {
 
 pub fn state(t: &pb::Tenant) -> pb::TenantState {
     pb::TenantState::try_from(t.state).expect("a known state")
+}
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "ts-{name}-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Parses the OpenMetrics text into `name{labels}` → value.
+pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    assert!(
+        text.trim_end().ends_with("# EOF"),
+        "OpenMetrics ends with # EOF"
+    );
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').expect("name and value");
+            (name.to_owned(), value.parse().expect("a number"))
+        })
+        .collect()
+}
+
+pub fn run_binary(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tenant-status"))
+        .args(args)
+        .env_remove("TENANT_STATUS_CONFIG")
+        .output()
+        .expect("the binary runs");
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// The real binary, serving with `args`; returns the process and its gRPC
+/// and webhook addresses, read from its JSON log.
+pub async fn start_binary(args: &[String]) -> (tokio::process::Child, String, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenant-status"))
+        .arg("--log-format")
+        .arg("json")
+        .arg("serve")
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--webhook-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--admin-addr", "127.0.0.1:0"])
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut grpc, mut webhook) = (None, None);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while grpc.is_none() || webhook.is_none() {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .expect("the binary starts within 20 s")
+            .unwrap()
+            .expect("the binary is running");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        match v["message"].as_str() {
+            Some("tenant-status is serving gRPC") => {
+                grpc = v["grpc_addr"].as_str().map(String::from)
+            }
+            Some("serving the state-change webhook") => {
+                webhook = v["addr"].as_str().map(String::from)
+            }
+            _ => {}
+        }
+    }
+    // Keep draining the log so the process never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, grpc.unwrap(), webhook.unwrap())
 }

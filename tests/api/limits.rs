@@ -1,10 +1,15 @@
-//! The webhook's limits, each a flag, each shown to hold over real
-//! sockets: the total rate under a flood from many addresses, the request
-//! head over HTTP/1.1 and HTTP/2, and the body's size and time.
+//! Every limit, each a flag, each shown to hold over real sockets. The
+//! webhook's: the rate from one client and from all together, the request
+//! head over HTTP/1.1 and HTTP/2 and its time, the body's size and time,
+//! connections, the replay memory. The gRPC listener's: request and header
+//! size, watch streams, concurrent streams.
 
 use std::{net::IpAddr, time::Duration};
 
-use tenant_status::core::tenant::ChangeType;
+use tenant_status::{
+    core::tenant::ChangeType,
+    pb::{self, tenant_status_service_client::TenantStatusServiceClient},
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::*;
@@ -221,4 +226,294 @@ async fn past_max_connections_a_client_waits_until_one_closes() {
         }
     }
     assert_eq!(answered, Some(400));
+}
+
+#[tokio::test]
+async fn oversize_and_overlong_requests_get_a_clear_status() {
+    let app = spawn_app().await;
+    // 5 MiB identifier, and 300 KiB: above --grpc-max-request-size
+    // (256 KiB by default).
+    for size in [5 * 1024 * 1024, 300 * 1024] {
+        let e = app.get(&"x".repeat(size)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
+        assert!(e.message().contains("message length too large"), "{e:?}");
+    }
+    // Under the message limit but not an identifier.
+    let e = app.get(&"x".repeat(100_000)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("at most 64"), "{}", e.message());
+    let names: Vec<String> = (0..1001).map(|i| format!("Cust{i}")).collect();
+    let e = app
+        .client
+        .clone()
+        .watch_tenant(pb::WatchTenantRequest {
+            context_identifiers: names,
+            since_revision: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("at most 1000"), "{}", e.message());
+    assert_eq!(app.fake.total_requests(), 0, "nothing reached SuperOffice");
+}
+
+#[tokio::test]
+async fn past_max_watchers_a_stream_is_refused_until_one_closes() {
+    let app = spawn_app_with(|fake, config| {
+        serve_running(fake, "Cust1");
+        config.max_watchers = 3;
+    })
+    .await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut s = app.watch(&["Cust1"], 0).await.expect("within the limit");
+        next(&mut s).await;
+        open.push(s);
+    }
+    let e = app.watch(&["Cust1"], 0).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("--max-watchers"), "{}", e.message());
+    // Watching everything is a stream too.
+    let e = app.watch(&[], 0).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    // Lookups are not limited by it.
+    assert_eq!(app.get("Cust1").await.unwrap().context_identifier, "Cust1");
+    // A closed stream gives its place back.
+    drop(open.pop());
+    let mut reopened = None;
+    for _ in 0..50 {
+        match app.watch(&["Cust1"], 0).await {
+            Ok(s) => {
+                reopened = Some(s);
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let mut s = reopened.expect("a place frees when a stream closes");
+    assert_eq!(
+        state(next(&mut s).await.tenant.as_ref().unwrap()),
+        pb::TenantState::Running
+    );
+}
+
+#[tokio::test]
+async fn oversize_call_headers_are_refused_and_the_client_carries_on() {
+    let app = spawn_app_with(|fake, config| {
+        serve_running(fake, "Cust1");
+        config.grpc_max_header_size = 16 * 1024;
+    })
+    .await;
+    let call = |padding: usize| {
+        let mut client = app.client.clone();
+        async move {
+            let mut request = tonic::Request::new(pb::GetTenantStateRequest {
+                context_identifier: "Cust1".into(),
+            });
+            request
+                .metadata_mut()
+                .insert("x-padding", "p".repeat(padding).parse().unwrap());
+            client.get_tenant_state(request).await
+        }
+    };
+    // Over the limit: HTTP/2 refuses the stream with 431, which a gRPC
+    // client sees as UNKNOWN "mapped from HTTP status code 431".
+    let e = call(20 * 1024).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unknown, "{e:?}");
+    assert!(e.message().contains("431"), "{e:?}");
+    // Far over it (twice the limit): the peer is told to calm down with a
+    // GOAWAY and the connection closes.
+    let e = call(64 * 1024).await.unwrap_err();
+    assert!(format!("{e:?}").contains("ENHANCE_YOUR_CALM"), "{e:?}");
+    // Neither call was handled.
+    assert_eq!(app.fake.requests("Cust1"), 0);
+    // The client reconnects, and headers under the limit pass.
+    let t = call(8 * 1024).await.unwrap().into_inner();
+    assert_eq!(t.tenant.unwrap().context_identifier, "Cust1");
+}
+
+#[tokio::test]
+async fn past_max_concurrent_streams_a_connection_queues_its_calls() {
+    let app = spawn_app_with(|fake, config| {
+        serve_running(fake, "Cust1");
+        config.max_concurrent_streams = 5;
+    })
+    .await;
+    let mut open = Vec::new();
+    for _ in 0..5 {
+        let mut s = app.watch(&["Cust1"], 0).await.expect("within the limit");
+        next(&mut s).await;
+        open.push(s);
+    }
+    // The sixth on the same connection is not refused: HTTP/2 makes the
+    // client wait for a free stream.
+    let mut client = app.client.clone();
+    let sixth = tokio::spawn(async move {
+        client
+            .get_tenant_state(pb::GetTenantStateRequest {
+                context_identifier: "Cust1".into(),
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!sixth.is_finished(), "a sixth stream was opened");
+    // Another connection is not held up.
+    let other = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let t = TenantStatusServiceClient::new(other)
+        .get_tenant_state(pb::GetTenantStateRequest {
+            context_identifier: "Cust1".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(t.into_inner().tenant.unwrap().context_identifier, "Cust1");
+    // A stream closes; the queued call goes through.
+    drop(open.pop());
+    let t = tokio::time::timeout(Duration::from_secs(5), sixth)
+        .await
+        .expect("the queued call runs once a stream frees")
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.into_inner().tenant.unwrap().context_identifier, "Cust1");
+}
+
+#[tokio::test]
+async fn a_chunked_body_past_the_limit_is_cut_off_with_413() {
+    let app = spawn_app().await;
+    let mut conn = tokio::net::TcpStream::connect(app.webhook_addr)
+        .await
+        .unwrap();
+    let head = "POST /NotifyCustomerStateChange HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b' '; 16 * 1024];
+    // 80 KiB announced in chunks, never finished; the server must answer
+    // once 64 KiB have arrived, without waiting for the end.
+    for _ in 0..5 {
+        let _ = conn
+            .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .await;
+        let _ = conn.write_all(&chunk).await;
+        let _ = conn.write_all(b"\r\n").await;
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("body_too_large"), "{text}");
+}
+
+#[tokio::test]
+async fn a_full_replay_memory_refuses_rather_than_forgets() {
+    let app = spawn_app_with(|_, config| config.webhook.seen_tokens_max = 1).await;
+    assert_eq!(
+        app.notify(ChangeType::Resume, "Cust1", None).await,
+        reqwest::StatusCode::NO_CONTENT
+    );
+    let r = app
+        .post_raw_response(
+            Some("application/json"),
+            app.fake
+                .notification(ChangeType::Resume, "Cust2", None)
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!(r.headers()["retry-after"], "5");
+    let (status, json) = json_response(r).await;
+    assert_eq!(status.as_u16(), 503, "{json}");
+    assert_eq!(json["reason"], "busy");
+    assert!(!app.store.contains("Cust2"));
+}
+
+#[tokio::test]
+async fn a_flood_from_one_client_is_answered_429_before_any_work() {
+    // A tight limit: 1 a second, 3 at once.
+    let app = spawn_app_with(|fake, config| {
+        serve_running(fake, "Cust1");
+        config.webhook.rate_limit = Some((1.0, 3.0));
+    })
+    .await;
+    let revision = app.store.revision();
+    let mut limited = 0;
+    let mut first_limited = None;
+    for _ in 0..20 {
+        let r = app
+            .post_raw_response(
+                Some("application/json"),
+                app.fake
+                    .notification(ChangeType::Suspend, "Cust9", None)
+                    .to_string()
+                    .into_bytes(),
+            )
+            .await;
+        if r.status().as_u16() == 429 {
+            limited += 1;
+            if first_limited.is_none() {
+                assert!(r.headers().contains_key("retry-after"));
+                let (_, json) = json_response(r).await;
+                assert_eq!(json["reason"], "rate_limited");
+                first_limited = Some(());
+            }
+        }
+    }
+    assert!(limited >= 16, "{limited} of 20 limited");
+    // The three that got through were applied; the flood changed nothing
+    // else, and gRPC still answers.
+    assert!(app.store.revision() > revision);
+    let t = app.get("Cust1").await.unwrap();
+    assert_eq!(t.context_identifier, "Cust1");
+    let (_, text) = app.admin_get("/metrics").await;
+    assert!(text.contains(r#"reason="rate_limited""#));
+}
+
+#[tokio::test]
+async fn headers_dripped_a_byte_at_a_time_are_cut_off() {
+    let app = spawn_app_with(|_, config| {
+        config.webhook.header_timeout = Duration::from_millis(800);
+    })
+    .await;
+    let mut conn = tokio::net::TcpStream::connect(app.webhook_addr)
+        .await
+        .unwrap();
+    let head = b"POST /NotifyCustomerStateChange HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n";
+    let started = tokio::time::Instant::now();
+    let mut closed = false;
+    for b in head.iter().cycle() {
+        if conn.write_all(&[*b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(100), conn.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(_)) => {
+                // An answer (408) then the close: also a cut-off.
+                closed = true;
+                break;
+            }
+            Err(_) => {}
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "the server still waits for headers after {:?}",
+        started.elapsed()
+    );
+    // Everyone else is served meanwhile.
+    assert_eq!(
+        app.notify(ChangeType::Resume, "Cust1", None).await,
+        reqwest::StatusCode::NO_CONTENT
+    );
 }

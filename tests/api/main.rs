@@ -1,14 +1,17 @@
 //! Integration tests: the real server over real sockets, through the
 //! generated client, against the project's fake SuperOffice.
 
+mod configuration;
 mod get;
 mod helpers;
-mod hostile;
 mod limits;
 mod list;
-mod operate;
+mod metrics;
+mod persistence;
 mod poll;
+mod readiness;
 mod resume;
+mod security;
 mod serving;
 mod watch;
 mod webhook;

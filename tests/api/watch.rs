@@ -1,5 +1,4 @@
 use std::time::{Duration, SystemTime};
-
 use tenant_status::{
     core::store::PollResult,
     core::tenant::{ContextId, Observation, TenantState as S},
@@ -9,6 +8,7 @@ use tenant_status::{
 use tonic::Code;
 
 use crate::helpers::*;
+use tenant_status::pb::{self, tenant_status_service_client::TenantStatusServiceClient};
 
 fn observed(endpoint: &str) -> PollResult {
     PollResult::Observed(Observation {
@@ -407,4 +407,57 @@ async fn a_heartbeat_comes_after_every_change_at_or_below_its_revision() {
         }
         assert!(heartbeats > 10, "{which}: only {heartbeats} heartbeats");
     }
+}
+
+#[tokio::test]
+async fn ten_thousand_streams_opened_and_dropped_at_once_leave_nothing_behind() {
+    let app = spawn_app_tracking("Cust1", Duration::from_secs(600)).await;
+    eventually("Cust1 tracked", || app.store.contains("Cust1")).await;
+    let mut channels = Vec::new();
+    for _ in 0..10 {
+        channels.push(
+            tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        );
+    }
+    let mut opened = Vec::new();
+    for i in 0..10_000 {
+        let mut client = TenantStatusServiceClient::new(channels[i % 10].clone());
+        opened.push(tokio::spawn(async move {
+            let names = if i % 100 == 0 {
+                Vec::new()
+            } else {
+                vec!["Cust1".to_owned()]
+            };
+            let mut s = client
+                .watch_tenant(pb::WatchTenantRequest {
+                    context_identifiers: names,
+                    since_revision: 0,
+                })
+                .await?
+                .into_inner();
+            s.message().await?;
+            Ok::<_, tonic::Status>(s)
+        }));
+    }
+    let mut streams = Vec::new();
+    for o in opened {
+        streams.push(o.await.unwrap().expect("every stream opens"));
+    }
+    eventually("the server counts them", || {
+        let (named, all) = app.store.watcher_counts();
+        named == 1 && all == 100
+    })
+    .await;
+    drop(streams);
+    drop(channels);
+    eventually("every subscription released", || {
+        app.store.watcher_counts() == (0, 0)
+    })
+    .await;
+    // And the service still answers.
+    assert_eq!(app.get("Cust1").await.unwrap().context_identifier, "Cust1");
 }
