@@ -12,7 +12,7 @@ use crate::{
     app::Application,
     config::{Config, DemoArgs},
     core::tenant::{ChangeType, ContextId},
-    sim::superoffice::{FakeSuperOffice, demo_script, demo_tenants},
+    sim::superoffice::{FakeSuperOffice, TenantSpec},
 };
 
 /// How long the demo's simulated SuperOffice says each answer holds: short,
@@ -48,7 +48,7 @@ pub async fn run(
         .await
         .context("could not start the simulated SuperOffice")?;
     let started = Instant::now();
-    demo_script(&fake, DEMO_VALID_FOR);
+    script(&fake, DEMO_VALID_FOR);
     let mut config = Config::for_base_url(&fake.url())?;
     config.grpc_addr = args.grpc_addr;
     config.webhook.addr = args.webhook_addr;
@@ -57,7 +57,7 @@ pub async fn run(
     config.policy.min_interval = Duration::from_secs(1);
     config.policy.settle_interval = Duration::from_secs(2);
     config.policy.deleted_retention = Duration::from_secs(30);
-    config.tenants = demo_tenants()
+    config.tenants = tenants()
         .iter()
         .map(|t| ContextId::parse(t).expect("demo tenants are valid"))
         .collect();
@@ -140,4 +140,102 @@ refused as a replay.
 Ctrl-C stops it.
 "#
     )
+}
+
+/// The demo's dozen tenants, moving through realistic states: an upgrade
+/// through OfflineMaintenance, a suspension and resume, moves to another
+/// endpoint host, and a deletion.
+pub fn script(fake: &FakeSuperOffice, valid_for: Duration) {
+    let s = |secs| Duration::from_secs(secs);
+    let t =
+        |state: &str, ctx: &str, host: &str| TenantSpec::new(state, ctx, host).valid_for(valid_for);
+    fake.set(
+        "Cust10001",
+        t("Running", "Cust10001", "sod2.superoffice.com"),
+    );
+    fake.script(
+        "Cust10002",
+        vec![
+            (
+                s(40),
+                t("Running", "Cust10002", "sod2.superoffice.com")
+                    .version("Release_11.9_2025.12.01-01"),
+            ),
+            (
+                s(20),
+                t("OfflineMaintenance", "Cust10002", "sod2.superoffice.com")
+                    .version("Release_11.9_2025.12.01-01"),
+            ),
+            (s(60), t("Running", "Cust10002", "sod2.superoffice.com")),
+        ],
+    );
+    fake.script(
+        "Cust10003",
+        vec![
+            (s(45), t("Running", "Cust10003", "sod2.superoffice.com")),
+            (s(30), t("Suspended", "Cust10003", "sod2.superoffice.com")),
+        ],
+    );
+    fake.script(
+        "Cust10004",
+        vec![
+            (s(35), t("Running", "Cust10004", "sod2.superoffice.com")),
+            (s(35), t("Running", "Cust10004", "sod3.superoffice.com")),
+        ],
+    );
+    fake.script(
+        "Cust10005",
+        vec![
+            (s(40), t("Running", "Cust10005", "sod3.superoffice.com")),
+            (
+                s(20),
+                t("OnlineMaintenance", "Cust10005", "sod3.superoffice.com"),
+            ),
+        ],
+    );
+    fake.set(
+        "Cust10006",
+        t("MigrationPending", "Cust10006", "sod2.superoffice.com"),
+    );
+    fake.script(
+        "Cust10007",
+        vec![
+            (
+                s(20),
+                t("Provisioning", "Cust10007", "sod3.superoffice.com"),
+            ),
+            (s(100), t("Running", "Cust10007", "sod3.superoffice.com")),
+        ],
+    );
+    let mut no_endpoint = t("Running", "Cust10008", "sod2.superoffice.com");
+    no_endpoint.endpoint = None;
+    fake.set("Cust10008", no_endpoint);
+    fake.script(
+        "Cust10009",
+        vec![
+            (s(50), t("Running", "Cust10009", "sod2.superoffice.com")),
+            (s(15), t("Deleting", "Cust10009", "sod2.superoffice.com")),
+            (s(600), t("Deleted", "Cust10009", "sod2.superoffice.com")),
+        ],
+    );
+    fake.set(
+        "Cust10010",
+        t("Running", "Cust10010", "sod3.superoffice.com"),
+    );
+    fake.script(
+        "Cust10011",
+        vec![
+            (s(50), t("Running", "Cust10011", "sod2.superoffice.com")),
+            (s(50), t("Running", "Cust10011", "app.superoffice.com")),
+        ],
+    );
+    fake.set(
+        "Cust10012",
+        t("Suspended", "Cust10012", "sod2.superoffice.com"),
+    );
+}
+
+/// The demo's tenant identifiers.
+pub fn tenants() -> Vec<String> {
+    (10001..=10012).map(|n| format!("Cust{n}")).collect()
 }

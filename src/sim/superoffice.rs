@@ -412,104 +412,6 @@ fn body_for(ctx: &str, spec: &TenantSpec, valid_until: SystemTime) -> serde_json
     body
 }
 
-/// The demo's dozen tenants, moving through realistic states: an upgrade
-/// through OfflineMaintenance, a suspension and resume, moves to another
-/// endpoint host, and a deletion.
-pub fn demo_script(fake: &FakeSuperOffice, valid_for: Duration) {
-    let s = |secs| Duration::from_secs(secs);
-    let t =
-        |state: &str, ctx: &str, host: &str| TenantSpec::new(state, ctx, host).valid_for(valid_for);
-    fake.set(
-        "Cust10001",
-        t("Running", "Cust10001", "sod2.superoffice.com"),
-    );
-    fake.script(
-        "Cust10002",
-        vec![
-            (
-                s(40),
-                t("Running", "Cust10002", "sod2.superoffice.com")
-                    .version("Release_11.9_2025.12.01-01"),
-            ),
-            (
-                s(20),
-                t("OfflineMaintenance", "Cust10002", "sod2.superoffice.com")
-                    .version("Release_11.9_2025.12.01-01"),
-            ),
-            (s(60), t("Running", "Cust10002", "sod2.superoffice.com")),
-        ],
-    );
-    fake.script(
-        "Cust10003",
-        vec![
-            (s(45), t("Running", "Cust10003", "sod2.superoffice.com")),
-            (s(30), t("Suspended", "Cust10003", "sod2.superoffice.com")),
-        ],
-    );
-    fake.script(
-        "Cust10004",
-        vec![
-            (s(35), t("Running", "Cust10004", "sod2.superoffice.com")),
-            (s(35), t("Running", "Cust10004", "sod3.superoffice.com")),
-        ],
-    );
-    fake.script(
-        "Cust10005",
-        vec![
-            (s(40), t("Running", "Cust10005", "sod3.superoffice.com")),
-            (
-                s(20),
-                t("OnlineMaintenance", "Cust10005", "sod3.superoffice.com"),
-            ),
-        ],
-    );
-    fake.set(
-        "Cust10006",
-        t("MigrationPending", "Cust10006", "sod2.superoffice.com"),
-    );
-    fake.script(
-        "Cust10007",
-        vec![
-            (
-                s(20),
-                t("Provisioning", "Cust10007", "sod3.superoffice.com"),
-            ),
-            (s(100), t("Running", "Cust10007", "sod3.superoffice.com")),
-        ],
-    );
-    let mut no_endpoint = t("Running", "Cust10008", "sod2.superoffice.com");
-    no_endpoint.endpoint = None;
-    fake.set("Cust10008", no_endpoint);
-    fake.script(
-        "Cust10009",
-        vec![
-            (s(50), t("Running", "Cust10009", "sod2.superoffice.com")),
-            (s(15), t("Deleting", "Cust10009", "sod2.superoffice.com")),
-            (s(600), t("Deleted", "Cust10009", "sod2.superoffice.com")),
-        ],
-    );
-    fake.set(
-        "Cust10010",
-        t("Running", "Cust10010", "sod3.superoffice.com"),
-    );
-    fake.script(
-        "Cust10011",
-        vec![
-            (s(50), t("Running", "Cust10011", "sod2.superoffice.com")),
-            (s(50), t("Running", "Cust10011", "app.superoffice.com")),
-        ],
-    );
-    fake.set(
-        "Cust10012",
-        t("Suspended", "Cust10012", "sod2.superoffice.com"),
-    );
-}
-
-/// The demo's tenant identifiers.
-pub fn demo_tenants() -> Vec<String> {
-    (10001..=10012).map(|n| format!("Cust{n}")).collect()
-}
-
 /// A notification body as SuperOffice sends it, signed by `signer` with a
 /// token valid for five minutes.
 pub fn notification_body(
@@ -540,7 +442,7 @@ pub async fn run_standalone(
     let listener = TcpListener::bind(&args.addr).await?;
     let (fake, task) = FakeSuperOffice::serve(listener, shutdown)?;
     if args.demo_script {
-        demo_script(&fake, args.valid_for);
+        crate::sim::demo::script(&fake, args.valid_for);
     }
     fake.fail_at_random(args.fail_ratio);
     for n in 1..=args.tenants {
