@@ -16,7 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         fds.encode_to_vec(),
     )?;
     tonic_prost_build::configure()
-        // A smaller encode buffer per stream: see src/codec.rs.
+        // A smaller encode buffer per stream: see src/serve/codec.rs.
         .codec_path("crate::serve::codec::SmallBufferCodec")
         .compile_fds(fds)?;
     println!("cargo:rustc-env=TENANT_STATUS_COMMIT={}", git_commit());

@@ -1,0 +1,90 @@
+//! The layout's invariants (ARCHITECTURE.md), checked on the source so a
+//! change that breaks one fails here rather than in review.
+
+use std::{fs, path::Path};
+
+/// Every `.rs` file under `dir`, with its text.
+fn sources(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(sources(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push((
+                path.display().to_string(),
+                fs::read_to_string(&path).unwrap(),
+            ));
+        }
+    }
+    out
+}
+
+/// The code of a file, without comments (which may name anything).
+fn code(text: &str) -> String {
+    text.lines()
+        .map(|l| l.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn src() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))
+}
+
+#[test]
+fn the_core_knows_no_protocol_and_no_network_client() {
+    let files = sources(&src().join("core"));
+    assert!(files.len() >= 5, "{files:?}");
+    for (path, text) in files {
+        let code = code(&text);
+        for name in [
+            "tonic",
+            "prost",
+            "axum",
+            "hyper",
+            "reqwest",
+            "crate::serve",
+            "crate::sim",
+        ] {
+            assert!(
+                !code.contains(&format!("{name}::")),
+                "{path} uses {name}: the core is protocol-free"
+            );
+        }
+    }
+}
+
+#[test]
+fn nothing_but_the_command_line_imports_the_simulator() {
+    for (path, text) in sources(src()) {
+        // Unit tests (a `tests.rs` beside the code, or after `#[cfg(test)]`)
+        // may use the simulator like the integration tests do.
+        let inside = path.contains("/src/sim/")
+            || path.ends_with("/src/cli.rs")
+            || path.ends_with("/tests.rs");
+        let tests_only = text
+            .find("#[cfg(test)]")
+            .map_or(text.as_str(), |i| &text[..i]);
+        if !inside {
+            assert!(
+                !code(tests_only).contains("sim::"),
+                "{path} imports the simulator outside its tests"
+            );
+        }
+    }
+}
+
+#[test]
+fn only_the_grpc_layer_and_the_server_builder_know_protobuf() {
+    for (path, text) in sources(src()) {
+        let allowed = path.contains("/src/serve/") || path.ends_with("/src/lib.rs");
+        if !allowed {
+            let code = code(&text);
+            assert!(
+                !code.contains("pb::") && !code.contains("prost::"),
+                "{path} uses protobuf types"
+            );
+        }
+    }
+}
