@@ -311,14 +311,35 @@ pub fn parse_state_response(body: &[u8], ctx: &ContextId) -> FetchResult {
 /// RFC 3339 with any number of fractional digits, `Z` or a zero offset,
 /// and the zone-less form .NET writes for an unspecified DateTime (read as
 /// UTC).
+/// An RFC 3339 timestamp, its offset honoured (`Z`, `+01:00`, `-05:00`),
+/// with any number of fractional digits (.NET writes seven). One with no
+/// offset at all is taken as UTC, the zone SuperOffice writes.
 fn parse_timestamp(v: &str) -> Option<SystemTime> {
+    use time::{
+        OffsetDateTime, PrimitiveDateTime,
+        format_description::well_known::{Iso8601, Rfc3339},
+    };
     let v = v.trim();
-    let v = v
-        .strip_suffix("+00:00")
-        .map(|s| format!("{s}Z"))
-        .unwrap_or_else(|| v.to_owned());
-    // humantime takes at most 9 fractional digits.
-    humantime::parse_rfc3339_weak(&v).ok()
+    if let Ok(t) = OffsetDateTime::parse(v, &Rfc3339) {
+        return Some(t.into());
+    }
+    // Only a date and time with no offset: anything else ISO 8601 allows
+    // (week dates, a bare date) is not a ValidUntil.
+    let b = v.as_bytes();
+    let calendar_date = b.len() >= 19
+        && b[..10]
+            .iter()
+            .enumerate()
+            .all(|(i, c)| if i == 4 || i == 7 { *c == b'-' } else { c.is_ascii_digit() })
+        && b[10] == b'T'
+        // No offset at all: one RFC 3339 refused (+25:00) is not UTC.
+        && !b[10..].iter().any(|c| matches!(c, b'+' | b'-' | b'Z' | b'z'));
+    if !calendar_date {
+        return None;
+    }
+    PrimitiveDateTime::parse(v, &Iso8601::DEFAULT)
+        .ok()
+        .map(|t| t.assume_utc().into())
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -402,14 +423,38 @@ mod tests {
     }
 
     #[test]
-    fn timestamps_in_the_forms_seen() {
+    fn timestamps_land_on_the_right_instant_whatever_their_offset() {
+        // 2026-11-23T14:53:42.0748100Z, in every form.
+        let utc = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_795_445_622_074_810_000);
         for v in [
-            "2026-02-23T09:52:01.9342965Z",
-            "2026-02-23T09:52:01Z",
-            "2026-02-23T09:52:01.9342965+00:00",
-            "2026-02-23T09:52:01.9342965",
+            "2026-11-23T14:53:42.0748100Z",
+            "2026-11-23T14:53:42.0748100+00:00",
+            "2026-11-23T15:53:42.0748100+01:00",
+            "2026-11-23T09:53:42.0748100-05:00",
+            "2026-11-23T14:53:42.07481Z",
+            "2026-11-23t14:53:42.0748100z",
+            // No offset: UTC.
+            "2026-11-23T14:53:42.0748100",
         ] {
-            assert!(parse_timestamp(v).is_some(), "{v}");
+            assert_eq!(parse_timestamp(v), Some(utc), "{v}");
+        }
+        let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_445_622);
+        for v in [
+            "2026-11-23T14:53:42Z",
+            "2026-11-23T14:53:42",
+            "2026-11-23T16:53:42+02:00",
+        ] {
+            assert_eq!(parse_timestamp(v), Some(whole), "{v}");
+        }
+        for v in [
+            "",
+            "2026-11-23",
+            "2026-W47-1T14:53:42",
+            "tomorrow",
+            "2026-11-23T25:00:00Z",
+            "2026-11-23T14:53:42+25:00",
+        ] {
+            assert_eq!(parse_timestamp(v), None, "{v}");
         }
     }
 
