@@ -106,6 +106,7 @@ pub fn verifier_for(signer: &Signer) -> Verifier {
         keys,
         jwks_url: None,
         jwks_refetch_interval: Duration::from_secs(60),
+        jwks_refresh_interval: Duration::from_secs(3600),
     })
     .unwrap()
 }

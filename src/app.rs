@@ -182,7 +182,15 @@ impl Application {
             metrics,
             journal,
         } = self;
-        tokio::spawn(async move { verifier.prefetch().await });
+        let jwks = {
+            let verifier = Arc::clone(&verifier);
+            Background::spawn(|stop| async move {
+                tokio::select! {
+                    () = verifier.keep_jwks_fresh() => {}
+                    () = stop.cancelled() => {}
+                }
+            })
+        };
         let readiness = Arc::new(Readiness::default());
         let restored = store.len();
         let polling = spawn_polling(&config, &store, &tracker, poller, &readiness);
@@ -201,6 +209,7 @@ impl Application {
             let router = admin::router(
                 Arc::clone(&metrics),
                 Arc::clone(&store),
+                Arc::clone(&verifier),
                 Arc::clone(&readiness),
             );
             Background::spawn(|stop| async move {
@@ -294,6 +303,7 @@ impl Application {
         // everything acknowledged; the admin listener, so probes saw the
         // drain.
         polling.stop().await;
+        jwks.stop().await;
         if let Some(p) = persisting {
             let _ = tokio::time::timeout(Duration::from_secs(30), p.stop()).await;
         }

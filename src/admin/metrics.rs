@@ -23,7 +23,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::{admin::process::ProcessCollector, core::store::Store};
+use crate::{admin::process::ProcessCollector, core::store::Store, token::JwksStats};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
@@ -67,6 +67,9 @@ pub struct Metrics {
     events_coalesced: Counter,
     tenants: Family<TenantLabels, Gauge>,
     revision: Gauge<i64, AtomicI64>,
+    jwks_keys: Gauge,
+    jwks_last_refresh: Gauge,
+    jwks_refresh_failures: Counter,
     /// Scrape-time figures are cleared and set under this lock.
     render: Mutex<()>,
 }
@@ -167,8 +170,30 @@ impl Metrics {
             "The store's latest revision",
             revision.clone(),
         );
+        let jwks_keys = Gauge::default();
+        registry.register(
+            "jwks_keys",
+            "Signing keys trusted from SuperOffice's JWKS now",
+            jwks_keys.clone(),
+        );
+        let jwks_last_refresh = Gauge::default();
+        registry.register_with_unit(
+            "jwks_last_refresh_timestamp",
+            "When SuperOffice's JWKS was last fetched and parsed (Unix time; 0: never)",
+            Unit::Seconds,
+            jwks_last_refresh.clone(),
+        );
+        let jwks_refresh_failures = Counter::default();
+        registry.register(
+            "jwks_refresh_failures",
+            "Fetches of SuperOffice's JWKS that failed (the known keys were kept)",
+            jwks_refresh_failures.clone(),
+        );
         Self {
             registry: root,
+            jwks_keys,
+            jwks_last_refresh,
+            jwks_refresh_failures,
             polls,
             poll_duration,
             poll_lateness,
@@ -223,7 +248,7 @@ impl Metrics {
 
     /// The OpenMetrics text of every metric, with the store's figures as
     /// they are now.
-    pub fn render(&self, store: &Store) -> String {
+    pub fn render(&self, store: &Store, jwks: Option<JwksStats>) -> String {
         let _guard = self.render.lock().unwrap_or_else(|e| e.into_inner());
         self.tenants.clear();
         for (state, stale, n) in store.count_by_state() {
@@ -236,6 +261,17 @@ impl Metrics {
         }
         self.revision
             .set(i64::try_from(store.revision()).unwrap_or(i64::MAX));
+        if let Some(j) = jwks {
+            self.jwks_keys.set(j.keys as i64);
+            self.jwks_last_refresh.set(
+                j.last_refresh
+                    .map_or(0, |t| crate::token::unix_seconds(t) as i64),
+            );
+            let counted = self.jwks_refresh_failures.get();
+            if j.failures > counted {
+                self.jwks_refresh_failures.inc_by(j.failures - counted);
+            }
+        }
         let coalesced = store.coalesced();
         let counted = self.events_coalesced.get();
         if coalesced > counted {

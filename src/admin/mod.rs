@@ -18,7 +18,7 @@ use axum::{
 };
 use serde_json::json;
 
-use crate::{admin::metrics::Metrics, core::store::Store};
+use crate::{admin::metrics::Metrics, core::store::Store, token::Verifier};
 
 /// Whether the service should receive traffic: once listening and the
 /// first poll round of the configured tenants is done (or timed out), and
@@ -54,10 +54,16 @@ impl Readiness {
 struct AdminState {
     metrics: Arc<Metrics>,
     store: Arc<Store>,
+    verifier: Arc<Verifier>,
     readiness: Arc<Readiness>,
 }
 
-pub fn router(metrics: Arc<Metrics>, store: Arc<Store>, readiness: Arc<Readiness>) -> Router {
+pub fn router(
+    metrics: Arc<Metrics>,
+    store: Arc<Store>,
+    verifier: Arc<Verifier>,
+    readiness: Arc<Readiness>,
+) -> Router {
     Router::new()
         .route("/metrics", get(scrape))
         .route("/livez", get(|| async { Json(json!({"status": "alive"})) }))
@@ -74,12 +80,13 @@ pub fn router(metrics: Arc<Metrics>, store: Arc<Store>, readiness: Arc<Readiness
         .with_state(AdminState {
             metrics,
             store,
+            verifier,
             readiness,
         })
 }
 
 async fn scrape(State(s): State<AdminState>) -> Response {
-    let body = s.metrics.render(&s.store);
+    let body = s.metrics.render(&s.store, s.verifier.jwks_stats());
     (
         [(header::CONTENT_TYPE, crate::admin::metrics::CONTENT_TYPE)],
         body,

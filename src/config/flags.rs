@@ -242,6 +242,11 @@ pub struct WebhookArgs {
     /// /login/.well-known/jwks, unless --jwt-certificate is given].
     #[arg(long, env = "TENANT_STATUS_JWKS_URL")]
     pub jwks_url: Option<String>,
+    /// How often the JWKS is fetched again (sooner when its Cache-Control
+    /// max-age says so); a key SuperOffice withdraws is no longer trusted
+    /// after the next fetch.
+    #[arg(long, env = "TENANT_STATUS_JWKS_REFRESH_INTERVAL", value_parser = duration, default_value = "1h")]
+    pub jwks_refresh_interval: Duration,
     /// Issuer that notification tokens must name [default:
     /// https://{env}.superoffice.com, or the origin of
     /// --state-api-base-url].

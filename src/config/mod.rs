@@ -362,6 +362,14 @@ impl WebhookArgs {
             ),
             (None, false) => None,
         };
+        if self.jwks_refresh_interval < Duration::from_secs(10)
+            || self.jwks_refresh_interval > Duration::from_secs(24 * 3600)
+        {
+            return Err(bad(
+                "--jwks-refresh-interval",
+                "must be from 10s to 24h: often enough that a withdrawn key stops being trusted soon, rarely enough not to load SuperOffice",
+            ));
+        }
         if self.jwt_leeway > Duration::from_secs(300) {
             return Err(bad(
                 "--jwt-leeway",
@@ -412,6 +420,7 @@ impl WebhookArgs {
                 keys,
                 jwks_url,
                 jwks_refetch_interval: JWKS_REFETCH_INTERVAL,
+                jwks_refresh_interval: self.jwks_refresh_interval,
             },
             seen_tokens_max: self.seen_tokens_max,
             max_connections: self.webhook_max_connections,

@@ -120,6 +120,10 @@ struct Inner {
     jwks_requests: u64,
     /// Keys published beside the signer's (a rotation in progress).
     extra_keys: Vec<jsonwebtoken::jwk::Jwk>,
+    /// The signer's own key withdrawn from the JWKS (revoked).
+    own_key_withdrawn: bool,
+    /// A Cache-Control max-age on the JWKS, in seconds.
+    jwks_max_age: Option<u64>,
     unknown_as_200: bool,
     /// This fraction of answers, at random, is a 503.
     fail_ratio: f64,
@@ -151,8 +155,15 @@ impl FakeSuperOffice {
                     let mut inner = inner.lock().unwrap_or_else(|e| e.into_inner());
                     inner.jwks_requests += 1;
                     let mut set = jwks.clone();
+                    if inner.own_key_withdrawn {
+                        set.keys.clear();
+                    }
                     set.keys.extend(inner.extra_keys.iter().cloned());
-                    Json(set)
+                    let cache = inner
+                        .jwks_max_age
+                        .map(|s| format!("public, max-age={s}"))
+                        .unwrap_or_else(|| "no-store".to_owned());
+                    ([(axum::http::header::CACHE_CONTROL, cache)], Json(set))
                 }),
             )
             .with_state(Arc::clone(&inner));
@@ -204,6 +215,17 @@ impl FakeSuperOffice {
     /// Publishes `other`'s key in the JWKS too, as during a rotation.
     pub fn publish_key(&self, other: &Signer) {
         self.lock().extra_keys.extend(other.jwks().keys);
+    }
+
+    /// Withdraws (or puts back) the signer's own key from the JWKS, as
+    /// SuperOffice would revoke a leaked key; `publish_key` keys stay.
+    pub fn withdraw_own_key(&self, withdrawn: bool) {
+        self.lock().own_key_withdrawn = withdrawn;
+    }
+
+    /// Serves the JWKS with `Cache-Control: max-age` (None: `no-store`).
+    pub fn set_jwks_max_age(&self, seconds: Option<u64>) {
+        self.lock().jwks_max_age = seconds;
     }
 
     /// A notification body as SuperOffice sends it, with a fresh token.

@@ -1,10 +1,15 @@
 //! The environment's JWKS: fetched from `/login/.well-known/jwks`, cached
-//! by `kid`, refetched at most once a refetch interval.
+//! by `kid`, refreshed on a schedule (a key SuperOffice withdraws stops
+//! being trusted at the next refresh), and refetched early, at most once a
+//! refetch interval, for a token naming an unknown `kid`.
 
 use std::{
     collections::HashMap,
-    sync::RwLock,
-    time::{Duration, Instant},
+    sync::{
+        RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
 };
 
 use jsonwebtoken::DecodingKey;
@@ -20,10 +25,32 @@ pub(super) struct Jwks {
     /// unknown key ids share one.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
     refetch_interval: Duration,
+    refresh_interval: Duration,
+    failures: AtomicU64,
+    /// Unix seconds of the last successful fetch; 0 before the first.
+    last_success: AtomicU64,
+}
+
+/// The largest JWKS read; the body is cut off as it streams past it.
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
+/// How the JWKS is doing, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JwksStats {
+    /// Keys trusted from the JWKS now.
+    pub keys: usize,
+    /// When the JWKS was last fetched and parsed, if ever.
+    pub last_refresh: Option<SystemTime>,
+    /// Fetches that failed (the known keys were kept).
+    pub failures: u64,
 }
 
 impl Jwks {
-    pub(super) fn new(url: Url, refetch_interval: Duration) -> anyhow::Result<Self> {
+    pub(super) fn new(
+        url: Url,
+        refetch_interval: Duration,
+        refresh_interval: Duration,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             url,
             client: reqwest::Client::builder()
@@ -33,7 +60,19 @@ impl Jwks {
             keys: RwLock::new(HashMap::new()),
             last_fetch: tokio::sync::Mutex::new(None),
             refetch_interval,
+            refresh_interval,
+            failures: AtomicU64::new(0),
+            last_success: AtomicU64::new(0),
         })
+    }
+
+    pub(super) fn stats(&self) -> JwksStats {
+        let last = self.last_success.load(Ordering::Relaxed);
+        JwksStats {
+            keys: self.len(),
+            last_refresh: (last > 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_secs(last)),
+            failures: self.failures.load(Ordering::Relaxed),
+        }
     }
 
     /// The key published under `kid`, if known.
@@ -55,13 +94,29 @@ impl Jwks {
         self.keys.read().expect("jwks lock").len()
     }
 
-    /// Fetches now (at start-up), whenever the last fetch was. Failure is
-    /// logged, not fatal.
-    pub(super) async fn prefetch(&self) {
-        let mut last = self.last_fetch.lock().await;
-        *last = Some(Instant::now());
-        if let Err(e) = self.fetch().await {
-            tracing::warn!(url = %self.url, error = format!("{e:#}"), "could not fetch SuperOffice's JWKS; will try again on the next notification");
+    /// Fetches now (at start-up), then again every refresh interval, or
+    /// sooner when the JWKS's Cache-Control max-age says so (but never more
+    /// often than the refetch interval). Each successful fetch replaces the
+    /// keys whole, so a withdrawn key is no longer trusted. A failed one
+    /// keeps the known keys, and is tried again after the refetch interval.
+    /// Runs until dropped.
+    pub(super) async fn keep_fresh(&self) {
+        loop {
+            let next = {
+                let mut last = self.last_fetch.lock().await;
+                *last = Some(Instant::now());
+                match self.fetch().await {
+                    Ok(max_age) => self
+                        .refresh_interval
+                        .min(max_age.map_or(Duration::MAX, |m| m.max(self.refetch_interval))),
+                    Err(e) => {
+                        tracing::warn!(url = %self.url, error = format!("{e:#}"), "could not fetch SuperOffice's JWKS; keeping the keys we had");
+                        self.refetch_interval.min(self.refresh_interval)
+                    }
+                }
+            };
+            // Never a busy loop, whatever the settings.
+            tokio::time::sleep(next.max(Duration::from_millis(100))).await;
         }
     }
 
@@ -82,9 +137,25 @@ impl Jwks {
         }
     }
 
-    async fn fetch(&self) -> anyhow::Result<()> {
+    /// Fetches and, if it holds a usable key, replaces the keys; returns
+    /// the response's Cache-Control max-age. A failure is counted.
+    async fn fetch(&self) -> anyhow::Result<Option<Duration>> {
+        let result = self.fetch_once().await;
+        match &result {
+            Ok(_) => {
+                let now = crate::token::unix_seconds(SystemTime::now());
+                self.last_success.store(now.max(1), Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    async fn fetch_once(&self) -> anyhow::Result<Option<Duration>> {
         use anyhow::Context;
-        let response = self
+        let mut response = self
             .client
             .get(self.url.clone())
             .send()
@@ -93,9 +164,24 @@ impl Jwks {
         if !response.status().is_success() {
             anyhow::bail!("answered {}", response.status());
         }
-        let body = response.bytes().await.context("reading the body")?;
-        if body.len() > 1024 * 1024 {
+        let max_age = response
+            .headers()
+            .get(reqwest::header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(max_age);
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
+        {
             anyhow::bail!("the JWKS is larger than 1 MiB");
+        }
+        // Read as it streams, so an endless body costs at most the cap.
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.context("reading the body")? {
+            if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                anyhow::bail!("the JWKS is larger than 1 MiB");
+            }
+            body.extend_from_slice(&chunk);
         }
         let keys = parse_jwks(&body)?;
         if keys.is_empty() {
@@ -103,10 +189,34 @@ impl Jwks {
             // not stop every notification.
             anyhow::bail!("the JWKS holds no usable RS256 signing key; keeping the keys we had");
         }
+        let mut known = self.keys.write().expect("jwks lock");
+        let withdrawn: Vec<&String> = known.keys().filter(|k| !keys.contains_key(*k)).collect();
+        if !withdrawn.is_empty() {
+            tracing::warn!(url = %self.url, ?withdrawn, "keys withdrawn from SuperOffice's JWKS are no longer trusted");
+        }
         tracing::info!(url = %self.url, keys = keys.len(), "fetched SuperOffice's JWKS");
-        *self.keys.write().expect("jwks lock") = keys;
-        Ok(())
+        *known = keys;
+        Ok(max_age)
     }
+}
+
+/// `max-age` of a Cache-Control value; none for `no-store` or `no-cache`.
+fn max_age(cache_control: &str) -> Option<Duration> {
+    let mut age = None;
+    for directive in cache_control.split(',').map(str::trim) {
+        let lower = directive.to_ascii_lowercase();
+        if lower == "no-store" || lower == "no-cache" {
+            return None;
+        }
+        if let Some(v) = lower.strip_prefix("max-age=") {
+            age = v
+                .trim_matches('"')
+                .parse::<u64>()
+                .ok()
+                .map(Duration::from_secs);
+        }
+    }
+    age
 }
 
 /// The RS256 signing keys of a JWKS document, by `kid`. Keys of other
@@ -148,4 +258,25 @@ pub fn parse_jwks(body: &[u8]) -> anyhow::Result<HashMap<String, DecodingKey>> {
         keys.insert(kid, key);
     }
     Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_age_is_read_from_cache_control() {
+        assert_eq!(
+            max_age("public, max-age=300"),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            max_age("Max-Age=\"60\", must-revalidate"),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(max_age("no-store"), None);
+        assert_eq!(max_age("max-age=60, no-cache"), None);
+        assert_eq!(max_age("max-age=soon"), None);
+        assert_eq!(max_age(""), None);
+    }
 }

@@ -29,7 +29,7 @@ use serde::Deserialize;
 use url::Url;
 
 use jwks::Jwks;
-pub use jwks::parse_jwks;
+pub use jwks::{JwksStats, parse_jwks};
 pub use replay::{Seen, SeenTokens};
 
 /// The claim in which SuperOffice's tokens name the tenant.
@@ -49,6 +49,9 @@ pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 /// The default shortest time between two JWKS fetches caused by unknown
 /// key ids.
 pub const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The default time between two scheduled JWKS fetches.
+pub const JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Why a token was refused. The messages are safe to return and to log.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -158,6 +161,10 @@ pub struct VerifierSettings {
     pub jwks_url: Option<Url>,
     /// The shortest time between two JWKS fetches caused by unknown key ids.
     pub jwks_refetch_interval: Duration,
+    /// How often the JWKS is fetched again (sooner if its Cache-Control
+    /// max-age says so): a key SuperOffice withdraws is no longer trusted
+    /// after the next fetch.
+    pub jwks_refresh_interval: Duration,
 }
 
 /// What a verified token tells.
@@ -205,7 +212,11 @@ impl Verifier {
             None => validation.validate_aud = false,
         }
         let jwks = match settings.jwks_url {
-            Some(url) => Some(Jwks::new(url, settings.jwks_refetch_interval)?),
+            Some(url) => Some(Jwks::new(
+                url,
+                settings.jwks_refetch_interval,
+                settings.jwks_refresh_interval,
+            )?),
             None => None,
         };
         Ok(Self {
@@ -217,12 +228,19 @@ impl Verifier {
         })
     }
 
-    /// Fetches the JWKS now (at start-up). Failure is logged, not fatal:
-    /// certificate keys still work, and an unknown `kid` tries again.
-    pub async fn prefetch(&self) {
+    /// Keeps the JWKS fresh: fetches it now (at start-up) and again on
+    /// its schedule, until dropped. Failure is logged and counted, not
+    /// fatal: certificate keys still work, the known keys are kept, and an
+    /// unknown `kid` tries again. Without a JWKS, returns at once.
+    pub async fn keep_jwks_fresh(&self) {
         if let Some(jwks) = &self.jwks {
-            jwks.prefetch().await;
+            jwks.keep_fresh().await;
         }
+    }
+
+    /// How the JWKS is doing; `None` without one.
+    pub fn jwks_stats(&self) -> Option<JwksStats> {
+        self.jwks.as_ref().map(|j| j.stats())
     }
 
     /// How many keys are trusted now (files and JWKS).

@@ -27,6 +27,7 @@ fn settings_for(signer: &Signer) -> VerifierSettings {
         keys: load_keys(&cert).unwrap(),
         jwks_url: None,
         jwks_refetch_interval: JWKS_REFETCH_INTERVAL,
+        jwks_refresh_interval: Duration::from_secs(3600),
     }
 }
 
@@ -154,6 +155,7 @@ async fn another_key_is_refused_and_several_files_rotate() {
         keys,
         jwks_url: None,
         jwks_refetch_interval: JWKS_REFETCH_INTERVAL,
+        jwks_refresh_interval: Duration::from_secs(3600),
     })
     .unwrap();
     assert!(v.verify(&forged, "Cust1").await.is_ok());

@@ -490,6 +490,88 @@ async fn unknown_key_ids_refetch_the_jwks_at_most_once_a_minute() {
 }
 
 #[tokio::test]
+async fn a_key_withdrawn_from_the_jwks_is_refused_after_the_next_refresh() {
+    let app = spawn_app_with(|_, config| {
+        config.webhook.verifier.jwks_refresh_interval = Duration::from_millis(300);
+    })
+    .await;
+    assert_eq!(
+        app.notify(ChangeType::Suspend, "Cust1", None).await,
+        reqwest::StatusCode::NO_CONTENT
+    );
+    // The key leaked: SuperOffice publishes a new one and withdraws it.
+    let next_key = Signer::generate(app.fake.signer().issuer()).unwrap();
+    app.fake.publish_key(&next_key);
+    app.fake.withdraw_own_key(true);
+    let before = app.fake.jwks_requests();
+    eventually("the JWKS refreshed on its schedule", || {
+        app.fake.jwks_requests() >= before + 2
+    })
+    .await;
+    let (status, json) = app
+        .post_notification(&app.fake.notification(ChangeType::Resume, "Cust1", None))
+        .await;
+    assert_eq!(status.as_u16(), 401, "{json}");
+    assert!(
+        ["token_signature", "token_no_keys"].contains(&json["reason"].as_str().unwrap()),
+        "{json}"
+    );
+    let token = next_key.notification_token("Cust1", Duration::from_secs(60));
+    let (status, json) = app.post_notification(&with_token("Cust1", &token)).await;
+    assert_eq!(status, reqwest::StatusCode::NO_CONTENT, "{json}");
+    let (_, text) = app.admin_get("/metrics").await;
+    let m = parse_metrics(&text);
+    assert_eq!(m["tenant_status_jwks_keys"], 1.0, "only the new key");
+    assert!(m["tenant_status_jwks_last_refresh_timestamp_seconds"] > 1.7e9);
+    assert_eq!(m["tenant_status_jwks_refresh_failures_total"], 0.0);
+}
+
+#[tokio::test]
+async fn a_failed_jwks_refresh_keeps_the_known_keys_and_is_counted() {
+    let app = spawn_app_with(|_, config| {
+        config.webhook.verifier.jwks_refresh_interval = Duration::from_millis(200);
+        config.webhook.verifier.jwks_refetch_interval = Duration::from_millis(200);
+    })
+    .await;
+    eventually("the JWKS fetched", || app.fake.jwks_requests() >= 1).await;
+    // A broken publication: no usable key at all.
+    app.fake.withdraw_own_key(true);
+    let before = app.fake.jwks_requests();
+    eventually("two failed refreshes", || {
+        app.fake.jwks_requests() >= before + 2
+    })
+    .await;
+    assert_eq!(
+        app.notify(ChangeType::Suspend, "Cust1", None).await,
+        reqwest::StatusCode::NO_CONTENT,
+        "an empty JWKS never replaces the keys we had"
+    );
+    let (_, text) = app.admin_get("/metrics").await;
+    let m = parse_metrics(&text);
+    assert!(
+        m["tenant_status_jwks_refresh_failures_total"] >= 2.0,
+        "{text}"
+    );
+    assert_eq!(m["tenant_status_jwks_keys"], 1.0);
+}
+
+#[tokio::test]
+async fn a_shorter_cache_control_max_age_brings_the_refresh_forward() {
+    let app = spawn_app_with(|fake, config| {
+        fake.set_jwks_max_age(Some(1));
+        // The hour-long default schedule; the refetch interval is the
+        // floor under max-age.
+        config.webhook.verifier.jwks_refetch_interval = Duration::from_millis(100);
+    })
+    .await;
+    eventually(
+        "fetched three times within seconds, not within hours",
+        || app.fake.jwks_requests() >= 3,
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn a_certificate_file_alone_is_enough() {
     let dir = std::env::temp_dir().join(format!("ts-webhook-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
