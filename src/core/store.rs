@@ -36,7 +36,7 @@ use crate::core::{
 
 /// How many removals are remembered for watchers that resume with
 /// `since_revision`.
-const TOMBSTONES_KEPT: usize = 10_000;
+pub(crate) const TOMBSTONES_KEPT: usize = 10_000;
 
 /// What a poll of SuperOffice's state API produced, as the store applies it.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,6 +99,10 @@ pub struct Store {
     /// Every watcher's inbox, marked in the ordered section.
     fanout: Fanout,
     tombstones: Mutex<VecDeque<(u64, ContextId)>>,
+    /// The oldest revision a watcher may resume from and miss nothing: the
+    /// revision this store started above, then that of the last removal
+    /// it forgot (see `TOMBSTONES_KEPT`).
+    resumable_from: AtomicU64,
     closing: CancellationToken,
 }
 
@@ -122,6 +126,7 @@ impl Store {
             order: Mutex::new(()),
             fanout: Fanout::default(),
             tombstones: Mutex::new(VecDeque::new()),
+            resumable_from: AtomicU64::new(base),
             closing: CancellationToken::new(),
         }
     }
@@ -407,12 +412,21 @@ impl Store {
             let mut t = self.tombstones.lock().expect("tombstones lock");
             t.push_back((revision, ctx.clone()));
             while t.len() > TOMBSTONES_KEPT {
-                t.pop_front();
+                if let Some((forgotten, _)) = t.pop_front() {
+                    self.resumable_from.fetch_max(forgotten, Ordering::Relaxed);
+                }
             }
         }
         self.fanout.publish(ctx, Slot::Removed(revision));
         self.revision.store(revision, Ordering::Release);
         Some(revision)
+    }
+
+    /// The oldest `since_revision` a watcher may resume from and be told
+    /// every removal since: below it, this store started later (a restart)
+    /// or has forgotten a removal.
+    pub fn resumable_from(&self) -> u64 {
+        self.resumable_from.load(Ordering::Relaxed)
     }
 
     /// The revision at which `ctx` was last removed, if still remembered.

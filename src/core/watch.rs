@@ -26,6 +26,11 @@ use crate::{
 /// One event of a watch stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WatchEvent {
+    /// The `since` asked for is older than this store can replay (it
+    /// started later, or forgot a removal since) or is not one of its
+    /// revisions: the client drops what it holds; a full snapshot follows.
+    /// First in its stream; it carries no revision.
+    Reset,
     Snapshot(Arc<TenantRecord>),
     Synced(u64),
     Changed(Arc<TenantRecord>),
@@ -66,6 +71,15 @@ pub fn watch(
     let watcher = store.register_watcher(names);
     let floor = watcher.floor();
     let mut pending = VecDeque::new();
+    // A resume the store cannot serve without a gap starts over, and says
+    // so: a silent gap would leave the client holding removed tenants.
+    let resumable_from = store.resumable_from();
+    let since = if since > 0 && (since < resumable_from || since > floor) {
+        pending.push_back(WatchEvent::Reset);
+        0
+    } else {
+        since
+    };
     // Records at or below the floor are the snapshot; every change above
     // it is marked in the inbox and follows SYNCED.
     if watcher.names().is_empty() {
@@ -170,6 +184,8 @@ fn event_revision(e: &WatchEvent) -> u64 {
     match e {
         WatchEvent::Snapshot(r) | WatchEvent::Changed(r) => r.revision,
         WatchEvent::Removed(_, rev) | WatchEvent::Synced(rev) | WatchEvent::Heartbeat(rev) => *rev,
+        // Sorted with the snapshot, but always first: see `watch`.
+        WatchEvent::Reset => 0,
         WatchEvent::Closing => u64::MAX,
     }
 }
@@ -292,6 +308,96 @@ mod tests {
         assert_eq!(
             s.next().await,
             Some(WatchEvent::Heartbeat(store.revision()))
+        );
+    }
+
+    async fn first_events(s: &mut (impl Stream<Item = WatchEvent> + Unpin)) -> Vec<WatchEvent> {
+        let mut out = vec![];
+        loop {
+            let e = s.next().await.unwrap();
+            let done = matches!(e, WatchEvent::Synced(_));
+            out.push(e);
+            if done {
+                return out;
+            }
+        }
+    }
+
+    /// A resume the store cannot serve without a gap starts with RESET and
+    /// a complete snapshot; one it can serve gets neither.
+    #[tokio::test]
+    async fn a_resume_from_before_the_store_began_or_from_its_future_is_reset() {
+        let store = Arc::new(Store::starting_after(1_000));
+        let a = ctx("CustA");
+        let b = ctx("CustB");
+        let first = change(&store, &a, "https://a");
+        change(&store, &b, "https://b");
+        let open = |since| {
+            Box::pin(watch(
+                Arc::clone(&store),
+                vec![],
+                since,
+                Duration::from_secs(60),
+            ))
+        };
+        // From the previous process (below where this store began).
+        let events = first_events(&mut open(500)).await;
+        assert_eq!(events[0], WatchEvent::Reset);
+        assert_eq!(events.len(), 4, "RESET, both records, SYNCED: {events:?}");
+        // From the future (another instance's revision).
+        let events = first_events(&mut open(store.revision() + 10)).await;
+        assert_eq!(events[0], WatchEvent::Reset);
+        assert_eq!(events.len(), 4, "{events:?}");
+        // From one of its own: only what changed after it.
+        let events = first_events(&mut open(first)).await;
+        assert!(matches!(&events[0], WatchEvent::Snapshot(r) if r.context_identifier == b));
+        assert_eq!(events.len(), 2, "{events:?}");
+        // From where it began (an empty store's SYNCED): everything, no reset.
+        let events = first_events(&mut open(1_000)).await;
+        assert_eq!(events.len(), 3, "{events:?}");
+    }
+
+    /// Once the store has forgotten a removal after `since`, a resume from
+    /// `since` is reset; from after the forgotten removal it is not.
+    #[tokio::test]
+    async fn a_resume_from_before_a_forgotten_removal_is_reset() {
+        let store = Arc::new(Store::new());
+        let keep = ctx("Keep");
+        change(&store, &keep, "https://keep");
+        let since = store.revision();
+        for i in 0..=crate::core::store::TOMBSTONES_KEPT {
+            let gone = ctx(&format!("Gone{i}"));
+            change(&store, &gone, "https://gone");
+            store.remove(&gone);
+        }
+        assert!(store.resumable_from() > since);
+        let events = first_events(&mut Box::pin(watch(
+            Arc::clone(&store),
+            vec![],
+            since,
+            Duration::from_secs(60),
+        )))
+        .await;
+        assert_eq!(events[0], WatchEvent::Reset);
+        assert!(matches!(&events[1], WatchEvent::Snapshot(r) if r.context_identifier == keep));
+        assert_eq!(
+            events.len(),
+            3,
+            "no REMOVED after a reset: {}",
+            events.len()
+        );
+        let recent = store.revision() - 1;
+        let events = first_events(&mut Box::pin(watch(
+            Arc::clone(&store),
+            vec![],
+            recent,
+            Duration::from_secs(60),
+        )))
+        .await;
+        assert!(
+            matches!(events[0], WatchEvent::Removed(_, rev) if rev == recent + 1),
+            "{:?}",
+            events[0]
         );
     }
 }

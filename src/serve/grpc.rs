@@ -432,6 +432,7 @@ fn event_to_pb(e: WatchEvent) -> pb::WatchTenantResponse {
     match e {
         WatchEvent::Snapshot(r) => tenant_event(T::Snapshot, &r),
         WatchEvent::Changed(r) => tenant_event(T::Changed, &r),
+        WatchEvent::Reset => marker(T::Reset, String::new(), 0),
         WatchEvent::Synced(rev) => marker(T::Synced, String::new(), rev),
         WatchEvent::Heartbeat(rev) => marker(T::Heartbeat, String::new(), rev),
         WatchEvent::Removed(ctx, rev) => marker(T::Removed, ctx.to_string(), rev),

@@ -157,6 +157,11 @@ async fn read_stream(
                 );
                 synced |= k == E::Synced;
             }
+            E::Reset => {
+                // Only ever first, and then the view starts over.
+                assert!(high == 0 && !synced, "{}: RESET mid-stream", w.label);
+                view.tenants.clear();
+            }
             E::Unspecified => panic!("{}: an unspecified event", w.label),
         }
         high = high.max(rev);

@@ -157,6 +157,39 @@ async fn since_revision_sends_only_what_changed_after_it() {
 }
 
 #[tokio::test]
+async fn a_resume_this_server_cannot_serve_starts_with_reset_and_a_full_snapshot() {
+    let app = spawn_app().await;
+    for i in 1..=3 {
+        app.store.apply_poll(
+            &ContextId::parse(&format!("Cust{i}")).unwrap(),
+            observed("https://a"),
+            SystemTime::now(),
+        );
+    }
+    // A revision from before this process began (a client of the previous
+    // one, after a restart), by name and for every tenant.
+    for names in [&["Cust1", "Cust2", "Cust3"][..], &[]] {
+        let mut s = app.watch(names, 1).await.unwrap();
+        let reset = next(&mut s).await;
+        assert_eq!((kind(&reset), reset.revision), (E::Reset, 0));
+        let mut snapshot = vec![];
+        loop {
+            let ev = next(&mut s).await;
+            match kind(&ev) {
+                E::Snapshot => snapshot.push(ev.context_identifier),
+                E::Synced => break,
+                other => panic!("{other:?} in the snapshot"),
+            }
+        }
+        snapshot.sort();
+        assert_eq!(snapshot, ["Cust1", "Cust2", "Cust3"], "complete");
+    }
+    // One of its own revisions: no reset.
+    let mut s = app.watch(&[], app.store.revision()).await.unwrap();
+    assert_eq!(kind(&next(&mut s).await), E::Synced);
+}
+
+#[tokio::test]
 async fn a_tenant_superoffice_does_not_know_stays_unknown_until_it_appears() {
     let app = spawn_app().await;
     let mut s = app.watch(&["Cust9"], 0).await.unwrap();
