@@ -4,6 +4,8 @@
 
 use std::{future::Future, sync::Arc};
 
+use axum::http;
+
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
@@ -81,6 +83,9 @@ pub fn grpc_server<T: Tenants, S: Future<Output = ()> + Send + 'static>(
     let server = builder
         .accept_http1(true)
         .layer(tonic_web::GrpcWebLayer::new())
+        .layer(tower::util::MapResponseLayer::new(
+            oversize_is_resource_exhausted as fn(_) -> _,
+        ))
         .http2_keepalive_interval(Some(config.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
         .max_concurrent_streams(Some(config.max_concurrent_streams))
@@ -105,4 +110,36 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// A request larger than `--grpc-max-request-size` is RESOURCE_EXHAUSTED,
+/// as the gRPC spec says of a message over the receiver's limit, with a
+/// sentence naming the flag; tonic answers OUT_OF_RANGE. Its answer comes
+/// before any handler runs, as a trailers-only response that carries the
+/// `Status` in its extensions, so it is mended here, on the headers; other
+/// responses pass untouched.
+fn oversize_is_resource_exhausted(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    const TONIC: &str = "Error, decoded message length too large: found ";
+    let Some(status) = response.extensions().get::<tonic::Status>() else {
+        return response;
+    };
+    if status.code() != tonic::Code::OutOfRange {
+        return response;
+    }
+    let Some(rest) = status.message().strip_prefix(TONIC) else {
+        return response;
+    };
+    let mut numbers = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|n| !n.is_empty());
+    let (found, limit) = (numbers.next().unwrap_or("?"), numbers.next().unwrap_or("?"));
+    let mended = tonic::Status::resource_exhausted(format!(
+        "the request message is {found} bytes, more than the {limit} bytes this server accepts (--grpc-max-request-size)"
+    ));
+    if mended.add_header(response.headers_mut()).is_ok() {
+        response.extensions_mut().insert(mended);
+    }
+    response
 }
