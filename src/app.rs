@@ -74,7 +74,9 @@ impl Application {
         let (grpc_listener, grpc_addr) = bind("--grpc-addr", &config.grpc_addr).await?;
         let (webhook_listener, webhook_addr) = bind("--webhook-addr", &config.webhook.addr).await?;
         let (admin_listener, admin_addr) = bind("--admin-addr", &config.admin_addr).await?;
-        let store = Arc::new(Store::starting_from_clock());
+        let store = Arc::new(
+            Store::starting_from_clock().with_notification_hold(config.webhook.notification_hold),
+        );
         // Whatever the store holds now came from the state file and its
         // journal: `run_until` re-polls those tenants over a spread.
         let journal = match &config.state_file {

@@ -207,6 +207,7 @@ fn sample() -> pb::Tenant {
         stale: false,
         last_error: String::new(),
         changed_at: Some(now.into()),
+        held_until: None,
     }
 }
 

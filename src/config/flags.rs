@@ -247,6 +247,13 @@ pub struct WebhookArgs {
     /// after the next fetch.
     #[arg(long, env = "TENANT_STATUS_JWKS_REFRESH_INTERVAL", value_parser = duration, default_value = "1h")]
     pub jwks_refresh_interval: Duration,
+    /// How long, at most, the state or endpoint a notification implies
+    /// holds while the state API still answers what it said before (it
+    /// lags: SuperOffice notifies when a tenant is about to change). Ends
+    /// sooner when the state API confirms it or answers anything else. 0:
+    /// the first poll has the last word.
+    #[arg(long, env = "TENANT_STATUS_NOTIFICATION_HOLD", value_parser = duration, default_value = "10m")]
+    pub notification_hold: Duration,
     /// Issuer that notification tokens must name [default:
     /// https://{env}.superoffice.com, or the origin of
     /// --state-api-base-url].

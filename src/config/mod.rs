@@ -112,6 +112,8 @@ pub struct WebhookConfig {
     pub max_body: usize,
     pub body_timeout: Duration,
     pub max_header_size: usize,
+    /// How long a notification's implied change holds at most.
+    pub notification_hold: Duration,
 }
 
 /// A setting that cannot be used, named with what is wrong.
@@ -410,6 +412,12 @@ impl WebhookArgs {
         if self.seen_tokens_max == 0 {
             return Err(bad("--seen-tokens-max", "must be at least 1"));
         }
+        if self.notification_hold > Duration::from_secs(24 * 3600) {
+            return Err(bad(
+                "--notification-hold",
+                "at most 24h: past it, a notification SuperOffice never confirms would outweigh its state API for too long",
+            ));
+        }
         Ok(WebhookConfig {
             addr: self.webhook_addr.clone(),
             path: self.webhook_path.clone(),
@@ -432,6 +440,7 @@ impl WebhookArgs {
             max_body: self.webhook_max_body,
             body_timeout: self.webhook_body_timeout,
             max_header_size: self.webhook_max_header_size,
+            notification_hold: self.notification_hold,
         })
     }
 }

@@ -20,7 +20,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use dashmap::DashMap;
@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::core::{
     fanout::{Fanout, Slot, Watcher},
     tenant::{
-        ChangeSource, ChangeType, ContextId, NotificationInfo, Observation, TenantRecord,
+        ChangeSource, ChangeType, ContextId, Hold, NotificationInfo, Observation, TenantRecord,
         TenantState, moved_url,
     },
 };
@@ -104,7 +104,13 @@ pub struct Store {
     /// it forgot (see `TOMBSTONES_KEPT`).
     resumable_from: AtomicU64,
     closing: CancellationToken,
+    /// How long a notification's implied change holds at most.
+    notification_hold: Duration,
 }
+
+/// How long a notification's implied change holds against lagging polls
+/// unless `--notification-hold` says otherwise.
+pub const DEFAULT_NOTIFICATION_HOLD: Duration = Duration::from_secs(600);
 
 impl Default for Store {
     fn default() -> Self {
@@ -128,7 +134,15 @@ impl Store {
             tombstones: Mutex::new(VecDeque::new()),
             resumable_from: AtomicU64::new(base),
             closing: CancellationToken::new(),
+            notification_hold: DEFAULT_NOTIFICATION_HOLD,
         }
+    }
+
+    /// The longest a notification's implied change holds against lagging
+    /// polls; zero: not at all (the poll has the last word at once).
+    pub fn with_notification_hold(mut self, hold: Duration) -> Self {
+        self.notification_hold = hold;
+        self
     }
 
     /// A store whose revisions start from the clock (microseconds since the
@@ -239,6 +253,21 @@ impl Store {
                 ..TenantRecord::unknown(ctx, now)
             };
             match result {
+                // Lagging news: the notification holds; only the record's
+                // freshness moves.
+                PollResult::Observed(o)
+                    if old
+                        .and_then(|r| r.hold.as_ref())
+                        .is_some_and(|h| h.is_lagging(&o, now)) =>
+                {
+                    let old = old?;
+                    Some(TenantRecord {
+                        observed_at: now,
+                        stale: false,
+                        last_error: String::new(),
+                        ..old.clone()
+                    })
+                }
                 PollResult::Observed(o) => Some(TenantRecord {
                     state: o.state,
                     endpoint: o.endpoint,
@@ -283,9 +312,12 @@ impl Store {
 
     /// Applies a verified state-change notification: records it, and sets
     /// the state it implies at once (Upgrade: OfflineMaintenance is coming;
-    /// Suspend; Delete; Move: the new endpoint host). Resume and
-    /// BackupRestored leave the state to the confirming poll. A tenant not
-    /// yet tracked is added. The poll that follows has the last word.
+    /// Suspend; Delete; Move: the new endpoint host). The implied change
+    /// holds (`Hold`) until the state API confirms it or moves on, or
+    /// `notification_hold` passes: a poll that still answers what it said
+    /// before is lagging and does not undo it. Resume and BackupRestored
+    /// imply nothing and leave the state to the confirming poll. A tenant
+    /// not yet tracked is added.
     pub fn apply_notification(
         &self,
         ctx: &ContextId,
@@ -302,6 +334,16 @@ impl Store {
                 ChangeType::Delete => Some(TenantState::Deleted),
                 _ => None,
             };
+            // What SuperOffice said before this notification (or before the
+            // first of a run of them still holding).
+            let prior = match &r.hold {
+                Some(h) if now < h.until => h.clone(),
+                _ => Hold {
+                    until: now + self.notification_hold,
+                    prior_state: r.state,
+                    prior_endpoint: r.endpoint.clone(),
+                },
+            };
             if let Some(state) = implied {
                 if state != r.state {
                     // The last poll's ValidUntil vouched for the old state,
@@ -314,6 +356,11 @@ impl Store {
                 r.endpoint = moved_url(&r.endpoint, &note.public_endpoint, ctx, "");
                 r.api = moved_url(&r.api, &note.public_endpoint, ctx, "/api");
             }
+            // An implied change holds against lagging polls; Resume and
+            // BackupRestored imply none and leave it all to the poll.
+            r.hold = (implied.is_some() || note.change_type == ChangeType::Move)
+                .then_some(prior)
+                .filter(|_| !self.notification_hold.is_zero());
             r.source = ChangeSource::Notification;
             r.last_notification = Some(note);
             Some(r)

@@ -265,6 +265,38 @@ pub struct TenantRecord {
     pub stale: bool,
     /// Why the last poll failed; empty after a successful one.
     pub last_error: String,
+    /// Set while the state or endpoint a notification implies holds
+    /// against polls that still answer what SuperOffice said before it.
+    pub hold: Option<Hold>,
+}
+
+/// A notification's implied change, holding against lagging polls.
+///
+/// SuperOffice notifies when a tenant "is about to be" upgraded (and so on):
+/// its state API may go on answering what it said before for a while. Such
+/// an answer is lagging news, not a contradiction: it refreshes the record
+/// but does not undo the notification. The hold ends when the state API
+/// answers anything else (it confirms the change, or has moved on), or at
+/// `until`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hold {
+    /// The latest the hold lasts (`--notification-hold` after the first
+    /// notification of a run of them).
+    pub until: SystemTime,
+    /// What the record said before the notification: an answer with this
+    /// state and endpoint is lagging.
+    pub prior_state: TenantState,
+    pub prior_endpoint: String,
+}
+
+impl Hold {
+    /// Whether `answer` only repeats what SuperOffice said before the
+    /// notification, while the hold lasts.
+    pub fn is_lagging(&self, answer: &Observation, now: SystemTime) -> bool {
+        now < self.until
+            && answer.state == self.prior_state
+            && answer.endpoint == self.prior_endpoint
+    }
 }
 
 impl TenantRecord {
@@ -285,6 +317,7 @@ impl TenantRecord {
             last_notification: None,
             stale: false,
             last_error: String::new(),
+            hold: None,
         }
     }
 
@@ -293,8 +326,9 @@ impl TenantRecord {
     }
 
     /// Whether `other` differs from `self` in anything a client acts on.
-    /// observed_at, valid_until and the error text are not: a poll that
-    /// confirms the same state must not wake every watcher.
+    /// observed_at, valid_until, the error text and the end of a hold are
+    /// not: a poll that confirms the same state must not wake every
+    /// watcher.
     pub fn meaningfully_differs(&self, other: &TenantRecord) -> bool {
         self.state != other.state
             || self.endpoint != other.endpoint

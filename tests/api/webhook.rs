@@ -8,7 +8,10 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{Value, json};
 use tenant_status::{
-    core::tenant::ChangeType, pb, sim::signer::Signer, sim::superoffice::Failure,
+    core::tenant::ChangeType,
+    pb,
+    sim::signer::Signer,
+    sim::superoffice::{Failure, TenantSpec},
     token::unix_seconds,
 };
 
@@ -75,28 +78,140 @@ async fn a_notification_reaches_a_watcher_at_once_and_a_poll_confirms_it() {
     assert_eq!(state(&t), pb::TenantState::Suspended);
 }
 
-#[tokio::test]
-async fn the_poll_has_the_last_word_when_it_disagrees() {
-    let app = spawn_app_tracking("Cust1", Duration::from_secs(600)).await;
-    let (mut stream, _) = watch_until_running(&app, "Cust1").await;
-    // An upgrade is announced; the state API still says Running.
-    assert_eq!(
-        app.notify(ChangeType::Upgrade, "Cust1", None).await,
-        reqwest::StatusCode::NO_CONTENT
-    );
-    let announced = next_matching(&mut stream, "CHANGED", |ev| {
+/// The next CHANGED record.
+async fn changed(stream: &mut tonic::Streaming<pb::WatchTenantResponse>) -> pb::Tenant {
+    next_matching(stream, "CHANGED", |ev| {
         kind(ev) == pb::WatchEventType::Changed
     })
     .await
     .tenant
-    .unwrap();
+    .expect("a record")
+}
+
+/// The states a watcher sees for `ctx` until `until`, consecutive repeats
+/// folded.
+async fn states_seen(
+    stream: &mut tonic::Streaming<pb::WatchTenantResponse>,
+    until: tokio::time::Instant,
+) -> Vec<pb::TenantState> {
+    let mut seen = vec![];
+    while let Ok(Ok(Some(ev))) = tokio::time::timeout_at(until, stream.message()).await {
+        if let Some(t) = ev.tenant
+            && seen.last() != Some(&state(&t))
+        {
+            seen.push(state(&t));
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn an_upgrade_holds_while_the_state_api_lags_and_never_flaps() {
+    // Polled every 300 ms, so the lagging answers keep coming.
+    let app = spawn_app_tracking("Cust1", Duration::from_millis(300)).await;
+    let (mut stream, _) = watch_until_running(&app, "Cust1").await;
+    // SuperOffice announces the upgrade; its state API still says Running.
+    assert_eq!(
+        app.notify(ChangeType::Upgrade, "Cust1", None).await,
+        reqwest::StatusCode::NO_CONTENT
+    );
+    let lagging_polls = app.fake.requests("Cust1");
+    eventually("several lagging answers", || {
+        app.fake.requests("Cust1") >= lagging_polls + 4
+    })
+    .await;
+    let held = app.get("Cust1").await.unwrap();
+    assert_eq!(state(&held), pb::TenantState::OfflineMaintenance);
+    assert!(held.held_until.is_some(), "the record shows it holds");
+    // Then the upgrade shows at SuperOffice, and then it is over.
+    app.fake.set(
+        "Cust1",
+        TenantSpec::new("OfflineMaintenance", "Cust1", "sod2.superoffice.com")
+            .valid_for(Duration::from_millis(300)),
+    );
+    let confirming = app.fake.requests("Cust1");
+    eventually("the upgrade confirmed", || {
+        app.fake.requests("Cust1") >= confirming + 2
+    })
+    .await;
+    assert!(
+        app.get("Cust1").await.unwrap().held_until.is_none(),
+        "confirmed"
+    );
+    app.fake.set(
+        "Cust1",
+        running("Cust1", "sod2.superoffice.com", Duration::from_millis(300)),
+    );
+    let seen = states_seen(
+        &mut stream,
+        tokio::time::Instant::now() + Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(
+        seen,
+        [
+            pb::TenantState::OfflineMaintenance,
+            pb::TenantState::Running
+        ],
+        "once each, in that order: no flap"
+    );
+}
+
+#[tokio::test]
+async fn the_poll_has_the_last_word_when_it_moves_on_or_the_hold_ends() {
+    let app = spawn_app_with(|fake, config| {
+        fake.set(
+            "Cust1",
+            running("Cust1", "sod2.superoffice.com", Duration::from_millis(300)),
+        );
+        fake.set(
+            "Cust2",
+            running("Cust2", "sod2.superoffice.com", Duration::from_millis(300)),
+        );
+        config.tenants = ["Cust1", "Cust2"]
+            .iter()
+            .map(|c| tenant_status::core::tenant::ContextId::parse(c).unwrap())
+            .collect();
+        config.webhook.notification_hold = Duration::from_secs(1);
+    })
+    .await;
+    let (mut one, _) = watch_until_running(&app, "Cust1").await;
+    let (mut two, _) = watch_until_running(&app, "Cust2").await;
+    // Cust1: an upgrade is announced, but the state API answers Suspended,
+    // neither the implied state nor the one before: it has moved on.
+    app.fake.set(
+        "Cust1",
+        TenantSpec::new("Suspended", "Cust1", "sod2.superoffice.com")
+            .valid_for(Duration::from_millis(300)),
+    );
+    assert_eq!(
+        app.notify(ChangeType::Upgrade, "Cust1", None).await,
+        reqwest::StatusCode::NO_CONTENT
+    );
+    let announced = changed(&mut one).await;
     assert_eq!(state(&announced), pb::TenantState::OfflineMaintenance);
     assert_eq!(source(&announced), pb::ChangeSource::Notification);
-    let confirmed = next(&mut stream).await.tenant.unwrap();
-    assert_eq!(state(&confirmed), pb::TenantState::Running);
-    assert_eq!(source(&confirmed), pb::ChangeSource::Poll);
+    let polled = changed(&mut one).await;
+    assert_eq!(state(&polled), pb::TenantState::Suspended);
+    assert_eq!(source(&polled), pb::ChangeSource::Poll);
     // The notification stays on the record.
-    assert_eq!(change_type(&confirmed), pb::ChangeType::Upgrade);
+    assert_eq!(change_type(&polled), pb::ChangeType::Upgrade);
+    // Cust2: the state API never catches up; after --notification-hold (1 s
+    // here) its answer is taken.
+    let notified = std::time::Instant::now();
+    assert_eq!(
+        app.notify(ChangeType::Upgrade, "Cust2", None).await,
+        reqwest::StatusCode::NO_CONTENT
+    );
+    let announced = changed(&mut two).await;
+    assert_eq!(state(&announced), pb::TenantState::OfflineMaintenance);
+    let after = changed(&mut two).await;
+    assert_eq!(state(&after), pb::TenantState::Running);
+    assert!(
+        notified.elapsed() >= Duration::from_secs(1),
+        "held for the whole hold: {:?}",
+        notified.elapsed()
+    );
 }
 
 #[tokio::test]

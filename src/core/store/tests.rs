@@ -141,7 +141,8 @@ fn note(change_type: ChangeType, at: SystemTime) -> NotificationInfo {
 
 #[test]
 fn an_answer_asked_before_a_notification_does_not_undo_it() {
-    let store = Store::new();
+    // Without a hold, so that only the time of asking decides.
+    let store = Store::new().with_notification_hold(Duration::ZERO);
     let c = ctx("Cust1");
     let t0 = SystemTime::now();
     store.apply_poll(&c, running("https://sod2"), t0);
@@ -187,4 +188,141 @@ fn a_deleted_tenant_superoffice_no_longer_knows_stays_deleted() {
             .is_some()
     );
     assert!(!store.contains("Cust1"));
+}
+
+fn answer(state: TenantState, endpoint: &str) -> PollResult {
+    PollResult::Observed(Observation {
+        state,
+        endpoint: endpoint.into(),
+        api: format!("{endpoint}/api"),
+        version: "v1".into(),
+        valid_until: None,
+    })
+}
+
+/// An upgrade notified while the state API still answers Running: the
+/// lagging answers refresh the record but do not undo it; the first that
+/// confirms it (or says anything else) ends the hold.
+#[test]
+fn a_notified_upgrade_holds_against_lagging_polls_until_confirmed() {
+    let store = Store::new();
+    let c = ctx("Cust1");
+    let t0 = SystemTime::now();
+    store.apply_poll(&c, answer(TenantState::Running, "https://sod2"), t0);
+    let t1 = t0 + Duration::from_secs(1);
+    let n = store.apply_notification(&c, note(ChangeType::Upgrade, t1), t1);
+    let hold = n.record.hold.clone().expect("the upgrade holds");
+    assert_eq!(hold.until, t1 + DEFAULT_NOTIFICATION_HOLD);
+    assert_eq!(hold.prior_state, TenantState::Running);
+    let revision = n.record.revision;
+    for i in 2..5 {
+        let t = t0 + Duration::from_secs(i);
+        let lag = store
+            .apply_poll(&c, answer(TenantState::Running, "https://sod2"), t)
+            .unwrap();
+        assert!(!lag.changed, "lagging news wakes nobody");
+        assert_eq!(lag.record.state, TenantState::OfflineMaintenance);
+        assert_eq!(lag.record.observed_at, t, "but the record is fresh");
+        assert_eq!(lag.record.revision, revision);
+    }
+    let t5 = t0 + Duration::from_secs(5);
+    let confirmed = store
+        .apply_poll(
+            &c,
+            answer(TenantState::OfflineMaintenance, "https://sod2"),
+            t5,
+        )
+        .unwrap();
+    assert!(!confirmed.changed, "the state stays: nobody is woken");
+    assert_eq!(confirmed.record.hold, None, "but the hold is over");
+    assert_eq!(confirmed.record.state, TenantState::OfflineMaintenance);
+    let done = store
+        .apply_poll(&c, answer(TenantState::Running, "https://sod2"), t5)
+        .unwrap();
+    assert_eq!(
+        done.record.state,
+        TenantState::Running,
+        "the upgrade is over"
+    );
+}
+
+#[test]
+fn a_hold_ends_when_the_state_api_moves_on_or_the_hold_times_out() {
+    let c = ctx("Cust1");
+    let t0 = SystemTime::now();
+    // Moved on: neither the implied state nor the one from before.
+    let store = Store::new();
+    store.apply_poll(&c, answer(TenantState::Running, "https://sod2"), t0);
+    store.apply_notification(&c, note(ChangeType::Upgrade, t0), t0);
+    let a = store
+        .apply_poll(&c, answer(TenantState::Suspended, "https://sod2"), t0)
+        .unwrap();
+    assert_eq!(
+        (a.record.state, a.record.hold.is_none()),
+        (TenantState::Suspended, true)
+    );
+    // Timed out: the lagging answer is taken once the hold has passed.
+    let store = Store::new().with_notification_hold(Duration::from_secs(60));
+    store.apply_poll(&c, answer(TenantState::Running, "https://sod2"), t0);
+    store.apply_notification(&c, note(ChangeType::Suspend, t0), t0);
+    let within = t0 + Duration::from_secs(59);
+    let held = store
+        .apply_poll(&c, answer(TenantState::Running, "https://sod2"), within)
+        .unwrap();
+    assert_eq!(held.record.state, TenantState::Suspended);
+    let after = t0 + Duration::from_secs(60);
+    let taken = store
+        .apply_poll(&c, answer(TenantState::Running, "https://sod2"), after)
+        .unwrap();
+    assert_eq!(
+        (taken.record.state, taken.record.hold.is_none()),
+        (TenantState::Running, true)
+    );
+}
+
+#[test]
+fn a_move_holds_its_endpoint_and_resume_holds_nothing() {
+    let c = ctx("Cust1");
+    let t0 = SystemTime::now();
+    let store = Store::new();
+    store.apply_poll(
+        &c,
+        answer(TenantState::Running, "https://sod2.superoffice.com/Cust1"),
+        t0,
+    );
+    let mut moved = note(ChangeType::Move, t0);
+    moved.public_endpoint = "sod3.superoffice.com".into();
+    let n = store.apply_notification(&c, moved, t0);
+    assert_eq!(n.record.endpoint, "https://sod3.superoffice.com/Cust1");
+    let lag = store
+        .apply_poll(
+            &c,
+            answer(TenantState::Running, "https://sod2.superoffice.com/Cust1"),
+            t0,
+        )
+        .unwrap();
+    assert_eq!(
+        lag.record.endpoint, "https://sod3.superoffice.com/Cust1",
+        "the old host lags"
+    );
+    let confirmed = store
+        .apply_poll(
+            &c,
+            answer(TenantState::Running, "https://sod3.superoffice.com/Cust1"),
+            t0,
+        )
+        .unwrap();
+    assert_eq!(confirmed.record.hold, None);
+    // A Suspend then a Resume: the Resume implies nothing and ends the hold.
+    store.apply_notification(&c, note(ChangeType::Suspend, t0), t0);
+    let r = store.apply_notification(&c, note(ChangeType::Resume, t0), t0);
+    assert_eq!(r.record.hold, None);
+    let a = store
+        .apply_poll(
+            &c,
+            answer(TenantState::Running, "https://sod3.superoffice.com/Cust1"),
+            t0,
+        )
+        .unwrap();
+    assert_eq!(a.record.state, TenantState::Running);
 }
