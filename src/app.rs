@@ -47,6 +47,8 @@ pub struct Application {
     poller: Poller,
     metrics: Arc<Metrics>,
     journal: Option<Arc<Journal>>,
+    /// The memory of used tokens, saved with the state file.
+    seen: Arc<SeenTokens>,
 }
 
 async fn bind(setting: &str, addr: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
@@ -78,11 +80,14 @@ impl Application {
             Store::starting_from_clock().with_notification_hold(config.webhook.notification_hold),
         );
         // Whatever the store holds now came from the state file and its
-        // journal: `run_until` re-polls those tenants over a spread.
+        // journal: `run_until` re-polls those tenants over a spread. The
+        // tokens they name are remembered again, so a replay after the
+        // restart is refused like one before it.
+        let seen = Arc::new(SeenTokens::new(config.webhook.seen_tokens_max));
         let journal = match &config.state_file {
             Some(path) => {
-                restore(&store, path)?;
-                Some(replay_journal(&store, path)?)
+                restore(&store, &seen, path)?;
+                Some(replay_journal(&store, &seen, path)?)
             }
             None => None,
         };
@@ -104,7 +109,7 @@ impl Application {
         );
         let webhook = Webhook::new(
             Arc::clone(&verifier),
-            SeenTokens::new(config.webhook.seen_tokens_max),
+            Arc::clone(&seen),
             Arc::clone(&store),
             handle.clone(),
             config.webhook.verifier.leeway,
@@ -139,6 +144,7 @@ impl Application {
             poller,
             metrics,
             journal,
+            seen,
         })
     }
 
@@ -183,6 +189,7 @@ impl Application {
             poller,
             metrics,
             journal,
+            seen,
         } = self;
         let jwks = {
             let verifier = Arc::clone(&verifier);
@@ -200,6 +207,7 @@ impl Application {
             Background::spawn(|stop| {
                 persist::run(
                     Arc::clone(&store),
+                    seen,
                     path,
                     journal,
                     config.state_file_interval,
@@ -380,20 +388,21 @@ fn spawn_polling(
     task
 }
 
-/// Puts the state file's records back into `store`; returns their tenants.
-/// A corrupt file is reported and set aside, not fatal.
-fn restore(store: &Store, path: &std::path::Path) -> anyhow::Result<()> {
+/// Puts the state file's records back into `store` and its used tokens
+/// into `seen`. A corrupt file is reported and set aside, not fatal.
+fn restore(store: &Store, seen: &SeenTokens, path: &std::path::Path) -> anyhow::Result<()> {
     match persist::load(path) {
         Ok(None) => {
             tracing::info!(path = %path.display(), "no state file yet; a first start");
             Ok(())
         }
-        Ok(Some(records)) => {
-            let tenants = records.len();
-            for r in records {
+        Ok(Some(saved)) => {
+            let tenants = saved.records.len();
+            for r in saved.records {
                 store.restore(r);
             }
-            tracing::info!(path = %path.display(), tenants, "restored the last known states (stale until re-polled)");
+            let tokens = seen.restore(saved.seen_tokens, std::time::SystemTime::now());
+            tracing::info!(path = %path.display(), tenants, tokens, "restored the last known states (stale until re-polled) and the tokens already used");
             Ok(())
         }
         Err(e @ persist::LoadError::Corrupt { .. }) => {
@@ -409,22 +418,29 @@ fn restore(store: &Store, path: &std::path::Path) -> anyhow::Result<()> {
 /// Applies the notifications journaled after the state file was saved
 /// (a kill -9 came before the next save), and opens the journal's next
 /// generation.
-fn replay_journal(store: &Store, path: &std::path::Path) -> anyhow::Result<Arc<Journal>> {
-    let (entries, torn) = crate::persist::journal::replay(path, |ctx| store.get(ctx))
-        .with_context(|| {
+fn replay_journal(
+    store: &Store,
+    seen: &SeenTokens,
+    path: &std::path::Path,
+) -> anyhow::Result<Arc<Journal>> {
+    let replay =
+        crate::persist::journal::replay(path, |ctx| store.get(ctx)).with_context(|| {
             format!(
                 "--state-file: cannot read the journal beside {}",
                 path.display()
             )
         })?;
     let now = std::time::SystemTime::now();
-    let count = entries.len();
-    for e in entries {
+    let count = replay.notifications.len();
+    for e in replay.notifications {
         store.apply_notification(&e.ctx, e.info, now);
     }
+    let tokens = seen.restore(replay.tokens, now);
+    let torn = replay.unreadable;
     if count > 0 || torn > 0 {
         tracing::info!(
             notifications = count,
+            tokens,
             unreadable = torn,
             "replayed the notification journal over the state file"
         );

@@ -31,7 +31,7 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
             now,
         );
     }
-    persist::save(&store, &path)?;
+    persist::save(&store, Vec::new(), &path)?;
     let size = std::fs::metadata(&path)?.len();
 
     let mut best = [f64::MAX; 2];

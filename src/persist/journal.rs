@@ -38,6 +38,11 @@ struct Entry {
     public_endpoint: String,
     /// Unix milliseconds.
     received_at: u64,
+    /// The accepted token's digest and when it may be forgotten (Unix
+    /// seconds), so a replay after a restart is refused. Absent in entries
+    /// written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token: Option<(u64, u64)>,
 }
 
 pub struct Journal {
@@ -68,6 +73,15 @@ pub struct Replayed {
     pub info: NotificationInfo,
 }
 
+/// What the journal left: the notifications to apply again, the digests of
+/// every token it names (applied or not, they were accepted), and how many
+/// lines could not be read.
+pub struct Replay {
+    pub notifications: Vec<Replayed>,
+    pub tokens: Vec<(u64, u64)>,
+    pub unreadable: usize,
+}
+
 fn millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -95,12 +109,14 @@ impl Journal {
         })
     }
 
-    /// Makes the notification about `ctx` durable, then runs `apply` (which
-    /// puts it in the store) before any rotation can pass it.
+    /// Makes the notification about `ctx` durable, with its token's digest
+    /// and forget-after time, then runs `apply` (which puts it in the
+    /// store) before any rotation can pass it.
     pub async fn record<T>(
         &self,
         ctx: &ContextId,
         info: &NotificationInfo,
+        token: (u64, u64),
         apply: impl FnOnce() -> T,
     ) -> std::io::Result<T> {
         let mut line = serde_json::to_vec(&Entry {
@@ -110,6 +126,7 @@ impl Journal {
             file_version: info.file_version.clone(),
             public_endpoint: info.public_endpoint.clone(),
             received_at: millis(info.received_at),
+            token: Some(token),
         })?;
         line.push(b'\n');
         let _gate = self.gate.read().await;
@@ -183,26 +200,30 @@ impl Journal {
 pub fn replay(
     state_file: &Path,
     record_of: impl Fn(&str) -> Option<std::sync::Arc<TenantRecord>>,
-) -> std::io::Result<(Vec<Replayed>, usize)> {
+) -> std::io::Result<Replay> {
     let mut out = Vec::new();
+    let mut tokens = Vec::new();
     let mut skipped = 0;
     for (_, path) in generations(state_file)? {
         let text = std::fs::read(&path)?;
         for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let Some((ctx, info)) = serde_json::from_slice::<Entry>(line).ok().and_then(|e| {
-                let ctx = ContextId::parse(&e.ctx).ok()?;
-                let info = NotificationInfo {
-                    change_type: ChangeType::from_number(e.change_type)?,
-                    version_name: e.version_name,
-                    file_version: e.file_version,
-                    public_endpoint: e.public_endpoint,
-                    received_at: UNIX_EPOCH + Duration::from_millis(e.received_at),
-                };
-                Some((ctx, info))
-            }) else {
+            let Some((ctx, info, token)) =
+                serde_json::from_slice::<Entry>(line).ok().and_then(|e| {
+                    let ctx = ContextId::parse(&e.ctx).ok()?;
+                    let info = NotificationInfo {
+                        change_type: ChangeType::from_number(e.change_type)?,
+                        version_name: e.version_name,
+                        file_version: e.file_version,
+                        public_endpoint: e.public_endpoint,
+                        received_at: UNIX_EPOCH + Duration::from_millis(e.received_at),
+                    };
+                    Some((ctx, info, e.token))
+                })
+            else {
                 skipped += 1;
                 continue;
             };
+            tokens.extend(token);
             // The state file holds it when its record names this
             // notification or a later one (polls keep last_notification).
             // Times of observation say nothing: a poll may land between a
@@ -220,7 +241,11 @@ pub fn replay(
             }
         }
     }
-    Ok((out, skipped))
+    Ok(Replay {
+        notifications: out,
+        tokens,
+        unreadable: skipped,
+    })
 }
 
 fn generation_path(base: &Path, generation: u64) -> PathBuf {
@@ -302,15 +327,29 @@ mod tests {
         let state = d.join("state.json");
         let j = Journal::open(&state).unwrap();
         let applied = j
-            .record(&ctx("Cust1"), &info(ChangeType::Suspend, 1_000), || 7)
+            .record(
+                &ctx("Cust1"),
+                &info(ChangeType::Suspend, 1_000),
+                (1, u64::MAX),
+                || 7,
+            )
             .await
             .unwrap();
         assert_eq!(applied, 7);
-        j.record(&ctx("Cust2"), &info(ChangeType::Upgrade, 2_000), || ())
-            .await
-            .unwrap();
+        j.record(
+            &ctx("Cust2"),
+            &info(ChangeType::Upgrade, 2_000),
+            (1, u64::MAX),
+            || (),
+        )
+        .await
+        .unwrap();
         // As after a kill -9: a new process finds both.
-        let (found, skipped) = replay(&state, |_| None).unwrap();
+        let Replay {
+            notifications: found,
+            unreadable: skipped,
+            ..
+        } = replay(&state, |_| None).unwrap();
         assert_eq!(skipped, 0);
         let names: Vec<_> = found.iter().map(|r| r.ctx.as_str()).collect();
         assert_eq!(names, ["Cust1", "Cust2"]);
@@ -318,11 +357,16 @@ mod tests {
         // A rotation, then an entry in the new generation; removing the
         // old one (its entries are in a snapshot) keeps the new.
         let old = j.rotate().await.unwrap();
-        j.record(&ctx("Cust3"), &info(ChangeType::Delete, 3_000), || ())
-            .await
-            .unwrap();
+        j.record(
+            &ctx("Cust3"),
+            &info(ChangeType::Delete, 3_000),
+            (1, u64::MAX),
+            || (),
+        )
+        .await
+        .unwrap();
         j.remove_through(old).unwrap();
-        let (found, _) = replay(&state, |_| None).unwrap();
+        let found = replay(&state, |_| None).unwrap().notifications;
         let names: Vec<_> = found.iter().map(|r| r.ctx.as_str()).collect();
         assert_eq!(names, ["Cust3"]);
         // A new process opens after the generations left.
@@ -337,9 +381,14 @@ mod tests {
         let state = d.join("state.json");
         let j = Journal::open(&state).unwrap();
         for (c, at) in [("Cust1", 1_000), ("Cust2", 1_000), ("Cust2", 5_000)] {
-            j.record(&ctx(c), &info(ChangeType::Suspend, at), || ())
-                .await
-                .unwrap();
+            j.record(
+                &ctx(c),
+                &info(ChangeType::Suspend, at),
+                (1, u64::MAX),
+                || (),
+            )
+            .await
+            .unwrap();
         }
         // A torn last line, as a crash mid-write would leave.
         let path = generation_path(&state, 1);
@@ -353,13 +402,22 @@ mod tests {
             r.last_notification = Some(info(ChangeType::Suspend, notified_ms));
             Arc::new(r)
         };
-        let (found, skipped) = replay(&state, |name| match name {
+        let Replay {
+            notifications: found,
+            tokens,
+            unreadable: skipped,
+        } = replay(&state, |name| match name {
             "Cust1" => Some(record("Cust1", 1_000)),
             "Cust2" => Some(record("Cust2", 1_000)),
             _ => None,
         })
         .unwrap();
         assert_eq!(skipped, 1);
+        assert_eq!(
+            tokens.len(),
+            3,
+            "every accepted token, applied already or not, is remembered again"
+        );
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].ctx.as_str(), "Cust2");
         assert_eq!(millis(found[0].info.received_at), 5_000);
@@ -367,10 +425,19 @@ mod tests {
         // A write that failed part-way (the partial line above, as a full
         // disk leaves it): the next entry starts on a line of its own.
         j.writer.lock().unwrap().torn = true;
-        j.record(&ctx("Cust5"), &info(ChangeType::Resume, 6_000), || ())
-            .await
-            .unwrap();
-        let (found, skipped) = replay(&state, |_| None).unwrap();
+        j.record(
+            &ctx("Cust5"),
+            &info(ChangeType::Resume, 6_000),
+            (1, u64::MAX),
+            || (),
+        )
+        .await
+        .unwrap();
+        let Replay {
+            notifications: found,
+            unreadable: skipped,
+            ..
+        } = replay(&state, |_| None).unwrap();
         assert_eq!(skipped, 1);
         assert_eq!(found.last().unwrap().ctx.as_str(), "Cust5");
     }
@@ -387,6 +454,7 @@ mod tests {
                     j.record(
                         &ctx(&format!("Cust{i}")),
                         &info(ChangeType::Resume, i),
+                        (i, u64::MAX),
                         || (),
                     )
                     .await
@@ -396,7 +464,7 @@ mod tests {
         for t in tasks {
             t.await.unwrap().unwrap();
         }
-        let (found, _) = replay(&state, |_| None).unwrap();
+        let found = replay(&state, |_| None).unwrap().notifications;
         assert_eq!(found.len(), 200);
         assert_eq!(*j.synced.lock().await, 200);
     }

@@ -25,6 +25,7 @@ use crate::{
         ChangeSource, ChangeType, ContextId, Hold, NotificationInfo, TenantRecord, TenantState,
     },
     persist::journal::Journal,
+    token::SeenTokens,
 };
 
 const FORMAT_VERSION: u32 = 1;
@@ -36,6 +37,19 @@ struct StateFile {
     saved_at: u64,
     revision: u64,
     tenants: Vec<SavedTenant>,
+    /// The digests of accepted tokens still usable, with when each may be
+    /// forgotten (Unix seconds), so a replay after a restart is refused.
+    /// Absent in files written before they were kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    seen_tokens: Vec<(u64, u64)>,
+}
+
+/// What a state file holds.
+#[derive(Debug)]
+pub struct Saved {
+    pub records: Vec<TenantRecord>,
+    /// (digest, forget after) of tokens accepted and still usable then.
+    pub seen_tokens: Vec<(u64, u64)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -180,9 +194,9 @@ pub enum LoadError {
     Corrupt { path: PathBuf, problem: String },
 }
 
-/// Reads the records saved in `path`. `Ok(None)` when there is no file (a
+/// Reads what was saved in `path`. `Ok(None)` when there is no file (a
 /// first start).
-pub fn load(path: &Path) -> Result<Option<Vec<TenantRecord>>, LoadError> {
+pub fn load(path: &Path) -> Result<Option<Saved>, LoadError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -204,12 +218,16 @@ pub fn load(path: &Path) -> Result<Option<Vec<TenantRecord>>, LoadError> {
             file.version
         )));
     }
-    file.tenants
+    let records = file
+        .tenants
         .into_iter()
         .map(load_record)
         .collect::<Result<Vec<_>, _>>()
-        .map(Some)
-        .map_err(corrupt)
+        .map_err(corrupt)?;
+    Ok(Some(Saved {
+        records,
+        seen_tokens: file.seen_tokens,
+    }))
 }
 
 /// Moves an unusable state file aside (`PATH.corrupt-<unix seconds>`) so
@@ -226,10 +244,15 @@ pub fn set_aside(path: &Path) -> std::io::Result<PathBuf> {
     Ok(aside)
 }
 
-/// Writes every record of `store` to `path` atomically: a temporary file in
-/// the same directory, fsync, rename over `path`, fsync of the directory.
+/// Writes every record of `store`, and `seen_tokens` (from
+/// `SeenTokens::remembered`), to `path` atomically: a temporary file in the
+/// same directory, fsync, rename over `path`, fsync of the directory.
 /// Returns the revision saved and the number of records.
-pub fn save(store: &Store, path: &Path) -> anyhow::Result<(u64, usize)> {
+pub fn save(
+    store: &Store,
+    seen_tokens: Vec<(u64, u64)>,
+    path: &Path,
+) -> anyhow::Result<(u64, usize)> {
     let revision = store.revision();
     let mut tenants: Vec<SavedTenant> = store.snapshot().iter().map(|r| save_record(r)).collect();
     tenants.sort_by(|a, b| a.context_identifier.cmp(&b.context_identifier));
@@ -239,6 +262,7 @@ pub fn save(store: &Store, path: &Path) -> anyhow::Result<(u64, usize)> {
         saved_at: millis(SystemTime::now()),
         revision,
         tenants,
+        seen_tokens,
     };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
@@ -280,6 +304,7 @@ pub fn save(store: &Store, path: &Path) -> anyhow::Result<(u64, usize)> {
 /// journal replayed at start is folded into the file.
 pub async fn run(
     store: Arc<Store>,
+    seen: Arc<SeenTokens>,
     path: PathBuf,
     journal: Option<Arc<Journal>>,
     interval: Duration,
@@ -303,7 +328,10 @@ pub async fn run(
                 None => None,
             };
             let (s, p) = (Arc::clone(&store), path.clone());
-            match tokio::task::spawn_blocking(move || save(&s, &p)).await {
+            // Read after the rotation: every token the old generations name
+            // is remembered by now, so the file holds them.
+            let tokens = seen.remembered(SystemTime::now());
+            match tokio::task::spawn_blocking(move || save(&s, tokens, &p)).await {
                 Ok(Ok((revision, count))) => {
                     saved = Some(revision);
                     tracing::debug!(revision, tenants = count, "state file saved");
@@ -368,8 +396,12 @@ mod tests {
             now,
         );
         let path = dir().join("state.json");
-        assert_eq!(save(&store, &path).unwrap().1, 1);
-        let loaded = load(&path).unwrap().unwrap();
+        assert_eq!(save(&store, vec![(7, 4_000_000_000)], &path).unwrap().1, 1);
+        let Saved {
+            records: loaded,
+            seen_tokens,
+        } = load(&path).unwrap().unwrap();
+        assert_eq!(seen_tokens, [(7, 4_000_000_000)], "the used tokens too");
         assert_eq!(loaded.len(), 1);
         let (a, b) = (&loaded[0], store.get("Cust1").unwrap());
         assert_eq!(a.endpoint, "https://sod3.superoffice.com/Cust1");

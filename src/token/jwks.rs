@@ -124,9 +124,15 @@ impl Jwks {
     /// or is under way.
     pub(super) async fn refetch_if_due(&self) {
         // A fetch already under way: go on with the keys we have rather
-        // than queue behind it.
-        let Ok(mut last) = self.last_fetch.try_lock() else {
-            return;
+        // than queue behind it; with no key at all (the first fetch, at
+        // start), wait for it instead of refusing a good token.
+        let mut last = match self.last_fetch.try_lock() {
+            Ok(last) => last,
+            Err(_) if self.len() == 0 => {
+                let _ = self.last_fetch.lock().await;
+                return;
+            }
+            Err(_) => return,
         };
         if last.is_some_and(|t| t.elapsed() < self.refetch_interval) {
             return;

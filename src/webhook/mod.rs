@@ -36,7 +36,7 @@ use crate::{
     persist::journal::Journal,
     superoffice::poller::PollerHandle,
     token::unix_seconds,
-    token::{Seen, SeenTokens, TokenError, Verifier},
+    token::{Seen, SeenTokens, TokenError, Verifier, token_digest},
     webhook::ratelimit::RateLimiter,
 };
 
@@ -51,7 +51,7 @@ pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The webhook's shared state.
 pub struct Webhook {
     verifier: Arc<Verifier>,
-    seen: SeenTokens,
+    seen: Arc<SeenTokens>,
     store: Arc<Store>,
     poller: PollerHandle,
     /// Seconds a token stays usable past `exp`; it is remembered that long.
@@ -67,7 +67,7 @@ pub struct Webhook {
 impl Webhook {
     pub fn new(
         verifier: Arc<Verifier>,
-        seen: SeenTokens,
+        seen: Arc<SeenTokens>,
         store: Arc<Store>,
         poller: PollerHandle,
         leeway: std::time::Duration,
@@ -151,7 +151,15 @@ impl Webhook {
         };
         let applied = match &self.journal {
             None => apply(),
-            Some(journal) => match journal.record(&n.context_identifier, &info, apply).await {
+            Some(journal) => match journal
+                .record(
+                    &n.context_identifier,
+                    &info,
+                    (token_digest(&n.token), forget_after),
+                    apply,
+                )
+                .await
+            {
                 Ok(applied) => applied,
                 Err(e) => {
                     tracing::error!(error = %e, tenant = %n.context_identifier, "could not write the notification journal");

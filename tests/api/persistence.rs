@@ -112,7 +112,10 @@ async fn every_acknowledged_notification_survives_a_sigterm_in_a_burst() {
         "{} acknowledged",
         acknowledged.len()
     );
-    let saved = tenant_status::persist::load(&state).unwrap().unwrap();
+    let saved = tenant_status::persist::load(&state)
+        .unwrap()
+        .unwrap()
+        .records;
     let saved: std::collections::HashSet<String> = saved
         .iter()
         .map(|r| r.context_identifier.to_string())
@@ -170,6 +173,16 @@ async fn every_acknowledged_notification_survives_a_kill_9() {
         .map(|(ctx, _)| ctx)
         .collect();
     assert_eq!(acknowledged.len(), 200, "all accepted before the kill");
+    // One more, whose body we keep to replay after the restart.
+    let kept = fake.notification(ChangeType::Suspend, "Kill0", None);
+    let first = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(kept.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status().as_u16(), 204);
     // SIGKILL at once: no drain, no save.
     child.kill().await.unwrap();
     assert!(
@@ -177,7 +190,19 @@ async fn every_acknowledged_notification_survives_a_kill_9() {
         "the state file was never written"
     );
 
-    let (_child, grpc, _) = start_binary(&args).await;
+    let (_child, grpc, webhook) = start_binary(&args).await;
+    // The journal remembers the token too: a replay after the restart is
+    // refused, as one before it would have been.
+    let again = client
+        .post(format!("http://{webhook}/NotifyCustomerStateChange"))
+        .header("content-type", "application/json")
+        .body(kept.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 401);
+    let (_, json) = json_response(again).await;
+    assert_eq!(json["reason"], "token_replayed", "{json}");
     let mut client = TenantStatusServiceClient::connect(format!("http://{grpc}"))
         .await
         .unwrap();
@@ -195,4 +220,49 @@ async fn every_acknowledged_notification_survives_a_kill_9() {
         let note = t.last_notification.expect("the notification is kept");
         assert_eq!(note.change_type, pb::ChangeType::Suspend as i32, "{ctx}");
     }
+}
+
+#[tokio::test]
+async fn a_token_used_before_a_clean_restart_is_refused_after_it() {
+    let dir = temp_dir("replay");
+    let state_file = dir.join("state.json");
+    let (fake, _) = tenant_status::sim::superoffice::FakeSuperOffice::start()
+        .await
+        .unwrap();
+    let config = || {
+        let mut c = test_config(&fake.url());
+        c.state_file = Some(state_file.clone());
+        c
+    };
+    fake.set(
+        "Cust1",
+        tenant_status::sim::superoffice::TenantSpec::new(
+            "Suspended",
+            "Cust1",
+            "sod2.superoffice.com",
+        ),
+    );
+    let app = spawn_with_config(fake.clone(), config()).await;
+    let body = fake.notification(ChangeType::Suspend, "Cust1", None);
+    let (status, json) = app.post_notification(&body).await;
+    assert_eq!(status.as_u16(), 204, "{json}");
+    // A clean shutdown saves the state file and removes the journal.
+    app.shutdown().await.unwrap();
+    let saved = tenant_status::persist::load(&state_file).unwrap().unwrap();
+    assert_eq!(saved.seen_tokens.len(), 1, "the used token is saved");
+
+    let app = spawn_with_config(fake.clone(), config()).await;
+    let (status, json) = app.post_notification(&body).await;
+    assert_eq!(status.as_u16(), 401, "{json}");
+    assert_eq!(json["reason"], "token_replayed");
+    assert_eq!(
+        state(&app.get("Cust1").await.unwrap()),
+        pb::TenantState::Suspended,
+        "the notification itself was kept"
+    );
+    // A new token is welcome.
+    let (status, json) = app
+        .post_notification(&fake.notification(ChangeType::Resume, "Cust1", None))
+        .await;
+    assert_eq!(status.as_u16(), 204, "{json}");
 }
