@@ -128,7 +128,12 @@ impl Application {
                 (per_client, total) => webhook.with_rate_limit(per_client, total),
             },
         );
-        let tracker = Arc::new(Tracker::new(Arc::clone(&store), source, handle));
+        let tracker = Arc::new(Tracker::new(
+            Arc::clone(&store),
+            source,
+            handle,
+            poller.unknowns(),
+        ));
         Ok(Self {
             config,
             grpc_listener,

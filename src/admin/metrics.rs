@@ -67,6 +67,8 @@ pub struct Metrics {
     events_coalesced: Counter,
     tenants: Family<TenantLabels, Gauge>,
     revision: Gauge<i64, AtomicI64>,
+    unknown_tenants: Gauge,
+    unknown_forgotten: Counter,
     jwks_keys: Gauge,
     jwks_last_refresh: Gauge,
     jwks_refresh_failures: Counter,
@@ -170,6 +172,18 @@ impl Metrics {
             "The store's latest revision",
             revision.clone(),
         );
+        let unknown_tenants = Gauge::default();
+        registry.register(
+            "unknown_tenants",
+            "Tenants SuperOffice does not know, tracked only because a watcher named them (at most --max-unknown-tenants)",
+            unknown_tenants.clone(),
+        );
+        let unknown_forgotten = Counter::default();
+        registry.register(
+            "unknown_tenants_forgotten",
+            "Unknown tenants forgotten once no stream had watched them for --forget-unknown-after",
+            unknown_forgotten.clone(),
+        );
         let jwks_keys = Gauge::default();
         registry.register(
             "jwks_keys",
@@ -191,6 +205,8 @@ impl Metrics {
         );
         Self {
             registry: root,
+            unknown_tenants,
+            unknown_forgotten,
             jwks_keys,
             jwks_last_refresh,
             jwks_refresh_failures,
@@ -240,6 +256,15 @@ impl Metrics {
     pub fn stream_opened(self: &Arc<Self>) -> StreamGuard {
         self.watch_streams.inc();
         StreamGuard(Arc::clone(self))
+    }
+
+    /// The unknown tenants tracked now, and forgotten so far.
+    pub fn unknown_tenants(&self, (tracked, forgotten): (usize, u64)) {
+        self.unknown_tenants.set(tracked as i64);
+        let counted = self.unknown_forgotten.get();
+        if forgotten > counted {
+            self.unknown_forgotten.inc_by(forgotten - counted);
+        }
     }
 
     pub fn event_sent(&self) {

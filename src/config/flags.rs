@@ -175,6 +175,19 @@ pub struct ServeArgs {
     /// How long a DELETED tenant is kept before it is forgotten (REMOVED).
     #[arg(long, env = "TENANT_STATUS_DELETED_RETENTION", value_parser = duration, default_value = "24h")]
     pub deleted_retention: Duration,
+    /// How long a tenant SuperOffice does not know, tracked only because a
+    /// WatchTenant named it, is kept once no stream watches it by name;
+    /// then it is forgotten (REMOVED) and no longer polled.
+    #[arg(long, env = "TENANT_STATUS_FORGET_UNKNOWN_AFTER", value_parser = duration, default_value = "10m")]
+    pub forget_unknown_after: Duration,
+    /// The most tenants SuperOffice does not know tracked for watchers at
+    /// once; past it, a WatchTenant naming new ones is RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "TENANT_STATUS_MAX_UNKNOWN_TENANTS",
+        default_value_t = 1000
+    )]
+    pub max_unknown_tenants: usize,
     /// Interval of WatchTenant heartbeats.
     #[arg(long, env = "TENANT_STATUS_HEARTBEAT_INTERVAL", value_parser = duration, default_value = "15s")]
     pub heartbeat_interval: Duration,

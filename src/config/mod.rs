@@ -294,6 +294,8 @@ impl ServeArgs {
                 backoff_max: self.poll_backoff_max,
                 concurrency: self.poll_concurrency,
                 deleted_retention: self.deleted_retention,
+                max_unknown: self.max_unknown_tenants,
+                forget_unknown_after: self.forget_unknown_after,
                 ..PollPolicy::default()
             },
             http_timeout: self.http_timeout,

@@ -19,6 +19,10 @@ pub enum LookupError {
     NotFound(ContextId),
     #[error("tenant {0} is not tracked yet and SuperOffice could not be asked: {1}")]
     Unavailable(ContextId, String),
+    #[error(
+        "{0} tenants SuperOffice does not know are tracked for watchers already, the most --max-unknown-tenants allows; watch tenants that exist, or retry once unwatched unknown ones are forgotten (--forget-unknown-after)"
+    )]
+    TooManyUnknown(usize),
 }
 
 /// A page of tenants ordered by identifier.

@@ -119,6 +119,10 @@ impl Fanout {
         )
     }
 
+    pub(super) fn watched_by_name(&self, ctx: &ContextId) -> bool {
+        self.named.contains_key(ctx)
+    }
+
     pub(super) fn coalesced(&self) -> u64 {
         self.coalesced.load(Ordering::Relaxed)
     }

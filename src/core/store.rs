@@ -560,6 +560,12 @@ impl Store {
         )
     }
 
+    /// Whether a stream watches `ctx` by name now (watchers of every tenant
+    /// do not count).
+    pub fn watched_by_name(&self, ctx: &ContextId) -> bool {
+        self.fanout.watched_by_name(ctx)
+    }
+
     pub(super) fn fanout(&self) -> &Fanout {
         &self.fanout
     }

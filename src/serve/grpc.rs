@@ -192,6 +192,7 @@ fn lookup_status(e: LookupError) -> Status {
     match e {
         LookupError::NotFound(_) => Status::not_found(e.to_string()),
         LookupError::Unavailable(..) => Status::unavailable(e.to_string()),
+        LookupError::TooManyUnknown(_) => Status::resource_exhausted(e.to_string()),
     }
 }
 

@@ -6,6 +6,7 @@ mod client;
 pub mod poller;
 mod single_flight;
 pub(crate) mod tracker;
+pub(crate) mod unknowns;
 
 pub use client::*;
 pub use single_flight::SingleFlight;

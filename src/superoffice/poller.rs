@@ -23,7 +23,10 @@ use crate::{
     admin::metrics::Metrics,
     core::store::{PollResult, Store},
     core::tenant::{ContextId, TenantState},
-    superoffice::{FetchError, FetchOutcome, FetchResult, StateSource},
+    superoffice::{
+        FetchError, FetchOutcome, FetchResult, StateSource,
+        unknowns::{Unknowns, Verdict},
+    },
 };
 
 /// The longest the poller ever waits to poll or forget a tenant.
@@ -47,6 +50,10 @@ pub struct PollPolicy {
     /// apart, whatever ValidUntil says, while the state settles.
     pub settle_polls: u32,
     pub settle_interval: Duration,
+    /// Tenants SuperOffice does not know, tracked for watchers: at most
+    /// this many, each forgotten this long after no stream watches it.
+    pub max_unknown: usize,
+    pub forget_unknown_after: Duration,
 }
 
 impl Default for PollPolicy {
@@ -62,6 +69,8 @@ impl Default for PollPolicy {
             concurrency: 32,
             settle_polls: 3,
             settle_interval: Duration::from_secs(5),
+            max_unknown: 1000,
+            forget_unknown_after: Duration::from_secs(600),
         }
     }
 }
@@ -174,6 +183,10 @@ pub struct Poller {
     inflight: FuturesUnordered<BoxFuture<'static, (ContextId, FetchResult, Duration)>>,
     rng: rand::rngs::SmallRng,
     metrics: Option<Arc<Metrics>>,
+    /// Tenants SuperOffice does not know, tracked only for watchers.
+    unknowns: Arc<Unknowns>,
+    /// Those of them with a request in flight.
+    unknown_polling: HashSet<ContextId>,
     /// Tenants whose first poll is awaited by readiness.
     first_round: HashSet<ContextId>,
     first_round_done: Option<watch::Sender<bool>>,
@@ -186,6 +199,10 @@ impl Poller {
         policy: PollPolicy,
     ) -> (Self, PollerHandle) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let unknowns = Arc::new(Unknowns::new(
+            policy.max_unknown,
+            policy.forget_unknown_after,
+        ));
         let poller = Self {
             store,
             source,
@@ -197,10 +214,24 @@ impl Poller {
             inflight: FuturesUnordered::new(),
             rng: rand::SeedableRng::from_rng(&mut rand::rng()),
             metrics: None,
+            unknowns,
+            unknown_polling: HashSet::new(),
             first_round: HashSet::new(),
             first_round_done: None,
         };
         (poller, PollerHandle { tx })
+    }
+
+    /// How many requests for unknown tenants may be in flight at once: an
+    /// eighth of `concurrency`, at least one.
+    fn unknown_share(&self) -> usize {
+        (self.policy.concurrency / 8).max(1)
+    }
+
+    /// The unknown tenants tracked for watchers, shared with the tracker
+    /// that admits them.
+    pub(crate) fn unknowns(&self) -> Arc<Unknowns> {
+        Arc::clone(&self.unknowns)
     }
 
     /// Counts polls and their latency in `metrics`.
@@ -228,6 +259,18 @@ impl Poller {
                 let Some((ctx, due)) = self.ready.pop_front() else {
                     break;
                 };
+                // Tenants nobody knows get at most an eighth of the
+                // requests in flight; the rest of theirs wait a moment.
+                if self.unknowns.contains(&ctx) {
+                    if self.unknown_polling.len() >= self.unknown_share() {
+                        if let Some(e) = self.entries.get_mut(&ctx) {
+                            e.busy = false;
+                        }
+                        self.schedule(ctx, self.policy.backoff_base, Due::Poll);
+                        continue;
+                    }
+                    self.unknown_polling.insert(ctx.clone());
+                }
                 if let (Some(m), Some(due)) = (&self.metrics, due) {
                     m.poll_lateness(due.elapsed());
                 }
@@ -245,6 +288,7 @@ impl Poller {
                         };
                         m.poll(outcome, took);
                     }
+                    self.unknown_polling.remove(&ctx);
                     if self.first_round.remove(&ctx) && self.first_round.is_empty()
                         && let Some(tx) = &self.first_round_done {
                             let _ = tx.send(true);
@@ -292,6 +336,9 @@ impl Poller {
                 self.schedule(ctx, d, Due::Poll);
             }
             Command::NotFound(ctx) => {
+                if let Some(m) = &self.metrics {
+                    m.unknown_tenants(self.unknowns.counts());
+                }
                 let e = self.entries.entry(ctx.clone()).or_default();
                 if e.busy || e.key.is_some() {
                     return;
@@ -373,20 +420,39 @@ impl Poller {
         }));
     }
 
+    /// Forgets an unknown tenant nobody watches any more (a REMOVED to
+    /// watchers of every tenant), unless something named it meanwhile: a
+    /// notification, or an answer that it exists.
+    fn forget_unknown(&mut self, ctx: &ContextId) {
+        let removed = self
+            .store
+            .remove_if(ctx, |r| {
+                r.state == TenantState::Unknown && r.last_notification.is_none()
+            })
+            .is_some();
+        if removed {
+            self.entries.remove(ctx);
+            self.unknowns.forgot(ctx);
+            tracing::info!(tenant = %ctx, "forgot a tenant SuperOffice does not know and nobody watches");
+        } else {
+            self.unknowns.remove(ctx);
+            self.schedule(ctx.clone(), self.policy.backoff_max, Due::Poll);
+        }
+        if let Some(m) = &self.metrics {
+            m.unknown_tenants(self.unknowns.counts());
+        }
+    }
+
     /// What follows an answer: the next poll at ValidUntil (sooner while
     /// settling after a notification), or, for a DELETED tenant, its
     /// forgetting after the retention.
     fn after_answer(
         &mut self,
-        ctx: &ContextId,
+        deleted: bool,
         valid_until: Option<SystemTime>,
         now: SystemTime,
         settling: bool,
     ) -> (Duration, Due) {
-        let deleted = self
-            .store
-            .get(ctx)
-            .is_some_and(|r| r.state == TenantState::Deleted);
         if deleted && !settling {
             return (self.policy.deleted_retention, Due::Forget);
         }
@@ -415,9 +481,14 @@ impl Poller {
             Ok(FetchOutcome::Found(obs)) => {
                 e.failures = 0;
                 let valid_until = obs.valid_until;
-                self.store
-                    .apply_poll_asked_at(&ctx, PollResult::Observed(obs), asked_at, now);
-                self.after_answer(&ctx, valid_until, now, settling)
+                // A real tenant after all: tracked like any other now.
+                self.unknowns.remove(&ctx);
+                let deleted = self
+                    .store
+                    .apply_poll_asked_at(&ctx, PollResult::Observed(obs), asked_at, now)
+                    .record()
+                    .is_some_and(|r| r.state == TenantState::Deleted);
+                self.after_answer(deleted, valid_until, now, settling)
             }
             Ok(FetchOutcome::NotFound) => {
                 e.failures += 1;
@@ -429,13 +500,26 @@ impl Poller {
                     .is_some_and(|r| r.state == TenantState::Deleted);
                 if deleted {
                     // Deleted, and SuperOffice has forgotten it too.
-                    self.after_answer(&ctx, None, now, settling)
+                    self.after_answer(true, None, now, settling)
                 } else {
                     let d = self
                         .policy
                         .after_failure(failures, None, &mut self.rng)
                         .min(self.policy.max_interval);
-                    (settle(d, self.policy.settle_interval), Due::Poll)
+                    let watched = self.store.watched_by_name(&ctx);
+                    match self
+                        .unknowns
+                        .verdict(&ctx, watched, std::time::Instant::now())
+                    {
+                        Verdict::NotJunk => (settle(d, self.policy.settle_interval), Due::Poll),
+                        // Asked again by the time the grace is over, so
+                        // it is forgotten then, not a backoff later.
+                        Verdict::Keep(left) => (d.min(left), Due::Poll),
+                        Verdict::Forget => {
+                            self.forget_unknown(&ctx);
+                            return;
+                        }
+                    }
                 }
             }
             Err(err) => {

@@ -14,6 +14,7 @@ use crate::{
     core::tenant::{ContextId, TenantRecord, TenantState},
     core::watch::{WatchEvent, watch},
     superoffice::poller::PollerHandle,
+    superoffice::unknowns::Unknowns,
     superoffice::{FetchOutcome, StateSource},
 };
 
@@ -22,16 +23,24 @@ pub struct Tracker {
     store: Arc<Store>,
     source: Arc<dyn StateSource>,
     poller: PollerHandle,
+    /// Tenants SuperOffice does not know, tracked for watchers (bounded).
+    unknowns: Arc<Unknowns>,
 }
 
 impl Tracker {
     /// `source` must share concurrent requests (see `SingleFlight`): that is
     /// what makes a burst of lookups for one new tenant cost one request.
-    pub fn new(store: Arc<Store>, source: Arc<dyn StateSource>, poller: PollerHandle) -> Self {
+    pub(crate) fn new(
+        store: Arc<Store>,
+        source: Arc<dyn StateSource>,
+        poller: PollerHandle,
+        unknowns: Arc<Unknowns>,
+    ) -> Self {
         Self {
             store,
             source,
             poller,
+            unknowns,
         }
     }
 
@@ -75,10 +84,17 @@ impl Tracker {
         match self.get_or_fetch(ctx).await {
             Ok(_) => Ok(()),
             Err(LookupError::NotFound(_)) => {
+                // Bounded: a caller naming made-up identifiers must not grow
+                // memory and SuperOffice traffic without end.
+                if !self.unknowns.admit(ctx) {
+                    return Err(LookupError::TooManyUnknown(self.unknowns.max()));
+                }
                 // Only if nothing tracked it meanwhile: a lookup that raced
                 // ahead may already hold a newer answer.
                 if self.store.track_unknown(ctx, SystemTime::now()).is_some() {
                     self.poller.not_found(ctx.clone());
+                } else {
+                    self.unknowns.remove(ctx);
                 }
                 Ok(())
             }

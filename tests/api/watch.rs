@@ -494,3 +494,62 @@ async fn ten_thousand_streams_opened_and_dropped_at_once_leave_nothing_behind() 
     // And the service still answers.
     assert_eq!(app.get("Cust1").await.unwrap().context_identifier, "Cust1");
 }
+
+#[tokio::test]
+async fn made_up_names_are_bounded_and_forgotten_once_nobody_watches_them() {
+    let app = spawn_app_with(|fake, config| {
+        serve_running(fake, "Real1");
+        config.policy.forget_unknown_after = Duration::from_secs(1);
+        config.policy.max_unknown = 50;
+    })
+    .await;
+    let mut all = app.watch(&[], 0).await.unwrap();
+    assert_eq!(kind(&next(&mut all).await), E::Synced);
+    let (_real, _) = watch_until_running(&app, "Real1").await;
+    let names: Vec<String> = (0..50).map(|i| format!("Junk{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let junk = app.watch(&refs, 0).await.unwrap();
+    assert!(
+        names.iter().all(|n| app.store.contains(n)),
+        "tracked while watched"
+    );
+    // Past --max-unknown-tenants: refused, naming the flag.
+    let e = app.watch(&["Junk999"], 0).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert!(
+        e.message().contains("--max-unknown-tenants"),
+        "{}",
+        e.message()
+    );
+    // Nothing changes for tenants that exist.
+    assert_eq!(
+        state(&app.get("Real1").await.unwrap()),
+        TenantState::Running
+    );
+    // The watcher leaves; after the grace the names are forgotten, and a
+    // watcher of every tenant hears of each.
+    drop(junk);
+    let mut removed = std::collections::HashSet::new();
+    while removed.len() < names.len() {
+        let ev = next(&mut all).await;
+        if kind(&ev) == E::Removed {
+            removed.insert(ev.context_identifier);
+        }
+    }
+    assert!(names.iter().all(|n| removed.contains(n)));
+    assert!(names.iter().all(|n| !app.store.contains(n)));
+    assert!(app.store.contains("Real1"));
+    // SuperOffice is asked about them no more.
+    let asked: u64 = names.iter().map(|n| app.fake.requests(n)).sum();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        names.iter().map(|n| app.fake.requests(n)).sum::<u64>(),
+        asked
+    );
+    let (_, text) = app.admin_get("/metrics").await;
+    let m = parse_metrics(&text);
+    assert_eq!(m["tenant_status_unknown_tenants"], 0.0);
+    assert_eq!(m["tenant_status_unknown_tenants_forgotten_total"], 50.0);
+    // Room again.
+    app.watch(&["Junk999"], 0).await.unwrap();
+}

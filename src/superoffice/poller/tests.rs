@@ -316,3 +316,61 @@ async fn a_failing_source_makes_the_record_stale_but_keeps_its_state() {
     assert!(n < 20, "{n} calls in 600 s");
     h.stop().await;
 }
+
+/// A source whose requests never end, counting how many are in flight.
+struct Hanging {
+    inflight: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+    asked: Mutex<Vec<String>>,
+}
+
+impl StateSource for Hanging {
+    fn fetch<'a>(&'a self, ctx: &'a ContextId) -> BoxFuture<'a, FetchResult> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.asked.lock().unwrap().push(ctx.to_string());
+        let now = self.inflight.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn tenants_nobody_knows_get_a_small_share_of_the_requests_in_flight() {
+    let store = Arc::new(Store::new());
+    let source = Arc::new(Hanging {
+        inflight: Default::default(),
+        most: Default::default(),
+        asked: Mutex::new(Vec::new()),
+    });
+    let policy = PollPolicy {
+        concurrency: 16,
+        ..PollPolicy::default()
+    };
+    let (poller, handle) = Poller::new(Arc::clone(&store), source.clone(), policy);
+    let unknowns = poller.unknowns();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(poller.run(stop.clone()));
+    for i in 0..40 {
+        let c = ContextId::parse(&format!("Junk{i}")).unwrap();
+        assert!(unknowns.admit(&c));
+        store.track_unknown(&c, SystemTime::now());
+        handle.not_found(c);
+    }
+    for i in 0..4 {
+        handle.track(ContextId::parse(&format!("Real{i}")).unwrap());
+    }
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let asked = source.asked.lock().unwrap().clone();
+    let junk = asked.iter().filter(|a| a.starts_with("Junk")).count();
+    assert_eq!(
+        junk, 2,
+        "an eighth of 16 in flight, and those never end: {asked:?}"
+    );
+    assert_eq!(
+        asked.iter().filter(|a| a.starts_with("Real")).count(),
+        4,
+        "known tenants are not held back"
+    );
+    stop.cancel();
+    task.await.unwrap();
+}
