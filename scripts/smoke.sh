@@ -11,7 +11,7 @@ fi
 grpcurl -version
 
 cargo build --locked --all-targets --quiet
-BIN=target/debug/tenant-status
+BIN="${CARGO_TARGET_DIR:-target}/debug/tenant-status"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 FAKE_PORT=$(free_port)

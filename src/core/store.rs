@@ -15,7 +15,7 @@
 //! - The store knows nothing of tonic, axum or reqwest.
 
 use std::{
-    collections::{BinaryHeap, HashMap, VecDeque},
+    collections::{HashMap, VecDeque},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -28,10 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::{
     fanout::{Fanout, Slot, Watcher},
-    tenant::{
-        ChangeSource, ChangeType, ContextId, Hold, NotificationInfo, Observation, TenantRecord,
-        TenantState, moved_url,
-    },
+    tenant::{ContextId, Observation, TenantRecord, TenantState},
 };
 
 /// How many removals are remembered for watchers that resume with
@@ -213,161 +210,6 @@ impl Store {
         counts.into_iter().map(|((s, st), n)| (s, st, n)).collect()
     }
 
-    /// Applies what a poll of SuperOffice produced. A failure for a tenant
-    /// that is not in the store changes nothing and returns `None`: the
-    /// network failing never creates or replaces a state.
-    pub fn apply_poll(
-        &self,
-        ctx: &ContextId,
-        result: PollResult,
-        now: SystemTime,
-    ) -> Option<Applied> {
-        self.apply_poll_asked_at(ctx, result, now, now).taken()
-    }
-
-    /// As `apply_poll`, for a request sent at `asked_at`, and saying what
-    /// became of the answer. An answer to a request sent before the
-    /// tenant's latest notification arrived is older news than that
-    /// notification and is dropped (`Superseded`): the notification's
-    /// confirming poll, sent after it, has the last word.
-    pub fn apply_poll_asked_at(
-        &self,
-        ctx: &ContextId,
-        result: PollResult,
-        asked_at: SystemTime,
-        now: SystemTime,
-    ) -> PollApplied {
-        let outcome = self.update_stamped(ctx, Some(now), |old| {
-            if old
-                .and_then(|o| o.last_notification.as_ref())
-                .is_some_and(|n| n.received_at > asked_at)
-            {
-                return None;
-            }
-            // A change made here is the poll's doing; when nothing
-            // meaningful changes, `update` keeps the old source. Of `old`,
-            // only the notification is carried over, and, when SuperOffice
-            // does not know the tenant, its last known addresses.
-            let fresh = TenantRecord {
-                last_notification: old.and_then(|o| o.last_notification.clone()),
-                ..TenantRecord::unknown(ctx, now)
-            };
-            match result {
-                // Lagging news: the notification holds; only the record's
-                // freshness moves.
-                PollResult::Observed(o)
-                    if old
-                        .and_then(|r| r.hold.as_ref())
-                        .is_some_and(|h| h.is_lagging(&o, now)) =>
-                {
-                    let old = old?;
-                    Some(TenantRecord {
-                        observed_at: now,
-                        stale: false,
-                        last_error: String::new(),
-                        ..old.clone()
-                    })
-                }
-                PollResult::Observed(o) => Some(TenantRecord {
-                    state: o.state,
-                    endpoint: o.endpoint,
-                    api: o.api,
-                    version: o.version,
-                    valid_until: o.valid_until,
-                    ..fresh
-                }),
-                // A deleted tenant that SuperOffice no longer knows is
-                // still deleted: it stays DELETED until it is forgotten.
-                PollResult::NotFound => Some(match old {
-                    Some(o) => TenantRecord {
-                        state: match o.state {
-                            TenantState::Deleted => TenantState::Deleted,
-                            _ => TenantState::Unknown,
-                        },
-                        endpoint: o.endpoint.clone(),
-                        api: o.api.clone(),
-                        version: o.version.clone(),
-                        ..fresh
-                    },
-                    None => fresh,
-                }),
-                PollResult::Failed(error) => {
-                    let old = old?;
-                    let stale = old.valid_until.is_none_or(|v| v <= now);
-                    Some(TenantRecord {
-                        stale,
-                        last_error: error,
-                        source: ChangeSource::Poll,
-                        ..old.clone()
-                    })
-                }
-            }
-        });
-        match outcome {
-            Ok(applied) => PollApplied::Taken(applied),
-            Err(Some(record)) => PollApplied::Superseded(record),
-            Err(None) => PollApplied::Untracked,
-        }
-    }
-
-    /// Applies a verified state-change notification: records it, and sets
-    /// the state it implies at once (Upgrade: OfflineMaintenance is coming;
-    /// Suspend; Delete; Move: the new endpoint host). The implied change
-    /// holds (`Hold`) until the state API confirms it or moves on, or
-    /// `notification_hold` passes: a poll that still answers what it said
-    /// before is lagging and does not undo it. Resume and BackupRestored
-    /// imply nothing and leave the state to the confirming poll. A tenant
-    /// not yet tracked is added.
-    pub fn apply_notification(
-        &self,
-        ctx: &ContextId,
-        note: NotificationInfo,
-        now: SystemTime,
-    ) -> Applied {
-        self.update(ctx, now, |old| {
-            let mut r = old
-                .cloned()
-                .unwrap_or_else(|| TenantRecord::unknown(ctx, now));
-            let implied = match note.change_type {
-                ChangeType::Upgrade => Some(TenantState::OfflineMaintenance),
-                ChangeType::Suspend => Some(TenantState::Suspended),
-                ChangeType::Delete => Some(TenantState::Deleted),
-                _ => None,
-            };
-            // What SuperOffice said before this notification (or before the
-            // first of a run of them still holding).
-            let prior = match &r.hold {
-                Some(h) if now < h.until => h.clone(),
-                _ => Hold {
-                    until: now + self.notification_hold,
-                    prior_state: r.state,
-                    prior_endpoint: r.endpoint.clone(),
-                },
-            };
-            if let Some(state) = implied {
-                if state != r.state {
-                    // The last poll's ValidUntil vouched for the old state,
-                    // not this one.
-                    r.valid_until = None;
-                }
-                r.state = state;
-            }
-            if note.change_type == ChangeType::Move {
-                r.endpoint = moved_url(&r.endpoint, &note.public_endpoint, ctx, "");
-                r.api = moved_url(&r.api, &note.public_endpoint, ctx, "/api");
-            }
-            // An implied change holds against lagging polls; Resume and
-            // BackupRestored imply none and leave it all to the poll.
-            r.hold = (implied.is_some() || note.change_type == ChangeType::Move)
-                .then_some(prior)
-                .filter(|_| !self.notification_hold.is_zero());
-            r.source = ChangeSource::Notification;
-            r.last_notification = Some(note);
-            Some(r)
-        })
-        .expect("a notification always makes a record")
-    }
-
     /// The one update path: `f` computes the new record from the old one
     /// (or declines with `None`); a meaningful difference takes the next
     /// revision and is published.
@@ -491,36 +333,6 @@ impl Store {
         })
     }
 
-    /// A page of tenants ordered by identifier, after `after`, in `states`
-    /// (all when empty). Returns the page and whether more follow.
-    pub fn list(
-        &self,
-        after: &str,
-        states: &[TenantState],
-        page_size: usize,
-    ) -> (Vec<Arc<TenantRecord>>, bool) {
-        // A bounded max-heap keeps the page_size smallest identifiers in
-        // one pass: O(n log k), no full sort of every tenant per page.
-        let mut heap: BinaryHeap<HeapItem> = BinaryHeap::with_capacity(page_size + 1);
-        let mut more = false;
-        for r in self.tenants.iter() {
-            if r.key().as_str() <= after || (!states.is_empty() && !states.contains(&r.state)) {
-                continue;
-            }
-            if heap.len() < page_size {
-                heap.push(HeapItem(Arc::clone(r.value())));
-            } else if let Some(top) = heap.peek() {
-                more = true;
-                if r.key() < &top.0.context_identifier {
-                    heap.pop();
-                    heap.push(HeapItem(Arc::clone(r.value())));
-                }
-            }
-        }
-        let page = heap.into_sorted_vec().into_iter().map(|h| h.0).collect();
-        (page, more)
-    }
-
     /// Every record whose revision is in `(since, through]`, in no order.
     pub fn records_between(&self, since: u64, through: u64) -> Vec<Arc<TenantRecord>> {
         self.tenants
@@ -580,23 +392,8 @@ impl Store {
     }
 }
 
-struct HeapItem(Arc<TenantRecord>);
-impl PartialEq for HeapItem {
-    fn eq(&self, o: &Self) -> bool {
-        self.0.context_identifier == o.0.context_identifier
-    }
-}
-impl Eq for HeapItem {}
-impl PartialOrd for HeapItem {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for HeapItem {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        self.0.context_identifier.cmp(&o.0.context_identifier)
-    }
-}
+mod apply;
+mod page;
 
 #[cfg(test)]
 mod tests;

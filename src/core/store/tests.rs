@@ -1,6 +1,7 @@
 //! The store's tests: revisions, refreshes, failures, notifications, pages.
 
 use super::*;
+use crate::core::tenant::{ChangeType, NotificationInfo};
 use std::time::Duration;
 
 fn ctx(s: &str) -> ContextId {
