@@ -237,27 +237,10 @@ impl Drop for Watcher {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, SystemTime};
+    use std::time::SystemTime;
 
     use super::*;
-    use crate::core::{
-        store::PollResult,
-        tenant::{Observation, TenantState},
-    };
-
-    fn ctx(s: &str) -> ContextId {
-        ContextId::parse(s).unwrap()
-    }
-
-    fn running(endpoint: &str) -> PollResult {
-        PollResult::Observed(Observation {
-            state: TenantState::Running,
-            endpoint: endpoint.into(),
-            api: format!("{endpoint}/api"),
-            version: "v1".into(),
-            valid_until: Some(SystemTime::now() + Duration::from_secs(60)),
-        })
-    }
+    use crate::core::store::tests::{ctx, running};
 
     #[tokio::test]
     async fn a_named_watcher_hears_only_its_tenants_and_unregisters_on_drop() {

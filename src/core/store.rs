@@ -396,4 +396,4 @@ mod apply;
 mod page;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

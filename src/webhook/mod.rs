@@ -35,8 +35,7 @@ use crate::{
     core::tenant::NotificationInfo,
     persist::journal::Journal,
     superoffice::poller::PollerHandle,
-    token::unix_seconds,
-    token::{Seen, SeenTokens, TokenError, Verifier, token_digest},
+    token::{Seen, SeenTokens, TokenError, Verifier, token_digest, unix_seconds},
     webhook::ratelimit::RateLimiter,
 };
 

@@ -4,11 +4,13 @@ use super::*;
 use crate::core::tenant::{ChangeType, NotificationInfo};
 use std::time::Duration;
 
-fn ctx(s: &str) -> ContextId {
+/// A valid identifier.
+pub(crate) fn ctx(s: &str) -> ContextId {
     ContextId::parse(s).unwrap()
 }
 
-fn running(endpoint: &str) -> PollResult {
+/// SuperOffice's answer that the tenant runs at `endpoint`, valid a minute.
+pub(crate) fn running(endpoint: &str) -> PollResult {
     PollResult::Observed(Observation {
         state: TenantState::Running,
         endpoint: endpoint.into(),
