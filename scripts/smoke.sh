@@ -69,6 +69,11 @@ WATCH=$(grpcurl -plaintext -max-time 3 -d '{"context_identifiers":["Cust10002"]}
 expect "WatchTenant snapshot" "WATCH_EVENT_TYPE_SNAPSHOT" "$WATCH"
 expect "WatchTenant synced" "WATCH_EVENT_TYPE_SYNCED" "$WATCH"
 expect "WatchTenant heartbeat" "WATCH_EVENT_TYPE_HEARTBEAT" "$WATCH"
+# A resume from a revision this process never issued: RESET, then a full
+# snapshot, never a silent gap.
+RESET=$(grpcurl -plaintext -max-time 2 -d '{"context_identifiers":["Cust10002"],"since_revision":1}' "$A" $S/WatchTenant 2>&1 || true)
+expect "WatchTenant reset" "WATCH_EVENT_TYPE_RESET" "$RESET"
+expect "WatchTenant reset's snapshot" "WATCH_EVENT_TYPE_SNAPSHOT" "$RESET"
 
 expect "the webhook listener serves nothing else" '"reason":"not_found"' \
   "$(curl -s "http://127.0.0.1:$HOOK_PORT/metrics" || true)"
@@ -78,6 +83,8 @@ expect "readyz" '"ready"' "$(curl -s "http://127.0.0.1:$ADMIN_PORT/readyz")"
 METRICS=$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics")
 expect "metrics: tenants by state" 'tenant_status_tenants{state="Running",stale="false"} 4' "$METRICS"
 expect "metrics: polls" 'tenant_status_polls_total{outcome="found"}' "$METRICS"
+expect "metrics: build info" 'tenant_status_build_info{version=' "$METRICS"
+expect "metrics: process" 'process_resident_memory_bytes' "$METRICS"
 expect "metrics: RPCs by code" 'tenant_status_rpcs_total{method="GetTenantState",code="NOT_FOUND"} 1' "$METRICS"
 kill -TERM "$SERVE_PID"
 for _ in $(seq 1 100); do kill -0 "$SERVE_PID" 2>/dev/null || break; sleep 0.1; done
