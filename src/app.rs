@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     admin::metrics::Metrics,
     admin::{self, Readiness},
+    cluster::Cluster,
     config::Config,
+    core::ledger::Ledger,
     core::store::Store,
     core::tenant::ContextId,
     persist,
@@ -49,6 +51,8 @@ pub struct Application {
     journal: Option<Arc<Journal>>,
     /// The memory of used tokens, saved with the state file.
     seen: Arc<SeenTokens>,
+    /// Among replicas: the connection to the shared store.
+    cluster: Option<Cluster>,
 }
 
 async fn bind(setting: &str, addr: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
@@ -76,9 +80,13 @@ impl Application {
         let (grpc_listener, grpc_addr) = bind("--grpc-addr", &config.grpc_addr).await?;
         let (webhook_listener, webhook_addr) = bind("--webhook-addr", &config.webhook.addr).await?;
         let (admin_listener, admin_addr) = bind("--admin-addr", &config.admin_addr).await?;
-        let store = Arc::new(
-            Store::starting_from_clock().with_notification_hold(config.webhook.notification_hold),
-        );
+        // Alone, revisions start from the clock (a restart issues larger
+        // ones); among replicas, they are the shared log's.
+        let store = match &config.cluster {
+            None => Store::starting_from_clock(),
+            Some(_) => Store::new(),
+        };
+        let store = Arc::new(store.with_notification_hold(config.webhook.notification_hold));
         // Whatever the store holds now came from the state file and its
         // journal: `run_until` re-polls those tenants over a spread. The
         // tokens they name are remembered again, so a replay after the
@@ -91,7 +99,28 @@ impl Application {
             }
             None => None,
         };
-        let metrics = Arc::new(Metrics::new());
+        let metrics = match &config.cluster {
+            None => Metrics::new(),
+            Some(_) => Metrics::new().with_cluster(),
+        };
+        let metrics = Arc::new(metrics);
+        let cluster = match &config.cluster {
+            None => None,
+            Some(c) => Some(
+                Cluster::connect(
+                    c,
+                    Arc::clone(&store),
+                    metrics.cluster(),
+                    config.webhook.notification_hold,
+                )
+                .await?,
+            ),
+        };
+        // Where every rule writes: this store, or the replicas' shared log.
+        let ledger: Arc<dyn Ledger> = match &cluster {
+            None => Arc::clone(&store) as Arc<dyn Ledger>,
+            Some(c) => c.ledger(),
+        };
         // The poller never has two requests for one tenant in flight, and
         // must know when its own request went out (an answer older than a
         // notification does not undo it), so it does not share flights;
@@ -102,7 +131,9 @@ impl Application {
             config.policy.clone(),
         );
         let source: Arc<dyn StateSource> = Arc::new(SingleFlight::new(source));
-        let poller = poller.with_metrics(Arc::clone(&metrics));
+        let poller = poller
+            .with_metrics(Arc::clone(&metrics))
+            .with_ledger(Arc::clone(&ledger));
         let verifier = Arc::new(
             Verifier::new(config.webhook.verifier.clone())
                 .context("could not build the notification token verifier")?,
@@ -116,8 +147,9 @@ impl Application {
             config.webhook.path.clone(),
             Arc::clone(&metrics),
         );
-        let webhook =
-            webhook.with_body_limits(config.webhook.max_body, config.webhook.body_timeout);
+        let webhook = webhook
+            .with_body_limits(config.webhook.max_body, config.webhook.body_timeout)
+            .with_ledger(Arc::clone(&ledger));
         let webhook = match &journal {
             Some(j) => webhook.with_journal(Arc::clone(j)),
             None => webhook,
@@ -128,12 +160,9 @@ impl Application {
                 (per_client, total) => webhook.with_rate_limit(per_client, total),
             },
         );
-        let tracker = Arc::new(Tracker::new(
-            Arc::clone(&store),
-            source,
-            handle,
-            poller.unknowns(),
-        ));
+        let tracker = Arc::new(
+            Tracker::new(Arc::clone(&store), source, handle, poller.unknowns()).with_ledger(ledger),
+        );
         Ok(Self {
             config,
             grpc_listener,
@@ -150,6 +179,7 @@ impl Application {
             metrics,
             journal,
             seen,
+            cluster,
         })
     }
 
@@ -195,6 +225,7 @@ impl Application {
             metrics,
             journal,
             seen,
+            cluster,
         } = self;
         let jwks = {
             let verifier = Arc::clone(&verifier);
@@ -207,7 +238,35 @@ impl Application {
         };
         let readiness = Arc::new(Readiness::default());
         let restored = store.len();
-        let polling = spawn_polling(&config, &store, &tracker, poller, &readiness);
+        let clustered = cluster.is_some();
+        let (polling, sharing) = match cluster {
+            None => (
+                spawn_polling(&config, &store, &tracker, poller, &readiness),
+                None,
+            ),
+            Some(cluster) => {
+                readiness.also(cluster.readiness());
+                let ledger = cluster.ledger();
+                let handle = tracker.poller().clone();
+                let polling = Background::spawn(|stop| poller.run(stop));
+                let sharing = Background::spawn(|stop| async move {
+                    let _ = cluster.start(handle, stop).await;
+                });
+                // The configured tenants are tracked fleet-wide; their
+                // pollers are the holders of their partitions.
+                let tenants = config.tenants.clone();
+                tokio::spawn(async move {
+                    for t in tenants {
+                        let now = std::time::SystemTime::now();
+                        if let Err(e) = ledger.track_unknown(t.clone(), now).await {
+                            tracing::warn!(tenant = %t, error = %e, "could not track a configured tenant in the shared store");
+                        }
+                    }
+                });
+                readiness.first_round_done();
+                (polling, Some(sharing))
+            }
+        };
         let persisting = config.state_file.clone().map(|path| {
             Background::spawn(|stop| {
                 persist::run(
@@ -274,6 +333,7 @@ impl Application {
             state_api = %config.state_api_base_url,
             tenants = config.tenants.len(),
             restored,
+            replicas = clustered,
             "tenant-status is serving gRPC"
         );
         // The webhook stops accepting when draining starts and finishes the
@@ -318,6 +378,10 @@ impl Application {
         // everything acknowledged; the admin listener, so probes saw the
         // drain.
         polling.stop().await;
+        if let Some(s) = sharing {
+            // Gives the partition leases back, so the others poll at once.
+            let _ = tokio::time::timeout(Duration::from_secs(10), s.stop()).await;
+        }
         jwks.stop().await;
         if let Some(p) = persisting {
             let _ = tokio::time::timeout(Duration::from_secs(30), p.stop()).await;

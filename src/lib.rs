@@ -31,6 +31,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod persist;

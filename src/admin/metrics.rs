@@ -23,6 +23,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
+pub use crate::admin::cluster_metrics::ClusterMetrics;
 use crate::{admin::process::ProcessCollector, core::store::Store, token::JwksStats};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -72,6 +73,8 @@ pub struct Metrics {
     jwks_keys: Gauge,
     jwks_last_refresh: Gauge,
     jwks_refresh_failures: Counter,
+    /// The replicas' figures: registered only by `with_cluster`.
+    cluster: Arc<ClusterMetrics>,
     /// Scrape-time figures are cleared and set under this lock.
     render: Mutex<()>,
 }
@@ -221,11 +224,27 @@ impl Metrics {
             events_coalesced,
             tenants,
             revision,
+            cluster: Arc::new(ClusterMetrics::default()),
             render: Mutex::new(()),
         }
     }
 
     /// One poll finished with `outcome` after `took`.
+    /// Registers the replicas' figures (`tenant_status_cluster_*`); a
+    /// process alone does not show them.
+    pub fn with_cluster(mut self) -> Self {
+        let registry = self
+            .registry
+            .sub_registry_with_prefix("tenant_status_cluster");
+        self.cluster.register(registry);
+        self
+    }
+
+    /// The replicas' figures, updated by the cluster module.
+    pub fn cluster(&self) -> Arc<ClusterMetrics> {
+        Arc::clone(&self.cluster)
+    }
+
     pub fn poll(&self, outcome: &'static str, took: Duration) {
         self.polls.get_or_create(&OutcomeLabels { outcome }).inc();
         self.poll_duration.observe(took.as_secs_f64());

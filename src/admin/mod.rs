@@ -1,6 +1,7 @@
 //! The admin listener (loopback by default, apart from the public webhook):
 //! `/metrics` for Prometheus, `/livez` and `/readyz` for probes.
 
+mod cluster_metrics;
 pub mod metrics;
 mod process;
 
@@ -27,6 +28,9 @@ use crate::{admin::metrics::Metrics, core::store::Store, token::Verifier};
 pub struct Readiness {
     first_round_done: AtomicBool,
     draining: AtomicBool,
+    /// Among replicas: why this one cannot take writes or is behind the
+    /// shared log, if so.
+    cluster: std::sync::OnceLock<Arc<dyn Fn() -> Result<(), &'static str> + Send + Sync>>,
 }
 
 impl Readiness {
@@ -38,10 +42,18 @@ impl Readiness {
         self.draining.store(true, Ordering::Release);
     }
 
+    /// Makes readiness also depend on `check` (the replicas' connection to
+    /// NATS and their reading of the shared log).
+    pub fn also(&self, check: Arc<dyn Fn() -> Result<(), &'static str> + Send + Sync>) {
+        let _ = self.cluster.set(check);
+    }
+
     /// `Ok` when ready, or why not.
     pub fn check(&self) -> Result<(), &'static str> {
         if self.draining.load(Ordering::Acquire) {
             Err("shutting down")
+        } else if let Some(Err(why)) = self.cluster.get().map(|c| c()) {
+            Err(why)
         } else if !self.first_round_done.load(Ordering::Acquire) {
             Err("the first poll round of the configured tenants is not done yet")
         } else {

@@ -222,6 +222,55 @@ pub struct ServeArgs {
     pub shutdown_timeout: Duration,
     #[command(flatten)]
     pub webhook: WebhookArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// Replicas sharing one truth through NATS JetStream (off without
+/// `--nats-url`).
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// NATS server(s) to share state with other replicas through JetStream
+    /// (`nats://host:4222`; repeat or separate with commas for a cluster's
+    /// seed servers). Without it, this process is alone.
+    #[arg(
+        long = "nats-url",
+        env = "TENANT_STATUS_NATS_URL",
+        value_delimiter = ','
+    )]
+    pub nats_urls: Vec<String>,
+    /// This replica's name in leases and logs (letters, digits, - and _).
+    /// Default: the host name and a random suffix.
+    #[arg(long, env = "TENANT_STATUS_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// How long a poll partition's lease lasts without renewal; a replica
+    /// that dies has its partitions taken over within twice this.
+    #[arg(long, env = "TENANT_STATUS_LEASE_TTL", value_parser = duration, default_value = "10s")]
+    pub lease_ttl: Duration,
+    /// NATS credentials file (a user JWT and its NKey seed).
+    #[arg(long, env = "TENANT_STATUS_NATS_CREDS_FILE")]
+    pub nats_creds_file: Option<PathBuf>,
+    /// NATS user name (with --nats-password-file).
+    #[arg(long, env = "TENANT_STATUS_NATS_USER", requires = "nats_password_file")]
+    pub nats_user: Option<String>,
+    /// File holding the NATS user's password.
+    #[arg(long, env = "TENANT_STATUS_NATS_PASSWORD_FILE", requires = "nats_user")]
+    pub nats_password_file: Option<PathBuf>,
+    /// PEM CA certificate(s) to verify the NATS servers with; TLS is then
+    /// required.
+    #[arg(long, env = "TENANT_STATUS_NATS_CA_FILE")]
+    pub nats_ca_file: Option<PathBuf>,
+    /// Prefix of the JetStream buckets' names (one fleet per prefix).
+    #[arg(
+        long,
+        env = "TENANT_STATUS_NATS_BUCKET",
+        default_value = "tenant-status"
+    )]
+    pub nats_bucket: String,
+    /// Copies of each bucket in a NATS cluster: 3 in a three-node cluster,
+    /// so a node's loss loses nothing; 1 for a single server.
+    #[arg(long, env = "TENANT_STATUS_NATS_BUCKET_REPLICAS", default_value_t = 1)]
+    pub nats_bucket_replicas: usize,
 }
 
 /// The public state-change webhook.

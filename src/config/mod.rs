@@ -2,6 +2,7 @@
 //! environment > file), and their validation into a `Config` here, each
 //! error naming its flag.
 
+mod cluster;
 mod flags;
 mod load;
 
@@ -15,6 +16,7 @@ use clap::Parser;
 use url::Url;
 
 use crate::{
+    cluster::ClusterConfig,
     core::tenant::ContextId,
     serve::grpc::BearerTokens,
     superoffice::environment_base_url,
@@ -52,6 +54,8 @@ pub struct Config {
     pub http2_keepalive_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub webhook: WebhookConfig,
+    /// Replicas through NATS JetStream; `None`: this process is alone.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// The gRPC listener's TLS material, read and checked.
@@ -232,6 +236,13 @@ impl ServeArgs {
         let webhook = self
             .webhook
             .validate(self.superoffice_env, &state_api_base_url)?;
+        let cluster = self.cluster.validate()?;
+        if cluster.is_some() && self.state_file.is_some() {
+            return Err(bad(
+                "--state-file",
+                "is for a process alone; with --nats-url the replicas keep their state in JetStream",
+            ));
+        }
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert_pem: pem_file("--tls-cert", cert, &["CERTIFICATE"])?,
@@ -308,6 +319,7 @@ impl ServeArgs {
             http2_keepalive_timeout: self.http2_keepalive_timeout,
             shutdown_timeout: self.shutdown_timeout,
             webhook,
+            cluster,
         })
     }
 }

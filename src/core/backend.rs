@@ -23,6 +23,8 @@ pub enum LookupError {
         "{0} tenants SuperOffice does not know are tracked for watchers already, the most --max-unknown-tenants allows; watch tenants that exist, or retry once unwatched unknown ones are forgotten (--forget-unknown-after)"
     )]
     TooManyUnknown(usize),
+    #[error("{0}; try another replica, or again shortly")]
+    NotSynced(String),
 }
 
 /// A page of tenants ordered by identifier.
@@ -47,10 +49,12 @@ pub trait Tenants: Send + Sync + 'static {
 
     /// Makes sure every tenant in `names` is tracked, for a watcher: one
     /// SuperOffice does not know is tracked as UNKNOWN, so the watcher sees
-    /// it when it appears.
+    /// it when it appears. Among replicas, it first waits (briefly) for
+    /// this replica to have read the shared log to its end and to `since`.
     fn track_for_watch(
         &self,
         names: &[ContextId],
+        since: u64,
     ) -> impl Future<Output = Result<(), LookupError>> + Send;
 
     /// A watch of `names` (every tenant when empty) after `since`: see

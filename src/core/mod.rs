@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub(crate) mod fanout;
+pub mod ledger;
 pub mod store;
 pub mod tenant;
 pub mod watch;

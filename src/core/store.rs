@@ -46,6 +46,15 @@ pub enum PollResult {
     Failed(String),
 }
 
+/// How fresh a record is, apart from what it says: what a confirming poll
+/// moves without a revision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Freshness {
+    pub observed_at: SystemTime,
+    pub valid_until: Option<SystemTime>,
+    pub last_error: String,
+}
+
 /// The outcome of one update.
 #[derive(Debug, Clone)]
 pub struct Applied {
@@ -237,10 +246,10 @@ impl Store {
             dashmap::Entry::Occupied(o) => Some(Arc::clone(o.get())),
             dashmap::Entry::Vacant(_) => None,
         };
-        let Some(mut new) = f(old.as_deref()) else {
+        let Some(new) = f(old.as_deref()) else {
             return Err(old);
         };
-        let changed = old.as_deref().is_none_or(|o| o.meaningfully_differs(&new));
+        let (new, changed) = apply::settle(old.as_deref(), new, changed_at);
         let store = |entry: dashmap::Entry<'_, ContextId, Arc<TenantRecord>>,
                      record: &Arc<TenantRecord>| match entry {
             dashmap::Entry::Occupied(mut o) => {
@@ -253,25 +262,84 @@ impl Store {
         if !changed {
             // A refresh (observed_at, valid_until, error text): no revision,
             // no wake-up.
-            if let Some(o) = &old {
-                new.revision = o.revision;
-                new.changed_at = o.changed_at;
-                new.source = o.source;
-            }
             let record = Arc::new(new);
             store(entry, &record);
             return Ok(Applied { record, changed });
         }
+        let mut new = new;
         let _order = self.order.lock().expect("order lock");
         new.revision = self.revision.load(Ordering::Relaxed) + 1;
-        if let Some(at) = changed_at {
-            new.changed_at = at;
-        }
         let record = Arc::new(new);
         store(entry, &record);
         self.fanout.publish(ctx, Slot::Present(Arc::clone(&record)));
         self.revision.store(record.revision, Ordering::Release);
         Ok(Applied { record, changed })
+    }
+
+    /// Takes a record from the replicas' shared log, where it was written
+    /// at `record.revision` (the log's sequence). The mirror hands records
+    /// over in the log's order, so the store's revision stays the log's;
+    /// one at or below the tenant's revision is a repeat and is ignored.
+    /// Returns whether it was taken.
+    pub fn apply_replicated(&self, record: TenantRecord) -> bool {
+        let ctx = record.context_identifier.clone();
+        let entry = self.tenants.entry(ctx.clone());
+        if let dashmap::Entry::Occupied(o) = &entry
+            && o.get().revision >= record.revision
+        {
+            return false;
+        }
+        let _order = self.order.lock().expect("order lock");
+        let record = Arc::new(record);
+        entry.insert(Arc::clone(&record));
+        self.fanout
+            .publish(&ctx, Slot::Present(Arc::clone(&record)));
+        self.revision.fetch_max(record.revision, Ordering::Release);
+        true
+    }
+
+    /// Takes a removal from the replicas' shared log (a delete marker at
+    /// `revision`): watchers are told, and it is remembered for those that
+    /// resume, even when this store never held the tenant.
+    pub fn remove_replicated(&self, ctx: &ContextId, revision: u64) {
+        let entry = self.tenants.entry(ctx.clone());
+        if let dashmap::Entry::Occupied(o) = entry {
+            if o.get().revision > revision {
+                return;
+            }
+            o.remove();
+        }
+        let _order = self.order.lock().expect("order lock");
+        self.remember_removal(ctx, revision);
+        self.fanout.publish(ctx, Slot::Removed(revision));
+        self.revision.fetch_max(revision, Ordering::Release);
+    }
+
+    /// Moves the store's revision up to `revision` with nothing to publish
+    /// (a record the log holds but this version cannot read), so that the
+    /// revision still says how far the log has been read.
+    pub fn skip_to(&self, revision: u64) {
+        let _order = self.order.lock().expect("order lock");
+        self.revision.fetch_max(revision, Ordering::Release);
+    }
+
+    /// A poll that confirmed what the record says, made by another replica:
+    /// its freshness moves (`observed_at`, `valid_until`, the error text),
+    /// no revision, nobody woken. Older news than the record holds is
+    /// ignored.
+    pub fn refresh(&self, ctx: &ContextId, seen: &Freshness) -> bool {
+        let Some(mut r) = self.tenants.get_mut(ctx) else {
+            return false;
+        };
+        if r.observed_at >= seen.observed_at {
+            return false;
+        }
+        let mut new = TenantRecord::clone(&r);
+        new.observed_at = seen.observed_at;
+        new.valid_until = seen.valid_until;
+        new.last_error.clone_from(&seen.last_error);
+        *r = Arc::new(new);
+        true
     }
 
     /// Forgets a tenant. Returns the revision of the removal, or `None` if
@@ -297,18 +365,22 @@ impl Store {
         let _order = self.order.lock().expect("order lock");
         let revision = self.revision.load(Ordering::Relaxed) + 1;
         o.remove();
-        {
-            let mut t = self.tombstones.lock().expect("tombstones lock");
-            t.push_back((revision, ctx.clone()));
-            while t.len() > TOMBSTONES_KEPT {
-                if let Some((forgotten, _)) = t.pop_front() {
-                    self.resumable_from.fetch_max(forgotten, Ordering::Relaxed);
-                }
-            }
-        }
+        self.remember_removal(ctx, revision);
         self.fanout.publish(ctx, Slot::Removed(revision));
         self.revision.store(revision, Ordering::Release);
         Some(revision)
+    }
+
+    /// Keeps a removal for watchers that resume; called in the ordered
+    /// section.
+    fn remember_removal(&self, ctx: &ContextId, revision: u64) {
+        let mut t = self.tombstones.lock().expect("tombstones lock");
+        t.push_back((revision, ctx.clone()));
+        while t.len() > TOMBSTONES_KEPT {
+            if let Some((forgotten, _)) = t.pop_front() {
+                self.resumable_from.fetch_max(forgotten, Ordering::Relaxed);
+            }
+        }
     }
 
     /// The oldest `since_revision` a watcher may resume from and be told
@@ -392,7 +464,7 @@ impl Store {
     }
 }
 
-mod apply;
+pub(crate) mod apply;
 mod page;
 
 #[cfg(test)]

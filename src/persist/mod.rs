@@ -182,6 +182,18 @@ fn load_record(s: SavedTenant) -> Result<TenantRecord, String> {
     })
 }
 
+/// A record as the replicas' shared store keeps it: the state file's JSON
+/// for one tenant, so there is one format to keep compatible.
+pub(crate) fn encode_record(r: &TenantRecord) -> Vec<u8> {
+    serde_json::to_vec(&save_record(r)).unwrap_or_default()
+}
+
+/// Reads a record the shared store keeps (see `encode_record`).
+pub(crate) fn decode_record(bytes: &[u8]) -> Result<TenantRecord, String> {
+    let saved: SavedTenant = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    load_record(saved)
+}
+
 /// Why a state file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

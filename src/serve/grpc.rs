@@ -193,6 +193,7 @@ fn lookup_status(e: LookupError) -> Status {
         LookupError::NotFound(_) => Status::not_found(e.to_string()),
         LookupError::Unavailable(..) => Status::unavailable(e.to_string()),
         LookupError::TooManyUnknown(_) => Status::resource_exhausted(e.to_string()),
+        LookupError::NotSynced(_) => Status::unavailable(e.to_string()),
     }
 }
 
@@ -273,7 +274,7 @@ impl<B: Tenants> GrpcService<B> {
                 ))
             })?;
         self.tenants
-            .track_for_watch(&names)
+            .track_for_watch(&names, req.since_revision)
             .await
             .map_err(lookup_status)?;
         let open = self.metrics.stream_opened();

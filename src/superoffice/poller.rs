@@ -21,7 +21,8 @@ use tokio_util::{sync::CancellationToken, time::DelayQueue};
 
 use crate::{
     admin::metrics::Metrics,
-    core::store::{PollResult, Store},
+    core::ledger::{Ledger, Removal, WriteError},
+    core::store::{PollApplied, PollResult, Store},
     core::tenant::{ContextId, TenantState},
     superoffice::{
         FetchError, FetchOutcome, FetchResult, StateSource,
@@ -50,6 +51,11 @@ enum Command {
     /// A notification arrived: poll now to confirm, then again shortly
     /// while the state settles. Tracks the tenant if it was not.
     Confirm(ContextId),
+    /// A tenant this replica just became the poller of (a partition it
+    /// took over, or a tenant another replica started tracking): poll at
+    /// its ValidUntil, or, when that has passed, at a random point within
+    /// the window, so that a takeover does not come as a burst.
+    TakeOver(ContextId, Option<SystemTime>, Duration),
 }
 
 /// Sends work to the poller task. Cheap to clone.
@@ -74,6 +80,39 @@ impl PollerHandle {
     pub fn confirm(&self, ctx: ContextId) {
         let _ = self.tx.send(Command::Confirm(ctx));
     }
+    pub fn take_over(&self, ctx: ContextId, valid_until: Option<SystemTime>, spread: Duration) {
+        let _ = self.tx.send(Command::TakeOver(ctx, valid_until, spread));
+    }
+}
+
+/// What a poll came to, once its answer was written.
+enum Answer {
+    Found {
+        valid_until: Option<SystemTime>,
+        deleted: bool,
+    },
+    NotFound {
+        deleted: bool,
+    },
+}
+
+/// Why a poll came to nothing.
+enum PollFailure {
+    /// SuperOffice could not be asked, or answered with an error.
+    Fetch(FetchError),
+    /// The answer could not be written (the replicas' shared store).
+    Write(WriteError),
+}
+
+type Polled = (ContextId, Result<Answer, PollFailure>, Duration);
+
+/// A removal written: the tenant, which removal, and whether it was made.
+type Removed = (ContextId, Removal, Result<bool, WriteError>);
+
+fn is_deleted(applied: &PollApplied) -> bool {
+    applied
+        .record()
+        .is_some_and(|r| r.state == TenantState::Deleted)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +136,8 @@ struct Entry {
 /// The poller task's state.
 pub struct Poller {
     store: Arc<Store>,
+    /// Where answers are written: `store` itself, or the replicas' log.
+    ledger: Arc<dyn Ledger>,
     source: Arc<dyn StateSource>,
     policy: PollPolicy,
     rx: mpsc::UnboundedReceiver<Command>,
@@ -105,7 +146,10 @@ pub struct Poller {
     /// Due now, waiting for a free slot; with the deadline they were due
     /// at, when scheduled (for the lateness metric).
     ready: VecDeque<(ContextId, Option<tokio::time::Instant>)>,
-    inflight: FuturesUnordered<BoxFuture<'static, (ContextId, FetchResult, Duration)>>,
+    inflight: FuturesUnordered<BoxFuture<'static, Polled>>,
+    /// Removals being written: a DELETED tenant past its retention, an
+    /// unknown one nobody watches.
+    removing: FuturesUnordered<BoxFuture<'static, Removed>>,
     rng: rand::rngs::SmallRng,
     metrics: Option<Arc<Metrics>>,
     /// Tenants SuperOffice does not know, tracked only for watchers.
@@ -129,6 +173,7 @@ impl Poller {
             policy.forget_unknown_after,
         ));
         let poller = Self {
+            ledger: Arc::clone(&store) as Arc<dyn Ledger>,
             store,
             source,
             policy,
@@ -137,6 +182,7 @@ impl Poller {
             entries: HashMap::new(),
             ready: VecDeque::new(),
             inflight: FuturesUnordered::new(),
+            removing: FuturesUnordered::new(),
             rng: rand::SeedableRng::from_rng(&mut rand::rng()),
             metrics: None,
             unknowns,
@@ -157,6 +203,14 @@ impl Poller {
     /// that admits them.
     pub(crate) fn unknowns(&self) -> Arc<Unknowns> {
         Arc::clone(&self.unknowns)
+    }
+
+    /// Writes answers to `ledger` (the replicas' shared log) instead of the
+    /// store, and polls on schedule only the tenants the ledger says are
+    /// this process's to poll.
+    pub fn with_ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
+        self.ledger = ledger;
+        self
     }
 
     /// Counts polls and their latency in `metrics`.
@@ -184,6 +238,14 @@ impl Poller {
                 let Some((ctx, due)) = self.ready.pop_front() else {
                     break;
                 };
+                // Among replicas, a tenant whose partition another replica
+                // holds (or that this one lost) is not ours to poll: drop it
+                // from the schedule; its new poller has it.
+                if !self.ledger.polls(&ctx) {
+                    self.entries.remove(&ctx);
+                    self.unknowns.remove(&ctx);
+                    continue;
+                }
                 // Tenants nobody knows get at most an eighth of the
                 // requests in flight; the rest of theirs wait a moment.
                 if self.unknowns.contains(&ctx) {
@@ -207,9 +269,10 @@ impl Poller {
                 Some((ctx, result, took)) = self.inflight.next(), if !self.inflight.is_empty() => {
                     if let Some(m) = &self.metrics {
                         let outcome = match &result {
-                            Ok(FetchOutcome::Found(_)) => "found",
-                            Ok(FetchOutcome::NotFound) => "not_found",
-                            Err(e) => e.kind(),
+                            Ok(Answer::Found { .. }) => "found",
+                            Ok(Answer::NotFound { .. }) => "not_found",
+                            Err(PollFailure::Fetch(e)) => e.kind(),
+                            Err(PollFailure::Write(_)) => "not_stored",
                         };
                         m.poll(outcome, took);
                     }
@@ -218,7 +281,10 @@ impl Poller {
                         && let Some(tx) = &self.first_round_done {
                             let _ = tx.send(true);
                         }
-                    self.finish(ctx, result, took);
+                    self.finish(ctx, result);
+                }
+                Some((ctx, which, result)) = self.removing.next(), if !self.removing.is_empty() => {
+                    self.removed(ctx, which, result);
                 }
                 Some(cmd) = self.rx.recv() => self.command(cmd),
                 Some(expired) = self.queue.next(), if !self.queue.is_empty() => {
@@ -275,6 +341,17 @@ impl Poller {
                     .min(self.policy.max_interval);
                 self.schedule(ctx, d, Due::Poll);
             }
+            Command::TakeOver(ctx, valid_until, spread) => {
+                if self.entries.contains_key(&ctx) {
+                    return;
+                }
+                let now = SystemTime::now();
+                let d = match valid_until {
+                    Some(v) if v > now => self.policy.after_success(Some(v), now, &mut self.rng),
+                    _ => spread.mul_f64(self.rng.random::<f64>()),
+                };
+                self.schedule(ctx, d, Due::Poll);
+            }
             Command::Confirm(ctx) => {
                 let e = self.entries.entry(ctx.clone()).or_default();
                 e.settle = self.policy.settle_polls;
@@ -317,31 +394,106 @@ impl Poller {
                 self.ready.push_back((ctx, Some(deadline)));
             }
             Due::Forget => {
-                // Decided under the tenant's lock: a notification applied
-                // in between (a restore) keeps the tenant.
-                if self
-                    .store
-                    .remove_if(&ctx, |r| r.state == TenantState::Deleted)
-                    .is_some()
-                {
-                    self.entries.remove(&ctx);
-                    tracing::info!(tenant = %ctx, "forgot a deleted tenant after its retention");
-                } else {
-                    // No longer deleted (restored, say): never drop a
-                    // tracked tenant from the schedule; poll it instead.
-                    e.busy = true;
-                    self.ready.push_back((ctx, Some(deadline)));
-                }
+                e.busy = true;
+                self.remove(ctx, Removal::Deleted);
             }
         }
     }
 
+    /// Writes a removal, decided against the record it deletes: a
+    /// notification applied in between (a restore) keeps the tenant.
+    fn remove(&mut self, ctx: ContextId, which: Removal) {
+        let ledger = Arc::clone(&self.ledger);
+        self.removing.push(Box::pin(async move {
+            let result = ledger.remove(ctx.clone(), which).await;
+            (ctx, which, result)
+        }));
+    }
+
+    /// What follows a removal's write.
+    fn removed(&mut self, ctx: ContextId, which: Removal, result: Result<bool, WriteError>) {
+        if let Some(e) = self.entries.get_mut(&ctx) {
+            e.busy = false;
+        }
+        match (which, result) {
+            (Removal::Deleted, Ok(true)) => {
+                self.entries.remove(&ctx);
+                tracing::info!(tenant = %ctx, "forgot a deleted tenant after its retention");
+            }
+            // No longer deleted (restored, say): never drop a tracked
+            // tenant from the schedule; poll it instead.
+            (Removal::Deleted, Ok(false)) => {
+                if let Some(e) = self.entries.get_mut(&ctx) {
+                    e.busy = true;
+                }
+                self.ready.push_back((ctx, None));
+            }
+            (Removal::UnknownUnnamed, Ok(true)) => {
+                self.entries.remove(&ctx);
+                self.unknowns.forgot(&ctx);
+                tracing::info!(tenant = %ctx, "forgot a tenant SuperOffice does not know and nobody watches");
+            }
+            (Removal::UnknownUnnamed, Ok(false)) => {
+                self.unknowns.remove(&ctx);
+                self.schedule(ctx, self.policy.backoff_max, Due::Poll);
+            }
+            (which, Err(e)) => {
+                tracing::warn!(tenant = %ctx, error = %e, "could not write a removal; trying again later");
+                let due = match which {
+                    Removal::Deleted => Due::Forget,
+                    Removal::UnknownUnnamed => Due::Poll,
+                };
+                self.schedule(ctx, self.policy.backoff_base, due);
+            }
+        }
+        if which == Removal::UnknownUnnamed
+            && let Some(m) = &self.metrics
+        {
+            m.unknown_tenants(self.unknowns.counts());
+        }
+    }
+
+    /// Asks SuperOffice, then writes the answer; the poller task goes on
+    /// meanwhile. An answer to a request sent before a notification
+    /// arrived does not undo that notification, so the write says when the
+    /// request went out.
     fn start(&mut self, ctx: ContextId) {
         let source = Arc::clone(&self.source);
+        let ledger = Arc::clone(&self.ledger);
         self.inflight.push(Box::pin(async move {
             let started = std::time::Instant::now();
-            let result = source.fetch(&ctx).await;
-            (ctx, result, started.elapsed())
+            let result: FetchResult = source.fetch(&ctx).await;
+            let took = started.elapsed();
+            let now = SystemTime::now();
+            let asked_at = now.checked_sub(took).unwrap_or(now);
+            let answer = match result {
+                Ok(FetchOutcome::Found(obs)) => {
+                    let valid_until = obs.valid_until;
+                    ledger
+                        .apply_poll(ctx.clone(), PollResult::Observed(obs), asked_at, now)
+                        .await
+                        .map(|a| Answer::Found {
+                            valid_until,
+                            deleted: is_deleted(&a),
+                        })
+                        .map_err(PollFailure::Write)
+                }
+                Ok(FetchOutcome::NotFound) => ledger
+                    .apply_poll(ctx.clone(), PollResult::NotFound, asked_at, now)
+                    .await
+                    .map(|a| Answer::NotFound {
+                        deleted: is_deleted(&a),
+                    })
+                    .map_err(PollFailure::Write),
+                Err(err) => {
+                    let failed = PollResult::Failed(err.to_string());
+                    if let Err(e) = ledger.apply_poll(ctx.clone(), failed, asked_at, now).await {
+                        tracing::debug!(tenant = %ctx, error = %e, "could not record a failed poll");
+                    }
+                    Err(PollFailure::Fetch(err))
+                }
+            };
+            (ctx, answer, took)
         }));
     }
 
@@ -349,23 +501,10 @@ impl Poller {
     /// watchers of every tenant), unless something named it meanwhile: a
     /// notification, or an answer that it exists.
     fn forget_unknown(&mut self, ctx: &ContextId) {
-        let removed = self
-            .store
-            .remove_if(ctx, |r| {
-                r.state == TenantState::Unknown && r.last_notification.is_none()
-            })
-            .is_some();
-        if removed {
-            self.entries.remove(ctx);
-            self.unknowns.forgot(ctx);
-            tracing::info!(tenant = %ctx, "forgot a tenant SuperOffice does not know and nobody watches");
-        } else {
-            self.unknowns.remove(ctx);
-            self.schedule(ctx.clone(), self.policy.backoff_max, Due::Poll);
+        if let Some(e) = self.entries.get_mut(ctx) {
+            e.busy = true;
         }
-        if let Some(m) = &self.metrics {
-            m.unknown_tenants(self.unknowns.counts());
-        }
+        self.remove(ctx.clone(), Removal::UnknownUnnamed);
     }
 
     /// What follows an answer: the next poll at ValidUntil (sooner while
@@ -389,11 +528,8 @@ impl Poller {
         }
     }
 
-    fn finish(&mut self, ctx: ContextId, result: FetchResult, took: Duration) {
+    fn finish(&mut self, ctx: ContextId, result: Result<Answer, PollFailure>) {
         let now = SystemTime::now();
-        // When the request went out: an answer to a request sent before a
-        // notification arrived does not undo that notification.
-        let asked_at = now.checked_sub(took).unwrap_or(now);
         let Some(e) = self.entries.get_mut(&ctx) else {
             return;
         };
@@ -403,26 +539,18 @@ impl Poller {
         e.settle = e.settle.saturating_sub(1);
         let settle = |d: Duration, interval: Duration| if settling { d.min(interval) } else { d };
         let (delay, due) = match result {
-            Ok(FetchOutcome::Found(obs)) => {
+            Ok(Answer::Found {
+                valid_until,
+                deleted,
+            }) => {
                 e.failures = 0;
-                let valid_until = obs.valid_until;
                 // A real tenant after all: tracked like any other now.
                 self.unknowns.remove(&ctx);
-                let deleted = self
-                    .store
-                    .apply_poll_asked_at(&ctx, PollResult::Observed(obs), asked_at, now)
-                    .record()
-                    .is_some_and(|r| r.state == TenantState::Deleted);
                 self.after_answer(deleted, valid_until, now, settling)
             }
-            Ok(FetchOutcome::NotFound) => {
+            Ok(Answer::NotFound { deleted }) => {
                 e.failures += 1;
                 let failures = e.failures;
-                let deleted = self
-                    .store
-                    .apply_poll_asked_at(&ctx, PollResult::NotFound, asked_at, now)
-                    .record()
-                    .is_some_and(|r| r.state == TenantState::Deleted);
                 if deleted {
                     // Deleted, and SuperOffice has forgotten it too.
                     self.after_answer(true, None, now, settling)
@@ -447,20 +575,21 @@ impl Poller {
                     }
                 }
             }
-            Err(err) => {
+            Err(failure) => {
                 e.failures += 1;
                 let failures = e.failures;
-                let retry_after = match &err {
-                    FetchError::RateLimited(r) => *r,
+                let retry_after = match &failure {
+                    PollFailure::Fetch(FetchError::RateLimited(r)) => *r,
                     _ => None,
                 };
-                tracing::warn!(tenant = %ctx, failures, error = %err, "poll failed; keeping the last known state");
-                self.store.apply_poll_asked_at(
-                    &ctx,
-                    PollResult::Failed(err.to_string()),
-                    asked_at,
-                    now,
-                );
+                match &failure {
+                    PollFailure::Fetch(err) => {
+                        tracing::warn!(tenant = %ctx, failures, error = %err, "poll failed; keeping the last known state")
+                    }
+                    PollFailure::Write(err) => {
+                        tracing::warn!(tenant = %ctx, failures, error = %err, "could not write a poll's answer; asking again later")
+                    }
+                }
                 (
                     self.policy
                         .after_failure(failures, retry_after, &mut self.rng),

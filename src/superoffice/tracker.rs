@@ -10,6 +10,7 @@ use futures_util::Stream;
 
 use crate::{
     core::backend::{LookupError, Page, Tenants},
+    core::ledger::Ledger,
     core::store::{PollResult, Store},
     core::tenant::{ContextId, TenantRecord, TenantState},
     core::watch::{WatchEvent, watch},
@@ -21,6 +22,8 @@ use crate::{
 /// The store, the (single-flight) state source and the poller, together.
 pub struct Tracker {
     store: Arc<Store>,
+    /// Where answers are written: `store` itself, or the replicas' log.
+    ledger: Arc<dyn Ledger>,
     source: Arc<dyn StateSource>,
     poller: PollerHandle,
     /// Tenants SuperOffice does not know, tracked for watchers (bounded).
@@ -37,11 +40,18 @@ impl Tracker {
         unknowns: Arc<Unknowns>,
     ) -> Self {
         Self {
+            ledger: Arc::clone(&store) as Arc<dyn Ledger>,
             store,
             source,
             poller,
             unknowns,
         }
+    }
+
+    /// Writes answers to `ledger` (the replicas' shared log).
+    pub(crate) fn with_ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
+        self.ledger = ledger;
+        self
     }
 
     pub fn poller(&self) -> &PollerHandle {
@@ -59,12 +69,16 @@ impl Tracker {
         match self.source.fetch(ctx).await {
             Ok(FetchOutcome::Found(obs)) => {
                 let valid_until = obs.valid_until;
-                let applied = self.store.apply_poll_asked_at(
-                    ctx,
-                    PollResult::Observed(obs),
-                    asked_at,
-                    SystemTime::now(),
-                );
+                let applied = self
+                    .ledger
+                    .apply_poll(
+                        ctx.clone(),
+                        PollResult::Observed(obs),
+                        asked_at,
+                        SystemTime::now(),
+                    )
+                    .await
+                    .map_err(|e| LookupError::Unavailable(ctx.clone(), e.to_string()))?;
                 self.poller.observed(ctx.clone(), valid_until);
                 // Taken, or a notification that arrived while we asked and
                 // stands: either way, the record the store now holds.
@@ -91,7 +105,12 @@ impl Tracker {
                 }
                 // Only if nothing tracked it meanwhile: a lookup that raced
                 // ahead may already hold a newer answer.
-                if self.store.track_unknown(ctx, SystemTime::now()).is_some() {
+                let tracked = self
+                    .ledger
+                    .track_unknown(ctx.clone(), SystemTime::now())
+                    .await
+                    .map_err(|e| LookupError::Unavailable(ctx.clone(), e.to_string()))?;
+                if tracked.is_some() {
                     self.poller.not_found(ctx.clone());
                 } else {
                     self.unknowns.remove(ctx);
@@ -109,7 +128,11 @@ impl Tenants for Tracker {
         self.get_or_fetch(ctx).await
     }
 
-    async fn track_for_watch(&self, names: &[ContextId]) -> Result<(), LookupError> {
+    async fn track_for_watch(&self, names: &[ContextId], since: u64) -> Result<(), LookupError> {
+        self.ledger
+            .synced(since)
+            .await
+            .map_err(|e| LookupError::NotSynced(e.to_string()))?;
         let untracked = names.iter().filter(|n| !self.store.contains(n));
         let fetched =
             futures_util::future::join_all(untracked.map(|n| self.track_one_for_watch(n))).await;

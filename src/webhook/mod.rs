@@ -31,6 +31,7 @@ use axum::{
 
 use crate::{
     admin::metrics::Metrics,
+    core::ledger::Ledger,
     core::store::Store,
     core::tenant::NotificationInfo,
     persist::journal::Journal,
@@ -61,6 +62,9 @@ pub struct Webhook {
     max_body: usize,
     body_timeout: Duration,
     journal: Option<Arc<Journal>>,
+    /// Where notifications are written: `store` itself, or the replicas'
+    /// shared log.
+    ledger: Arc<dyn Ledger>,
 }
 
 impl Webhook {
@@ -76,6 +80,7 @@ impl Webhook {
         Self {
             verifier,
             seen,
+            ledger: Arc::clone(&store) as Arc<dyn Ledger>,
             store,
             poller,
             leeway: leeway.as_secs(),
@@ -92,6 +97,14 @@ impl Webhook {
     /// and acknowledged.
     pub fn with_journal(mut self, journal: Arc<Journal>) -> Self {
         self.journal = Some(journal);
+        self
+    }
+
+    /// Writes notifications to `ledger` (the replicas' shared log), and
+    /// claims each token's first use there, so a token accepted by one
+    /// replica is refused by every other.
+    pub(crate) fn with_ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
+        self.ledger = ledger;
         self
     }
 
@@ -144,32 +157,60 @@ impl Webhook {
             public_endpoint: n.public_endpoint.clone(),
             received_at: now,
         };
-        let apply = || {
-            self.store
-                .apply_notification(&n.context_identifier, info.clone(), now)
-        };
+        let digest = token_digest(&n.token);
+        match self.ledger.claim_token(digest, forget_after).await {
+            Ok(true) => {}
+            // Used on another replica: this one remembers it too.
+            Ok(false) => return Err(TokenError::Replayed.into()),
+            Err(e) => {
+                tracing::error!(error = %e, tenant = %n.context_identifier, "could not claim the token's first use in the shared store");
+                self.seen.forget(&n.token);
+                return Err(Rejection::NotStored);
+            }
+        }
         let applied = match &self.journal {
-            None => apply(),
-            Some(journal) => match journal
-                .record(
-                    &n.context_identifier,
-                    &info,
-                    (token_digest(&n.token), forget_after),
-                    apply,
-                )
+            None => match self
+                .ledger
+                .apply_notification(n.context_identifier.clone(), info, now)
                 .await
             {
                 Ok(applied) => applied,
                 Err(e) => {
-                    tracing::error!(error = %e, tenant = %n.context_identifier, "could not write the notification journal");
-                    // Not kept: SuperOffice's retry of this token is
-                    // welcome.
+                    tracing::error!(error = %e, tenant = %n.context_identifier, "could not store the notification");
+                    // Not kept: SuperOffice's retry of this token, here or
+                    // on another replica, is welcome.
                     self.seen.forget(&n.token);
+                    if let Err(e) = self.ledger.release_token(digest).await {
+                        tracing::warn!(error = %e, "could not give the token back in the shared store; its retry may be refused as a replay");
+                    }
                     return Err(Rejection::NotStored);
                 }
             },
+            Some(journal) => {
+                let apply = || {
+                    self.store
+                        .apply_notification(&n.context_identifier, info.clone(), now)
+                };
+                match journal
+                    .record(&n.context_identifier, &info, (digest, forget_after), apply)
+                    .await
+                {
+                    Ok(applied) => applied,
+                    Err(e) => {
+                        tracing::error!(error = %e, tenant = %n.context_identifier, "could not write the notification journal");
+                        // Not kept: SuperOffice's retry of this token is
+                        // welcome.
+                        self.seen.forget(&n.token);
+                        return Err(Rejection::NotStored);
+                    }
+                }
+            }
         };
-        self.poller.confirm(n.context_identifier.clone());
+        // Its poller confirms it: this process, or, among replicas, the one
+        // holding the tenant's partition (told by the shared log).
+        if self.ledger.polls(&n.context_identifier) {
+            self.poller.confirm(n.context_identifier.clone());
+        }
         Ok((n, applied.record.revision))
     }
 }

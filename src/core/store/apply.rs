@@ -3,7 +3,7 @@
 //! state, a notification's implied change holds against a lagging state
 //! API), each a closure handed to the store's one update path.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::{Applied, PollApplied, PollResult, Store};
 use crate::core::tenant::{
@@ -37,70 +37,7 @@ impl Store {
         now: SystemTime,
     ) -> PollApplied {
         let outcome = self.update_stamped(ctx, Some(now), |old| {
-            if old
-                .and_then(|o| o.last_notification.as_ref())
-                .is_some_and(|n| n.received_at > asked_at)
-            {
-                return None;
-            }
-            // A change made here is the poll's doing; when nothing
-            // meaningful changes, `update` keeps the old source. Of `old`,
-            // only the notification is carried over, and, when SuperOffice
-            // does not know the tenant, its last known addresses.
-            let fresh = TenantRecord {
-                last_notification: old.and_then(|o| o.last_notification.clone()),
-                ..TenantRecord::unknown(ctx, now)
-            };
-            match result {
-                // Lagging news: the notification holds; only the record's
-                // freshness moves.
-                PollResult::Observed(o)
-                    if old
-                        .and_then(|r| r.hold.as_ref())
-                        .is_some_and(|h| h.is_lagging(&o, now)) =>
-                {
-                    let old = old?;
-                    Some(TenantRecord {
-                        observed_at: now,
-                        stale: false,
-                        last_error: String::new(),
-                        ..old.clone()
-                    })
-                }
-                PollResult::Observed(o) => Some(TenantRecord {
-                    state: o.state,
-                    endpoint: o.endpoint,
-                    api: o.api,
-                    version: o.version,
-                    valid_until: o.valid_until,
-                    ..fresh
-                }),
-                // A deleted tenant that SuperOffice no longer knows is
-                // still deleted: it stays DELETED until it is forgotten.
-                PollResult::NotFound => Some(match old {
-                    Some(o) => TenantRecord {
-                        state: match o.state {
-                            TenantState::Deleted => TenantState::Deleted,
-                            _ => TenantState::Unknown,
-                        },
-                        endpoint: o.endpoint.clone(),
-                        api: o.api.clone(),
-                        version: o.version.clone(),
-                        ..fresh
-                    },
-                    None => fresh,
-                }),
-                PollResult::Failed(error) => {
-                    let old = old?;
-                    let stale = old.valid_until.is_none_or(|v| v <= now);
-                    Some(TenantRecord {
-                        stale,
-                        last_error: error,
-                        source: ChangeSource::Poll,
-                        ..old.clone()
-                    })
-                }
-            }
+            poll_rule(old, ctx, &result, asked_at, now)
         });
         match outcome {
             Ok(applied) => PollApplied::Taken(applied),
@@ -123,47 +60,162 @@ impl Store {
         note: NotificationInfo,
         now: SystemTime,
     ) -> Applied {
+        let hold = self.notification_hold;
         self.update(ctx, now, |old| {
-            let mut r = old
-                .cloned()
-                .unwrap_or_else(|| TenantRecord::unknown(ctx, now));
-            let implied = match note.change_type {
-                ChangeType::Upgrade => Some(TenantState::OfflineMaintenance),
-                ChangeType::Suspend => Some(TenantState::Suspended),
-                ChangeType::Delete => Some(TenantState::Deleted),
-                _ => None,
-            };
-            // What SuperOffice said before this notification (or before the
-            // first of a run of them still holding).
-            let prior = match &r.hold {
-                Some(h) if now < h.until => h.clone(),
-                _ => Hold {
-                    until: now + self.notification_hold,
-                    prior_state: r.state,
-                    prior_endpoint: r.endpoint.clone(),
-                },
-            };
-            if let Some(state) = implied {
-                if state != r.state {
-                    // The last poll's ValidUntil vouched for the old state,
-                    // not this one.
-                    r.valid_until = None;
-                }
-                r.state = state;
-            }
-            if note.change_type == ChangeType::Move {
-                r.endpoint = moved_url(&r.endpoint, &note.public_endpoint, ctx, "");
-                r.api = moved_url(&r.api, &note.public_endpoint, ctx, "/api");
-            }
-            // An implied change holds against lagging polls; Resume and
-            // BackupRestored imply none and leave it all to the poll.
-            r.hold = (implied.is_some() || note.change_type == ChangeType::Move)
-                .then_some(prior)
-                .filter(|_| !self.notification_hold.is_zero());
-            r.source = ChangeSource::Notification;
-            r.last_notification = Some(note);
-            Some(r)
+            Some(notification_rule(old, ctx, &note, now, hold))
         })
         .expect("a notification always makes a record")
     }
+}
+
+/// The record a poll's answer leaves, from the record before it (`None`:
+/// the answer is dropped and `old` stays). One process's store and the
+/// replicas' shared log apply the same rule.
+pub(crate) fn poll_rule(
+    old: Option<&TenantRecord>,
+    ctx: &ContextId,
+    result: &PollResult,
+    asked_at: SystemTime,
+    now: SystemTime,
+) -> Option<TenantRecord> {
+    if old
+        .and_then(|o| o.last_notification.as_ref())
+        .is_some_and(|n| n.received_at > asked_at)
+    {
+        return None;
+    }
+    // A change made here is the poll's doing; when nothing meaningful
+    // changes, the old source is kept (`settle`). Of `old`, only the
+    // notification is carried over, and, when SuperOffice does not know
+    // the tenant, its last known addresses.
+    let fresh = TenantRecord {
+        last_notification: old.and_then(|o| o.last_notification.clone()),
+        ..TenantRecord::unknown(ctx, now)
+    };
+    match result {
+        // Lagging news: the notification holds; only the record's
+        // freshness moves.
+        PollResult::Observed(o)
+            if old
+                .and_then(|r| r.hold.as_ref())
+                .is_some_and(|h| h.is_lagging(o, now)) =>
+        {
+            let old = old?;
+            Some(TenantRecord {
+                observed_at: now,
+                stale: false,
+                last_error: String::new(),
+                ..old.clone()
+            })
+        }
+        PollResult::Observed(o) => Some(TenantRecord {
+            state: o.state,
+            endpoint: o.endpoint.clone(),
+            api: o.api.clone(),
+            version: o.version.clone(),
+            valid_until: o.valid_until,
+            ..fresh
+        }),
+        // A deleted tenant that SuperOffice no longer knows is still
+        // deleted: it stays DELETED until it is forgotten.
+        PollResult::NotFound => Some(match old {
+            Some(o) => TenantRecord {
+                state: match o.state {
+                    TenantState::Deleted => TenantState::Deleted,
+                    _ => TenantState::Unknown,
+                },
+                endpoint: o.endpoint.clone(),
+                api: o.api.clone(),
+                version: o.version.clone(),
+                ..fresh
+            },
+            None => fresh,
+        }),
+        PollResult::Failed(error) => {
+            let old = old?;
+            let stale = old.valid_until.is_none_or(|v| v <= now);
+            Some(TenantRecord {
+                stale,
+                last_error: error.clone(),
+                source: ChangeSource::Poll,
+                ..old.clone()
+            })
+        }
+    }
+}
+
+/// The record a verified notification leaves: it records it, and sets the
+/// state it implies at once (see `Store::apply_notification`); `hold` is
+/// the longest the implied change holds against lagging polls.
+pub(crate) fn notification_rule(
+    old: Option<&TenantRecord>,
+    ctx: &ContextId,
+    note: &NotificationInfo,
+    now: SystemTime,
+    hold: Duration,
+) -> TenantRecord {
+    let mut r = old
+        .cloned()
+        .unwrap_or_else(|| TenantRecord::unknown(ctx, now));
+    let implied = match note.change_type {
+        ChangeType::Upgrade => Some(TenantState::OfflineMaintenance),
+        ChangeType::Suspend => Some(TenantState::Suspended),
+        ChangeType::Delete => Some(TenantState::Deleted),
+        _ => None,
+    };
+    // What SuperOffice said before this notification (or before the first
+    // of a run of them still holding).
+    let prior = match &r.hold {
+        Some(h) if now < h.until => h.clone(),
+        _ => Hold {
+            until: now + hold,
+            prior_state: r.state,
+            prior_endpoint: r.endpoint.clone(),
+        },
+    };
+    if let Some(state) = implied {
+        if state != r.state {
+            // The last poll's ValidUntil vouched for the old state, not
+            // this one.
+            r.valid_until = None;
+        }
+        r.state = state;
+    }
+    if note.change_type == ChangeType::Move {
+        r.endpoint = moved_url(&r.endpoint, &note.public_endpoint, ctx, "");
+        r.api = moved_url(&r.api, &note.public_endpoint, ctx, "/api");
+    }
+    // An implied change holds against lagging polls; Resume and
+    // BackupRestored imply none and leave it all to the poll.
+    r.hold = (implied.is_some() || note.change_type == ChangeType::Move)
+        .then_some(prior)
+        .filter(|_| !hold.is_zero());
+    r.source = ChangeSource::Notification;
+    r.last_notification = Some(note.clone());
+    r
+}
+
+/// Finishes a rule's record against the one it replaces: a meaningful
+/// change is stamped `changed_at` (when given) and will take a revision;
+/// anything else is a refresh that keeps the old revision, change time and
+/// source. Returns the record and whether it changed meaningfully.
+pub(crate) fn settle(
+    old: Option<&TenantRecord>,
+    mut new: TenantRecord,
+    changed_at: Option<SystemTime>,
+) -> (TenantRecord, bool) {
+    let changed = old.is_none_or(|o| o.meaningfully_differs(&new));
+    match old {
+        Some(o) if !changed => {
+            new.revision = o.revision;
+            new.changed_at = o.changed_at;
+            new.source = o.source;
+        }
+        _ => {
+            if let Some(at) = changed_at {
+                new.changed_at = at;
+            }
+        }
+    }
+    (new, changed)
 }

@@ -1,0 +1,276 @@
+//! Each tenant polled once, fleet-wide: tenants fall into `PARTITIONS`
+//! partitions by a stable hash of their identifier, and a replica polls
+//! only the partitions whose lease it holds.
+//!
+//! A lease is a key in the `leases` bucket, whose `max_age` is the lease
+//! TTL: taken with create-if-absent, renewed every third of the TTL with
+//! compare-and-set on its revision. A replica that dies stops renewing and
+//! its keys expire after the TTL; the others, trying every third of the
+//! TTL, take them within 2 × TTL. A renewal refused or not answered is a
+//! lease lost at once, and a replica stops polling a partition when its
+//! own monotonic clock says the lease may have run out (last renewal sent
+//! + TTL − a fifth), whatever the server says later.
+//!
+//! Balance: each replica keeps a membership key (`m.<id>`) alive the same
+//! way, and holds at most ⌈PARTITIONS / members⌉ partitions, giving back
+//! the rest, so the load spreads as replicas come and go.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use tokio::{sync::watch, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    admin::metrics::ClusterMetrics,
+    core::{store::Store, tenant::ContextId},
+    superoffice::poller::PollerHandle,
+};
+
+/// How many partitions the tenants are split into: enough to spread over
+/// a few dozen replicas, few enough that renewing them all is cheap.
+pub const PARTITIONS: u16 = 64;
+
+/// The partition of a tenant: FNV-1a of its identifier (stable across
+/// processes and versions, unlike Rust's randomised hasher).
+pub fn partition_of(ctx: &str) -> u16 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in ctx.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % u64::from(PARTITIONS)) as u16
+}
+
+fn lease_key(p: u16) -> String {
+    format!("p.{p:02}")
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    revision: u64,
+    /// Until when this replica may act on the lease, by its own clock.
+    until: Instant,
+}
+
+/// The leases this replica holds.
+pub(crate) struct Leases {
+    id: String,
+    ttl: Duration,
+    held: Mutex<BTreeMap<u16, Held>>,
+}
+
+impl Leases {
+    pub(super) fn new(id: String, ttl: Duration) -> Self {
+        Self {
+            id,
+            ttl,
+            held: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Whether this replica may poll `ctx` now.
+    pub(crate) fn owns(&self, ctx: &ContextId) -> bool {
+        let p = partition_of(ctx);
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.get(&p).is_some_and(|h| Instant::now() < h.until)
+    }
+
+    fn snapshot(&self) -> BTreeMap<u16, Held> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, p: u16, h: Option<Held>) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        match h {
+            Some(h) => held.insert(p, h),
+            None => held.remove(&p),
+        };
+    }
+
+    fn count(&self) -> usize {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// How long a lease taken or renewed at `sent` may be acted on.
+    fn until(&self, sent: Instant) -> Instant {
+        sent + self.ttl - self.ttl / 5
+    }
+}
+
+pub(super) struct LeaseKeeper {
+    pub(super) kv: kv::Store,
+    pub(super) leases: Arc<Leases>,
+    pub(super) store: Arc<Store>,
+    pub(super) caught_up: watch::Receiver<bool>,
+    pub(super) metrics: Arc<ClusterMetrics>,
+}
+
+impl LeaseKeeper {
+    pub(super) async fn run(mut self, poller: PollerHandle, stop: CancellationToken) {
+        // Nothing is taken before this replica has read the shared store:
+        // a partition's tenants are scheduled from the records it holds.
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = self.caught_up.wait_for(|c| *c) => {}
+        }
+        let tick = self.leases.ttl / 3;
+        loop {
+            self.round(&poller).await;
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(tick) => {}
+            }
+        }
+        self.give_back().await;
+    }
+
+    fn member_key(&self) -> String {
+        format!("m.{}", self.leases.id)
+    }
+
+    async fn round(&self, poller: &PollerHandle) {
+        let id = Bytes::from(self.leases.id.clone());
+        if let Err(e) = self.kv.put(self.member_key(), id.clone()).await {
+            tracing::warn!(error = %e, "could not renew this replica's membership");
+        }
+        // Renew what is held; a refusal or no answer is a loss.
+        for (p, h) in self.leases.snapshot() {
+            let sent = Instant::now();
+            match self.kv.update(lease_key(p), id.clone(), h.revision).await {
+                Ok(revision) => {
+                    self.metrics.lease_renewed();
+                    self.leases.set(
+                        p,
+                        Some(Held {
+                            revision,
+                            until: self.leases.until(sent),
+                        }),
+                    );
+                }
+                Err(e) => {
+                    self.metrics.lease_lost();
+                    self.leases.set(p, None);
+                    tracing::warn!(partition = p, error = %e, "lost a partition lease; its tenants are no longer polled here");
+                }
+            }
+        }
+        // How many replicas there are now, and so how many partitions are
+        // this one's share.
+        let members = match self.kv.keys().await {
+            Ok(keys) => match keys.try_collect::<Vec<String>>().await {
+                Ok(keys) => keys.iter().filter(|k| k.starts_with("m.")).count().max(1),
+                Err(_) => return self.metrics.partitions_held(self.leases.count()),
+            },
+            Err(_) => return self.metrics.partitions_held(self.leases.count()),
+        };
+        let share = usize::from(PARTITIONS).div_ceil(members);
+        // Give back more than the share, so that a new replica finds some.
+        let held = self.leases.snapshot();
+        for (p, h) in held.iter().rev().take(held.len().saturating_sub(share)) {
+            self.leases.set(*p, None);
+            if let Err(e) = self
+                .kv
+                .delete_expect_revision(lease_key(*p), Some(h.revision))
+                .await
+            {
+                tracing::debug!(partition = p, error = %e, "could not give a lease back; it will expire");
+            }
+            tracing::info!(
+                partition = p,
+                members,
+                "gave a partition lease back to balance the load"
+            );
+        }
+        // Take free ones up to the share, starting at a place of this
+        // replica's own so that replicas starting together do not race for
+        // the same keys.
+        let mut taken = Vec::new();
+        let start = partition_of(&self.leases.id);
+        for i in 0..PARTITIONS {
+            if self.leases.count() >= share {
+                break;
+            }
+            let p = (start + i) % PARTITIONS;
+            if self.leases.snapshot().contains_key(&p) {
+                continue;
+            }
+            let sent = Instant::now();
+            match self.kv.create(lease_key(p), id.clone()).await {
+                Ok(revision) => {
+                    self.metrics.lease_taken();
+                    self.leases.set(
+                        p,
+                        Some(Held {
+                            revision,
+                            until: self.leases.until(sent),
+                        }),
+                    );
+                    taken.push(p);
+                }
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    tracing::debug!(partition = p, error = %e, "could not take a lease");
+                    break;
+                }
+            }
+        }
+        if !taken.is_empty() {
+            self.schedule(&taken, poller);
+            tracing::info!(partitions = ?taken, members, held = self.leases.count(), "took partition leases");
+        }
+        self.metrics.partitions_held(self.leases.count());
+    }
+
+    /// Schedules the tenants of partitions just taken from the records
+    /// this replica holds: each at its ValidUntil, or, when that passed
+    /// while the partition had no poller, spread over one lease TTL.
+    fn schedule(&self, taken: &[u16], poller: &PollerHandle) {
+        for r in self.store.snapshot() {
+            if taken.contains(&partition_of(&r.context_identifier)) {
+                poller.take_over(r.context_identifier.clone(), r.valid_until, self.leases.ttl);
+            }
+        }
+    }
+
+    /// At shutdown: give every lease and the membership back, so that the
+    /// other replicas take the partitions at once, not after the TTL.
+    async fn give_back(&self) {
+        for (p, h) in self.leases.snapshot() {
+            self.leases.set(p, None);
+            let _ = self
+                .kv
+                .delete_expect_revision(lease_key(p), Some(h.revision))
+                .await;
+        }
+        let _ = self.kv.delete(self.member_key()).await;
+        self.metrics.partitions_held(0);
+        tracing::info!("gave the partition leases back");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_stable_and_spread() {
+        // Stable: the same on every replica and in every version.
+        assert_eq!(partition_of("Cust10001"), partition_of("Cust10001"));
+        let mut counts = [0usize; PARTITIONS as usize];
+        for i in 0..64_000 {
+            counts[usize::from(partition_of(&format!("Cust{i}")))] += 1;
+        }
+        // Within a third of the mean (1,000) for every partition.
+        assert!(
+            counts.iter().all(|&c| (667..=1333).contains(&c)),
+            "{counts:?}"
+        );
+    }
+}

@@ -1,0 +1,397 @@
+//! The shared ledger: every write goes to the `records` bucket with
+//! compare-and-set on the revision the writer read. On a conflict the
+//! current record is read from the bucket and the same rule is applied to
+//! it again (the product's rules are functions of the old record, so the
+//! merge is the rule itself). A refresh that changes nothing meaningful
+//! goes to the `observed` bucket instead, so it takes no revision and
+//! wakes no watcher anywhere.
+//!
+//! A write returns once JetStream acknowledged it and this replica's store
+//! has read it back from the log (briefly awaited), so a caller that reads
+//! its own write sees it, in revision order with every other change.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use futures_util::FutureExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::lease::Leases;
+use crate::{
+    admin::metrics::ClusterMetrics,
+    core::{
+        ledger::{Ledger, Removal, Write, WriteError},
+        store::{
+            Applied, Freshness, PollApplied, PollResult, Store,
+            apply::{notification_rule, poll_rule, settle},
+        },
+        tenant::{ContextId, NotificationInfo, TenantRecord},
+    },
+    persist,
+};
+
+/// Conflicting writes retried before one is given up (each retry means
+/// another replica wrote the same tenant in between).
+const MAX_ATTEMPTS: usize = 16;
+
+/// How long a write waits for this replica's store to read it back.
+const READ_BACK: Duration = Duration::from_secs(2);
+
+pub(crate) struct SharedLedger {
+    pub(super) records: kv::Store,
+    pub(super) observed: kv::Store,
+    pub(super) tokens: kv::Store,
+    pub(super) store: Arc<Store>,
+    pub(super) leases: Arc<Leases>,
+    /// The log revision this replica's store has read to.
+    pub(super) applied: watch::Receiver<u64>,
+    pub(super) caught_up: watch::Receiver<bool>,
+    pub(super) client: async_nats::Client,
+    pub(super) metrics: Arc<ClusterMetrics>,
+    pub(super) notification_hold: Duration,
+}
+
+/// A record's freshness as the `observed` bucket keeps it.
+#[derive(Serialize, Deserialize)]
+pub(super) struct SavedFreshness {
+    /// Unix milliseconds.
+    observed_at: u64,
+    valid_until: Option<u64>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    last_error: String,
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl SavedFreshness {
+    pub(super) fn decode(bytes: &[u8]) -> Option<Freshness> {
+        let s: SavedFreshness = serde_json::from_slice(bytes).ok()?;
+        Some(Freshness {
+            observed_at: UNIX_EPOCH + Duration::from_millis(s.observed_at),
+            valid_until: s.valid_until.map(|v| UNIX_EPOCH + Duration::from_millis(v)),
+            last_error: s.last_error,
+        })
+    }
+
+    fn encode(f: &Freshness) -> Bytes {
+        Bytes::from(
+            serde_json::to_vec(&SavedFreshness {
+                observed_at: millis(f.observed_at),
+                valid_until: f.valid_until.map(millis),
+                last_error: f.last_error.clone(),
+            })
+            .unwrap_or_default(),
+        )
+    }
+}
+
+/// What one attempt of a compare-and-set came to.
+enum Attempt {
+    Written(u64),
+    /// Another replica wrote first (or the record is not what we read).
+    Conflict,
+    Failed(String),
+}
+
+impl SharedLedger {
+    fn unavailable(&self, why: impl std::fmt::Display) -> WriteError {
+        self.metrics.write_failed();
+        WriteError::Unavailable(why.to_string())
+    }
+
+    fn connected(&self) -> Result<(), WriteError> {
+        if self.client.connection_state() == async_nats::connection::State::Connected {
+            Ok(())
+        } else {
+            Err(self.unavailable("this replica is not connected to NATS"))
+        }
+    }
+
+    /// The tenant's record as the bucket holds it now (`None`: never
+    /// written, or removed), with its revision.
+    async fn read(&self, ctx: &ContextId) -> Result<Option<(TenantRecord, Bytes)>, WriteError> {
+        let entry = self.records.entry(ctx.as_str()).await.map_err(|e| {
+            self.unavailable(format!("cannot read {ctx} from the shared store: {e}"))
+        })?;
+        match entry {
+            Some(e) if e.operation == kv::Operation::Put => {
+                let mut r = persist::decode_record(&e.value).map_err(|problem| {
+                    self.unavailable(format!(
+                        "the shared store's record of {ctx} is unreadable: {problem}"
+                    ))
+                })?;
+                r.revision = e.revision;
+                Ok(Some((r, e.value)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn attempt(&self, ctx: &ContextId, value: Bytes, expected: Option<u64>) -> Attempt {
+        let started = Instant::now();
+        let result = match expected {
+            Some(rev) => self
+                .records
+                .update(ctx.as_str(), value, rev)
+                .await
+                .map_err(|e| {
+                    (
+                        e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                        e.to_string(),
+                    )
+                }),
+            None => self.records.create(ctx.as_str(), value).await.map_err(|e| {
+                (
+                    e.kind() == kv::CreateErrorKind::AlreadyExists,
+                    e.to_string(),
+                )
+            }),
+        };
+        self.metrics.write(started.elapsed());
+        match result {
+            Ok(rev) => Attempt::Written(rev),
+            Err((true, _)) => Attempt::Conflict,
+            Err((false, e)) => Attempt::Failed(e),
+        }
+    }
+
+    /// Waits (briefly) for this replica's store to have read the log to
+    /// `revision`.
+    async fn read_back(&self, revision: u64) {
+        let mut applied = self.applied.clone();
+        let _ = tokio::time::timeout(READ_BACK, applied.wait_for(|r| *r >= revision)).await;
+    }
+
+    /// The one write path: `rule` makes the new record from the current
+    /// one (or declines with `None`); a meaningful change is written with
+    /// compare-and-set, a refresh to the `observed` bucket. `Ok(Err(r))`:
+    /// declined, `r` stands.
+    async fn write(
+        &self,
+        ctx: &ContextId,
+        now: SystemTime,
+        rule: impl Fn(Option<&TenantRecord>) -> Option<TenantRecord>,
+    ) -> Result<Result<Applied, Option<Arc<TenantRecord>>>, WriteError> {
+        self.connected()?;
+        // First from memory (right nearly always); on a conflict, from the
+        // bucket.
+        let mut current = self.store.get(ctx);
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(new) = rule(current.as_deref()) else {
+                return Ok(Err(current));
+            };
+            let (mut new, changed) = settle(current.as_deref(), new, Some(now));
+            if !changed {
+                let seen = Freshness {
+                    observed_at: new.observed_at,
+                    valid_until: new.valid_until,
+                    last_error: new.last_error.clone(),
+                };
+                self.observed
+                    .put(ctx.as_str(), SavedFreshness::encode(&seen))
+                    .await
+                    .map_err(|e| {
+                        self.unavailable(format!("cannot write to the shared store: {e}"))
+                    })?;
+                self.store.refresh(ctx, &seen);
+                return Ok(Ok(Applied {
+                    record: Arc::new(new),
+                    changed,
+                }));
+            }
+            let value = Bytes::from(persist::encode_record(&new));
+            match self
+                .attempt(ctx, value.clone(), current.as_ref().map(|c| c.revision))
+                .await
+            {
+                Attempt::Written(revision) => {
+                    new.revision = revision;
+                    self.read_back(revision).await;
+                    return Ok(Ok(Applied {
+                        record: Arc::new(new),
+                        changed,
+                    }));
+                }
+                Attempt::Conflict => {
+                    self.metrics.conflict();
+                    current = self.read(ctx).await?.map(|(r, _)| Arc::new(r));
+                }
+                Attempt::Failed(e) => {
+                    // The outcome may be unknown (a timed-out acknowledgment):
+                    // the write happened if the bucket now holds exactly it.
+                    if let Ok(Some((r, held))) = self.read(ctx).await
+                        && held == value
+                    {
+                        new.revision = r.revision;
+                        self.read_back(r.revision).await;
+                        return Ok(Ok(Applied {
+                            record: Arc::new(new),
+                            changed,
+                        }));
+                    }
+                    return Err(self.unavailable(format!("cannot write to the shared store: {e}")));
+                }
+            }
+        }
+        Err(self.unavailable(format!(
+            "{MAX_ATTEMPTS} writes of {ctx} in a row lost to other replicas' writes"
+        )))
+    }
+
+    fn token_key(digest: u64) -> String {
+        format!("{digest:016x}")
+    }
+}
+
+impl Ledger for SharedLedger {
+    fn apply_poll(
+        &self,
+        ctx: ContextId,
+        result: PollResult,
+        asked_at: SystemTime,
+        now: SystemTime,
+    ) -> Write<'_, PollApplied> {
+        async move {
+            let outcome = self
+                .write(&ctx, now, |old| {
+                    poll_rule(old, &ctx, &result, asked_at, now)
+                })
+                .await?;
+            Ok(match outcome {
+                Ok(applied) => PollApplied::Taken(applied),
+                Err(Some(record)) => PollApplied::Superseded(record),
+                Err(None) => PollApplied::Untracked,
+            })
+        }
+        .boxed()
+    }
+
+    fn apply_notification(
+        &self,
+        ctx: ContextId,
+        note: NotificationInfo,
+        now: SystemTime,
+    ) -> Write<'_, Applied> {
+        async move {
+            let hold = self.notification_hold;
+            let outcome = self
+                .write(&ctx, now, |old| {
+                    Some(notification_rule(old, &ctx, &note, now, hold))
+                })
+                .await?;
+            outcome.map_err(|_| self.unavailable("the notification made no record"))
+        }
+        .boxed()
+    }
+
+    fn track_unknown(&self, ctx: ContextId, now: SystemTime) -> Write<'_, Option<Applied>> {
+        async move {
+            let outcome = self
+                .write(&ctx, now, |old| {
+                    old.is_none().then(|| TenantRecord::unknown(&ctx, now))
+                })
+                .await?;
+            Ok(outcome.ok())
+        }
+        .boxed()
+    }
+
+    fn remove(&self, ctx: ContextId, which: Removal) -> Write<'_, bool> {
+        async move {
+            self.connected()?;
+            for _ in 0..MAX_ATTEMPTS {
+                // Decided against the bucket's record, not a copy.
+                let Some((record, _)) = self.read(&ctx).await? else {
+                    return Ok(false);
+                };
+                if !which.applies_to(&record) {
+                    return Ok(false);
+                }
+                match self
+                    .records
+                    .delete_expect_revision(ctx.as_str(), Some(record.revision))
+                    .await
+                {
+                    Ok(()) => {
+                        if let Err(e) = self.observed.purge(ctx.as_str()).await {
+                            tracing::debug!(tenant = %ctx, error = %e, "could not purge a removed tenant's freshness");
+                        }
+                        return Ok(true);
+                    }
+                    Err(e) => {
+                        tracing::debug!(tenant = %ctx, error = %e, "a removal lost to another write; reading again");
+                        self.metrics.conflict();
+                    }
+                }
+            }
+            Err(self.unavailable(format!("could not remove {ctx}: it kept changing")))
+        }
+        .boxed()
+    }
+
+    fn claim_token(&self, digest: u64, forget_after: u64) -> Write<'_, bool> {
+        async move {
+            self.connected()?;
+            match self
+                .tokens
+                .create(
+                    Self::token_key(digest),
+                    Bytes::from(forget_after.to_string()),
+                )
+                .await
+            {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(self.unavailable(format!("cannot record the token's use: {e}"))),
+            }
+        }
+        .boxed()
+    }
+
+    fn release_token(&self, digest: u64) -> Write<'_, ()> {
+        async move {
+            self.tokens
+                .delete(Self::token_key(digest))
+                .await
+                .map_err(|e| self.unavailable(format!("cannot give the token back: {e}")))
+        }
+        .boxed()
+    }
+
+    fn synced(&self, since: u64) -> Write<'static, ()> {
+        let client = self.client.clone();
+        let mut caught_up = self.caught_up.clone();
+        let mut applied = self.applied.clone();
+        async move {
+            if client.connection_state() != async_nats::connection::State::Connected {
+                return Err(WriteError::Unavailable(
+                    "this replica has lost its connection to NATS".into(),
+                ));
+            }
+            let caught = tokio::time::timeout(Duration::from_secs(5), caught_up.wait_for(|c| *c));
+            if !matches!(caught.await, Ok(Ok(_))) {
+                return Err(WriteError::Unavailable(
+                    "this replica has not yet read the shared store to its end".into(),
+                ));
+            }
+            // A revision from a replica further along: this one reads to
+            // it in moments. One never issued: go on, the watch says RESET.
+            let _ = tokio::time::timeout(READ_BACK, applied.wait_for(|r| *r >= since)).await;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn polls(&self, ctx: &ContextId) -> bool {
+        self.leases.owns(ctx)
+    }
+}

@@ -1,0 +1,219 @@
+//! Each replica's store follows the shared log: every record, removal and
+//! freshness written by any replica is read back in the log's order and
+//! handed to the store, whose watch streams fan it out as alone.
+//!
+//! A watch of the bucket can end (NATS restarted, this replica cut off):
+//! it is opened again from the last revision read, so nothing is missed
+//! and nothing is read twice. The replica has caught up once it has read
+//! to the log's last revision as of its start (`caught_up`); readiness and
+//! SYNCED wait for that.
+
+use std::{sync::Arc, time::Duration};
+
+use async_nats::jetstream::{self, kv};
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{lease::Leases, ledger::SavedFreshness};
+use crate::{
+    admin::metrics::ClusterMetrics,
+    core::{
+        store::Store,
+        tenant::{ChangeSource, ContextId},
+    },
+    persist,
+    superoffice::poller::PollerHandle,
+};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+pub(super) struct Mirror {
+    pub(super) js: jetstream::Context,
+    pub(super) stream: String,
+    pub(super) records: kv::Store,
+    pub(super) store: Arc<Store>,
+    pub(super) leases: Arc<Leases>,
+    pub(super) applied: watch::Sender<u64>,
+    pub(super) caught_up: watch::Sender<bool>,
+    pub(super) metrics: Arc<ClusterMetrics>,
+    /// Over how long a new tenant's first poll may be spread.
+    pub(super) spread: Duration,
+}
+
+impl Mirror {
+    /// The log's last revision now.
+    async fn end(&self) -> Result<u64, String> {
+        let stream = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(stream.cached_info().state.last_sequence)
+    }
+
+    pub(super) async fn run(self, poller: PollerHandle, stop: CancellationToken) {
+        let mut last = 0u64;
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let end = tokio::select! {
+                () = stop.cancelled() => return,
+                end = self.end() => end,
+            };
+            let opened = match end {
+                Ok(end) => {
+                    if last >= end {
+                        self.caught_up.send_replace(true);
+                    }
+                    self.records
+                        .watch_all_from_revision(last + 1)
+                        .await
+                        .map(|w| (w, end))
+                        .map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e),
+            };
+            match opened {
+                Ok((mut watch, end)) => loop {
+                    let next = tokio::select! {
+                        () = stop.cancelled() => return,
+                        next = watch.next() => next,
+                    };
+                    match next {
+                        Some(Ok(entry)) => {
+                            backoff = BACKOFF_MIN;
+                            let revision = entry.revision;
+                            let current = entry.delta == 0 || revision >= end;
+                            self.apply(entry, &poller);
+                            last = revision;
+                            self.applied.send_replace(revision);
+                            if current && !*self.caught_up.borrow() {
+                                tracing::info!(
+                                    revision,
+                                    tenants = self.store.len(),
+                                    "read the shared store to its end"
+                                );
+                                self.caught_up.send_replace(true);
+                            }
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, last, "the shared store's watch failed; opening it again");
+                            break;
+                        }
+                        None => {
+                            tracing::warn!(
+                                last,
+                                "the shared store's watch ended; opening it again"
+                            );
+                            break;
+                        }
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, ?backoff, "cannot follow the shared store; trying again");
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    fn apply(&self, entry: kv::Entry, poller: &PollerHandle) {
+        let revision = entry.revision;
+        let lag = (time::OffsetDateTime::now_utc() - entry.created).unsigned_abs();
+        self.metrics.applied(revision, lag);
+        let Ok(ctx) = ContextId::parse(&entry.key) else {
+            tracing::warn!(key = %entry.key, revision, "a key in the shared store is not a context identifier; skipped");
+            self.store.skip_to(revision);
+            return;
+        };
+        if entry.operation != kv::Operation::Put {
+            self.store.remove_replicated(&ctx, revision);
+            return;
+        }
+        let mut record = match persist::decode_record(&entry.value) {
+            Ok(r) if r.context_identifier == ctx => r,
+            Ok(_) => {
+                tracing::warn!(tenant = %ctx, revision, "a record in the shared store names another tenant; skipped");
+                self.store.skip_to(revision);
+                return;
+            }
+            Err(problem) => {
+                tracing::warn!(tenant = %ctx, revision, %problem, "a record in the shared store is unreadable; skipped");
+                self.store.skip_to(revision);
+                return;
+            }
+        };
+        record.revision = revision;
+        let old = self.store.get(&ctx);
+        let news = record.source == ChangeSource::Notification
+            && old.as_ref().map(|o| &o.last_notification) != Some(&record.last_notification);
+        let valid_until = record.valid_until;
+        if !self.store.apply_replicated(record) {
+            return;
+        }
+        // The poller of this tenant's partition schedules a tenant it has
+        // not seen, and confirms a notification another replica received.
+        // While catching up, the lease keeper schedules what it takes.
+        if *self.caught_up.borrow() && self.leases.owns(&ctx) {
+            if old.is_none() {
+                poller.take_over(ctx.clone(), valid_until, self.spread);
+            }
+            if news {
+                poller.confirm(ctx);
+            }
+        }
+    }
+}
+
+/// Follows the `observed` bucket: other replicas' confirming polls move
+/// this replica's records' freshness, with no revision.
+pub(super) struct ObservedMirror {
+    pub(super) observed: kv::Store,
+    pub(super) store: Arc<Store>,
+}
+
+impl ObservedMirror {
+    pub(super) async fn run(self, stop: CancellationToken) {
+        let mut last = 0u64;
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            match self.observed.watch_all_from_revision(last + 1).await {
+                Ok(mut watch) => loop {
+                    let next = tokio::select! {
+                        () = stop.cancelled() => return,
+                        next = watch.next() => next,
+                    };
+                    match next {
+                        Some(Ok(entry)) => {
+                            backoff = BACKOFF_MIN;
+                            last = entry.revision;
+                            if entry.operation != kv::Operation::Put {
+                                continue;
+                            }
+                            if let (Ok(ctx), Some(seen)) = (
+                                ContextId::parse(&entry.key),
+                                SavedFreshness::decode(&entry.value),
+                            ) {
+                                self.store.refresh(&ctx, &seen);
+                            }
+                        }
+                        Some(Err(_)) | None => break,
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot follow the observed bucket; trying again");
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}

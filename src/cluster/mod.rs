@@ -1,0 +1,314 @@
+//! Replicas: several tenant-status processes, one truth, through NATS
+//! JetStream's key-value store. Off unless `--nats-url` is given.
+//!
+//! - `records` bucket: one key per tenant, the record as the state file
+//!   keeps it. The bucket's revision (its stream sequence) is the record's
+//!   revision, so revisions are the same on every replica and a watcher
+//!   resumes anywhere with `since_revision`. Removals are delete markers,
+//!   with revisions of their own.
+//! - `observed` bucket: what a confirming poll moves (observed_at,
+//!   valid_until, the error text), kept apart so that it wakes nobody.
+//! - `tokens` bucket: the digests of notification tokens accepted, claimed
+//!   with create-if-absent, so a token accepted by one replica is refused
+//!   by every other.
+//! - `leases` bucket (max_age = the lease TTL): the poll partitions' leases
+//!   and the replicas' membership, renewed with compare-and-set.
+//!
+//! Every write goes to the bucket first (`ledger`), compare-and-set on the
+//! revision, merged and retried on conflict; each replica's store follows
+//! the bucket (`mirror`), and its gRPC streams fan out from there as
+//! alone. Each tenant is polled by the holder of its partition (`lease`).
+
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, kv};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    admin::metrics::ClusterMetrics, core::store::Store, superoffice::poller::PollerHandle,
+};
+
+mod lease;
+mod ledger;
+mod mirror;
+
+pub use lease::{PARTITIONS, partition_of};
+pub(crate) use ledger::SharedLedger;
+
+/// How to reach NATS and take part in the fleet.
+#[derive(Clone)]
+pub struct ClusterConfig {
+    /// Seed servers (`nats://host:4222`).
+    pub urls: Vec<String>,
+    /// This replica's name in leases and logs.
+    pub replica_id: String,
+    /// How long a partition lease lasts without renewal.
+    pub lease_ttl: Duration,
+    pub creds_file: Option<PathBuf>,
+    pub user: Option<String>,
+    /// Read from `--nats-password-file`; never logged.
+    pub password: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    /// The prefix of the buckets' names.
+    pub bucket: String,
+    /// Copies of each bucket in a NATS cluster (1 for a single server).
+    pub bucket_replicas: usize,
+}
+
+impl ClusterConfig {
+    /// Settings for `urls` with every default: a 10 s lease, the
+    /// `tenant-status` buckets, one copy of each.
+    pub fn new(urls: Vec<String>, replica_id: &str) -> Self {
+        Self {
+            urls,
+            replica_id: replica_id.to_owned(),
+            lease_ttl: Duration::from_secs(10),
+            creds_file: None,
+            user: None,
+            password: None,
+            ca_file: None,
+            bucket: "tenant-status".into(),
+            bucket_replicas: 1,
+        }
+    }
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("urls", &self.urls)
+            .field("replica_id", &self.replica_id)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("creds_file", &self.creds_file)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("ca_file", &self.ca_file)
+            .field("bucket", &self.bucket)
+            .field("bucket_replicas", &self.bucket_replicas)
+            .finish()
+    }
+}
+
+/// How long one request to JetStream may take before the write is given
+/// up (and, when its outcome is unknown, read back).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A replica's connection to the fleet: its ledger, and the tasks that
+/// follow the shared log and hold leases.
+pub struct Cluster {
+    ledger: Arc<SharedLedger>,
+    client: async_nats::Client,
+    caught_up: watch::Receiver<bool>,
+    mirror: mirror::Mirror,
+    observed_mirror: mirror::ObservedMirror,
+    leases: lease::LeaseKeeper,
+}
+
+impl Cluster {
+    /// Connects to NATS, opens (or creates) the buckets, and makes the
+    /// ledger; nothing is read or leased until `start`.
+    pub async fn connect(
+        config: &ClusterConfig,
+        store: Arc<Store>,
+        metrics: Arc<ClusterMetrics>,
+        notification_hold: Duration,
+    ) -> anyhow::Result<Self> {
+        let client = connect(config, Arc::clone(&metrics)).await?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(REQUEST_TIMEOUT);
+        let prefix = &config.bucket;
+        let file = |name: &str, max_age: Duration| kv::Config {
+            bucket: format!("{prefix}-{name}"),
+            history: 1,
+            max_age,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: config.bucket_replicas,
+            ..Default::default()
+        };
+        let records = open_bucket(&js, file("records", Duration::ZERO)).await?;
+        let observed = open_bucket(&js, file("observed", Duration::from_secs(24 * 3600))).await?;
+        let tokens = open_bucket(&js, file("tokens", Duration::from_secs(48 * 3600))).await?;
+        let leases_kv = open_bucket(&js, file("leases", config.lease_ttl)).await?;
+        // The bucket's expiry is what ends a dead replica's leases: every
+        // replica must time its renewals by it, whatever its own flag says.
+        let lease_ttl = match js.get_stream(format!("KV_{prefix}-leases")).await {
+            Ok(s) => {
+                let ttl = s.cached_info().config.max_age;
+                if ttl != config.lease_ttl && !ttl.is_zero() {
+                    tracing::warn!(
+                        bucket_ttl = ?ttl,
+                        flag = ?config.lease_ttl,
+                        "the leases bucket was made with another --lease-ttl; using the bucket's"
+                    );
+                    ttl
+                } else {
+                    config.lease_ttl
+                }
+            }
+            Err(_) => config.lease_ttl,
+        };
+        let records_stream = format!("KV_{prefix}-records");
+        let (applied_tx, applied_rx) = watch::channel(0u64);
+        let (caught_tx, caught_rx) = watch::channel(false);
+        let leases = Arc::new(lease::Leases::new(config.replica_id.clone(), lease_ttl));
+        let ledger = Arc::new(SharedLedger {
+            records: records.clone(),
+            observed: observed.clone(),
+            tokens,
+            store: Arc::clone(&store),
+            leases: Arc::clone(&leases),
+            applied: applied_rx,
+            caught_up: caught_rx.clone(),
+            client: client.clone(),
+            metrics: Arc::clone(&metrics),
+            notification_hold,
+        });
+        Ok(Self {
+            ledger,
+            client,
+            caught_up: caught_rx.clone(),
+            mirror: mirror::Mirror {
+                js: js.clone(),
+                stream: records_stream,
+                records,
+                store: Arc::clone(&store),
+                leases: Arc::clone(&leases),
+                applied: applied_tx,
+                caught_up: caught_tx,
+                metrics: Arc::clone(&metrics),
+                spread: lease_ttl,
+            },
+            observed_mirror: mirror::ObservedMirror {
+                observed,
+                store: Arc::clone(&store),
+            },
+            leases: lease::LeaseKeeper {
+                kv: leases_kv,
+                leases,
+                store,
+                caught_up: caught_rx,
+                metrics,
+            },
+        })
+    }
+
+    /// The ledger every writer uses among replicas.
+    pub(crate) fn ledger(&self) -> Arc<SharedLedger> {
+        Arc::clone(&self.ledger)
+    }
+
+    /// Why this replica is not ready, if it is not: it lost NATS, or it has
+    /// not read the shared log to its end.
+    pub fn readiness(&self) -> Arc<dyn Fn() -> Result<(), &'static str> + Send + Sync> {
+        let client = self.client.clone();
+        let caught_up = self.caught_up.clone();
+        Arc::new(move || {
+            if client.connection_state() != async_nats::connection::State::Connected {
+                Err("not connected to NATS: the webhook answers 503 and reads may be out of date")
+            } else if !*caught_up.borrow() {
+                Err("has not yet read the shared store to its end")
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    /// Starts following the shared log and taking part in the leases;
+    /// everything stops when `stop` fires, and the leases held are given
+    /// back so that the other replicas take them at once.
+    pub fn start(
+        self,
+        poller: PollerHandle,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let Self {
+            mirror,
+            observed_mirror,
+            leases,
+            ..
+        } = self;
+        tokio::spawn(async move {
+            let _ = tokio::join!(
+                mirror.run(poller.clone(), stop.clone()),
+                observed_mirror.run(stop.clone()),
+                leases.run(poller, stop),
+            );
+        })
+    }
+}
+
+async fn connect(
+    config: &ClusterConfig,
+    metrics: Arc<ClusterMetrics>,
+) -> anyhow::Result<async_nats::Client> {
+    let mut options = match &config.creds_file {
+        Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
+            .await
+            .with_context(|| format!("--nats-creds-file: cannot read {}", path.display()))?,
+        None => async_nats::ConnectOptions::new(),
+    };
+    if let (Some(user), Some(password)) = (&config.user, &config.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(ca) = &config.ca_file {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    let replica = config.replica_id.clone();
+    options = options
+        .name(format!("tenant-status {}", config.replica_id))
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(REQUEST_TIMEOUT))
+        .event_callback(move |event| {
+            let metrics = Arc::clone(&metrics);
+            let replica = replica.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        metrics.connected(true);
+                        tracing::info!(%replica, "connected to NATS");
+                    }
+                    async_nats::Event::Disconnected => {
+                        metrics.connected(false);
+                        tracing::warn!(%replica, "lost the connection to NATS; reconnecting (reads go on from memory; the webhook answers 503)");
+                    }
+                    other => tracing::info!(%replica, event = %other, "NATS"),
+                }
+            }
+        });
+    let started = Instant::now();
+    let addrs = config
+        .urls
+        .iter()
+        .map(|u| u.parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .context("--nats-url")?;
+    let client = options
+        .connect(addrs)
+        .await
+        .with_context(|| format!("--nats-url: cannot connect to {}", config.urls.join(",")))?;
+    tracing::info!(servers = %config.urls.join(","), took = ?started.elapsed(), "connected to NATS");
+    Ok(client)
+}
+
+/// Opens a bucket, creating it when it is not there (another replica may
+/// create it at the same moment: then it is opened).
+async fn open_bucket(js: &jetstream::Context, config: kv::Config) -> anyhow::Result<kv::Store> {
+    if let Ok(store) = js.get_key_value(&config.bucket).await {
+        return Ok(store);
+    }
+    let name = config.bucket.clone();
+    match js.create_key_value(config).await {
+        Ok(store) => Ok(store),
+        Err(create) => js.get_key_value(&name).await.map_err(|_| {
+            anyhow::anyhow!(
+                "cannot create the JetStream bucket {name}: {create} (is JetStream enabled on the server, nats-server -js?)"
+            )
+        }),
+    }
+}

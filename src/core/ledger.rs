@@ -1,0 +1,143 @@
+//! Where the product's rules write. Alone, a process writes straight into
+//! its own store (`impl Ledger for Store`). Among replicas, every write goes
+//! to a shared log first, and each replica's store mirrors that log (see
+//! `cluster`): the poller, the lookups and the webhook do not know which.
+//!
+//! Writes are futures because a shared log is across a network, and can
+//! fail: `WriteError::Unavailable` means nothing was written (or, after an
+//! ambiguous answer, that it could not be proved written), so the caller
+//! must not acknowledge anything.
+
+use std::time::SystemTime;
+
+use futures_util::{FutureExt, future::BoxFuture};
+
+use crate::core::{
+    store::{Applied, PollApplied, PollResult, Store},
+    tenant::{ContextId, NotificationInfo, TenantRecord, TenantState},
+};
+
+/// A write that may cross the network.
+pub type Write<'a, T> = BoxFuture<'a, Result<T, WriteError>>;
+
+/// Why a write was not made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    #[error("the shared store cannot take writes now: {0}")]
+    Unavailable(String),
+}
+
+/// Which records a removal may take, decided against the record the
+/// removal would delete (never a copy that may be out of date).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// A DELETED tenant past its retention (a restore in between keeps it).
+    Deleted,
+    /// A tenant SuperOffice does not know, tracked only for watchers, that
+    /// no notification has named.
+    UnknownUnnamed,
+}
+
+impl Removal {
+    pub fn applies_to(self, r: &TenantRecord) -> bool {
+        match self {
+            Removal::Deleted => r.state == TenantState::Deleted,
+            Removal::UnknownUnnamed => {
+                r.state == TenantState::Unknown && r.last_notification.is_none()
+            }
+        }
+    }
+}
+
+/// Where the rules write; see the module comment.
+pub trait Ledger: Send + Sync + 'static {
+    /// Applies a poll's answer for a request sent at `asked_at`.
+    fn apply_poll(
+        &self,
+        ctx: ContextId,
+        result: PollResult,
+        asked_at: SystemTime,
+        now: SystemTime,
+    ) -> Write<'_, PollApplied>;
+
+    /// Applies a verified notification.
+    fn apply_notification(
+        &self,
+        ctx: ContextId,
+        note: NotificationInfo,
+        now: SystemTime,
+    ) -> Write<'_, Applied>;
+
+    /// Tracks `ctx` as UNKNOWN unless it is tracked already.
+    fn track_unknown(&self, ctx: ContextId, now: SystemTime) -> Write<'_, Option<Applied>>;
+
+    /// Forgets `ctx` if `which` applies to its record. Returns whether it
+    /// was forgotten.
+    fn remove(&self, ctx: ContextId, which: Removal) -> Write<'_, bool>;
+
+    /// Claims the first use of a notification token (by digest) until
+    /// `forget_after` (Unix seconds). `false`: it was used already, here or
+    /// on another replica. Alone, the process's own memory of used tokens
+    /// is the whole truth, so this claims nothing more.
+    fn claim_token(&self, digest: u64, forget_after: u64) -> Write<'_, bool>;
+
+    /// Gives a claimed token back: the notification it carried was not
+    /// stored, and SuperOffice's retry must not be refused as a replay.
+    fn release_token(&self, digest: u64) -> Write<'_, ()>;
+
+    /// Resolves once this process's store has read the shared log to its
+    /// end, and to `since` (a revision a client may have from another
+    /// replica), waiting briefly; `Err` when it cannot catch up now. Alone,
+    /// the store is the whole truth: at once.
+    fn synced(&self, _since: u64) -> Write<'static, ()> {
+        futures_util::future::ready(Ok(())).boxed()
+    }
+
+    /// Whether this process polls `ctx` on its schedule. Alone, always;
+    /// among replicas, only while it holds the lease of the tenant's
+    /// partition, so each tenant is polled once fleet-wide.
+    fn polls(&self, _ctx: &ContextId) -> bool {
+        true
+    }
+}
+
+impl Ledger for Store {
+    fn apply_poll(
+        &self,
+        ctx: ContextId,
+        result: PollResult,
+        asked_at: SystemTime,
+        now: SystemTime,
+    ) -> Write<'_, PollApplied> {
+        let applied = self.apply_poll_asked_at(&ctx, result, asked_at, now);
+        futures_util::future::ready(Ok(applied)).boxed()
+    }
+
+    fn apply_notification(
+        &self,
+        ctx: ContextId,
+        note: NotificationInfo,
+        now: SystemTime,
+    ) -> Write<'_, Applied> {
+        let applied = Store::apply_notification(self, &ctx, note, now);
+        futures_util::future::ready(Ok(applied)).boxed()
+    }
+
+    fn track_unknown(&self, ctx: ContextId, now: SystemTime) -> Write<'_, Option<Applied>> {
+        let applied = Store::track_unknown(self, &ctx, now);
+        futures_util::future::ready(Ok(applied)).boxed()
+    }
+
+    fn remove(&self, ctx: ContextId, which: Removal) -> Write<'_, bool> {
+        let removed = self.remove_if(&ctx, |r| which.applies_to(r)).is_some();
+        futures_util::future::ready(Ok(removed)).boxed()
+    }
+
+    fn claim_token(&self, _digest: u64, _forget_after: u64) -> Write<'_, bool> {
+        futures_util::future::ready(Ok(true)).boxed()
+    }
+
+    fn release_token(&self, _digest: u64) -> Write<'_, ()> {
+        futures_util::future::ready(Ok(())).boxed()
+    }
+}
