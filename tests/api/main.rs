@@ -1,12 +1,14 @@
 //! Integration tests: the real server over real sockets, through the
 //! generated client, against the project's fake SuperOffice.
 
+mod cluster;
 mod configuration;
 mod get;
 mod helpers;
 mod limits;
 mod list;
 mod metrics;
+mod nats;
 mod persistence;
 mod poll;
 mod readiness;

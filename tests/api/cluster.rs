@@ -1,0 +1,620 @@
+//! Replicas sharing one truth through a real nats-server (JetStream KV):
+//! notifications cross replicas, each tenant is polled once fleet-wide,
+//! a dead replica's partitions are taken over, watchers resume anywhere,
+//! and NATS going away loses nothing acknowledged.
+
+use std::time::{Duration, Instant};
+
+use tenant_status::{
+    cluster::{ClusterConfig, PARTITIONS},
+    config::Config,
+    core::tenant::ChangeType,
+    pb,
+    sim::superoffice::FakeSuperOffice,
+};
+
+use crate::{
+    helpers::{
+        TestApp, eventually, kind, next, next_matching, parse_metrics, running, spawn_with_config,
+        state, test_config,
+    },
+    nats::{self, Nats},
+};
+
+const TTL: Duration = Duration::from_secs(2);
+
+fn clustered(fake: &FakeSuperOffice, urls: &[String], id: &str) -> Config {
+    let mut config = test_config(&fake.url());
+    let mut cluster = ClusterConfig::new(urls.to_vec(), id);
+    cluster.lease_ttl = TTL;
+    config.cluster = Some(cluster);
+    config
+}
+
+/// `n` replicas against one fake SuperOffice and `urls`.
+async fn replicas(
+    fake: &FakeSuperOffice,
+    urls: &[String],
+    n: usize,
+    setup: impl Fn(&mut Config),
+) -> Vec<TestApp> {
+    let mut apps = Vec::new();
+    for i in 0..n {
+        let mut config = clustered(fake, urls, &format!("r{i}"));
+        setup(&mut config);
+        apps.push(spawn_with_config(fake.clone(), config).await);
+    }
+    apps
+}
+
+async fn metric(app: &TestApp, name: &str) -> f64 {
+    let (_, text) = app.admin_get("/metrics").await;
+    parse_metrics(&text).get(name).copied().unwrap_or(0.0)
+}
+
+/// Waits until the replicas hold every partition between them, each its
+/// share.
+async fn balanced(apps: &[&TestApp]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut held = Vec::new();
+        for a in apps {
+            held.push(metric(a, "tenant_status_cluster_partitions_held").await);
+        }
+        let share = f64::from(PARTITIONS) / apps.len() as f64;
+        if held.iter().sum::<f64>() == f64::from(PARTITIONS)
+            && held
+                .iter()
+                .all(|h| *h >= share.floor() - 2.0 && *h <= share.ceil())
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partitions never balanced: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_notification_posted_to_one_replica_reaches_a_watcher_on_another() {
+    let Some(bin) =
+        nats::required("a_notification_posted_to_one_replica_reaches_a_watcher_on_another")
+    else {
+        return;
+    };
+    let server = Nats::start(&bin, "cross").await;
+    let (fake, _) = FakeSuperOffice::start().await.unwrap();
+    fake.set(
+        "Cust1",
+        running("Cust1", "sod2.superoffice.com", Duration::from_secs(60)),
+    );
+    let apps = replicas(&fake, &[server.url()], 2, |_| {}).await;
+    let (a, b) = (&apps[0], &apps[1]);
+    // A lookup on A tracks the tenant fleet-wide: B serves it from memory.
+    assert_eq!(
+        state(&a.get("Cust1").await.unwrap()),
+        pb::TenantState::Running
+    );
+    let mut watch = b.watch(&["Cust1"], 0).await.unwrap();
+    let first = next(&mut watch).await;
+    assert_eq!(kind(&first), pb::WatchEventType::Snapshot);
+    let before = first.tenant.unwrap().revision;
+    assert_eq!(kind(&next(&mut watch).await), pb::WatchEventType::Synced);
+
+    let body = fake.notification(ChangeType::Suspend, "Cust1", None);
+    let (status, _) = a.post_notification(&body).await;
+    assert_eq!(status, 204);
+    let changed = next_matching(&mut watch, "to SUSPENDED", |e: &pb::WatchTenantResponse| {
+        e.tenant
+            .as_ref()
+            .is_some_and(|t| t.state == pb::TenantState::Suspended as i32)
+    })
+    .await;
+    let t = changed.tenant.unwrap();
+    assert!(t.revision > before);
+    assert_eq!(t.last_change_source, pb::ChangeSource::Notification as i32);
+    // The same revision on both replicas: revisions are the shared log's.
+    assert_eq!(b.get("Cust1").await.unwrap().revision, t.revision);
+    assert_eq!(a.get("Cust1").await.unwrap().revision, t.revision);
+
+    // The token, accepted by A, is refused by B.
+    let (status, json) = b.post_notification(&body).await;
+    assert_eq!(status, 401, "{json}");
+    assert_eq!(json["reason"], "token_replayed");
+}
+
+#[tokio::test]
+async fn each_tenant_is_polled_once_per_valid_until_fleet_wide() {
+    let Some(bin) = nats::required("each_tenant_is_polled_once_per_valid_until_fleet_wide") else {
+        return;
+    };
+    let server = Nats::start(&bin, "once").await;
+    let (fake, _) = FakeSuperOffice::start().await.unwrap();
+    let names: Vec<String> = (0..30).map(|i| format!("Cust{i}")).collect();
+    for n in &names {
+        fake.set(
+            n,
+            running(n, "sod2.superoffice.com", Duration::from_secs(1)),
+        );
+    }
+    let tenants: Vec<_> = names
+        .iter()
+        .map(|n| tenant_status::core::tenant::ContextId::parse(n).unwrap())
+        .collect();
+    let apps = replicas(&fake, &[server.url()], 3, |c| c.tenants = tenants.clone()).await;
+    balanced(&apps.iter().collect::<Vec<_>>()).await;
+    eventually("every tenant polled", || {
+        names.iter().all(|n| fake.requests(n) > 0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before: Vec<u64> = names.iter().map(|n| fake.requests(n)).collect();
+    let window = Duration::from_secs(6);
+    tokio::time::sleep(window).await;
+    let polls: Vec<u64> = names
+        .iter()
+        .zip(&before)
+        .map(|(n, b)| fake.requests(n) - b)
+        .collect();
+    // ValidUntil is 1 s: about 6 polls each in 6 s (jitter pulls some a
+    // little earlier). Three replicas each polling would make 18.
+    for (n, p) in names.iter().zip(&polls) {
+        assert!(
+            (3..=9).contains(p),
+            "{n} was polled {p} times in 6 s: {polls:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_killed_replicas_partitions_are_taken_over_and_nothing_acknowledged_is_lost() {
+    let Some(bin) = nats::required("a_killed_replicas_partitions_are_taken_over") else {
+        return;
+    };
+    let server = Nats::start(&bin, "kill").await;
+    let (fake, _) = FakeSuperOffice::start().await.unwrap();
+    let names: Vec<String> = (0..40).map(|i| format!("Cust{i}")).collect();
+    for n in &names {
+        fake.set(
+            n,
+            running(n, "sod2.superoffice.com", Duration::from_secs(60)),
+        );
+    }
+    let ttl = "2s".to_string();
+    let args = |id: &str| {
+        vec![
+            "--state-api-base-url".to_string(),
+            fake.url(),
+            "--nats-url".into(),
+            server.url(),
+            "--replica-id".into(),
+            id.into(),
+            "--lease-ttl".into(),
+            ttl.clone(),
+        ]
+    };
+    let (mut doomed, _, doomed_hook, doomed_admin) = start_replica(&args("doomed")).await;
+    let (_survivor, grpc, _, admin) = start_replica(&args("survivor")).await;
+    let http = reqwest::Client::new();
+    let held = |admin: String| {
+        let http = http.clone();
+        async move {
+            let text = http
+                .get(format!("http://{admin}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            parse_metrics(&text)
+                .get("tenant_status_cluster_partitions_held")
+                .copied()
+                .unwrap_or(0.0)
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while held(doomed_admin.clone()).await + held(admin.clone()).await != f64::from(PARTITIONS)
+        || held(doomed_admin.clone()).await == 0.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the two replicas never shared the partitions"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Notifications acknowledged by the replica about to die.
+    let url = format!("http://{doomed_hook}/NotifyCustomerStateChange");
+    for n in &names {
+        let status = fake
+            .notify(&http, &url, ChangeType::Suspend, n, None)
+            .await
+            .unwrap();
+        assert_eq!(status, 204);
+    }
+    doomed.start_kill().unwrap();
+    let killed = Instant::now();
+    let _ = doomed.wait().await;
+    while held(admin.clone()).await != f64::from(PARTITIONS) {
+        assert!(
+            killed.elapsed() < 2 * TTL + Duration::from_secs(2),
+            "the dead replica's partitions were not taken over within 2 × the lease TTL"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = killed.elapsed();
+    eprintln!("partitions taken over {took:?} after the kill (lease TTL {TTL:?})");
+    // Every acknowledged notification is there on the survivor.
+    let mut client = pb::tenant_status_service_client::TenantStatusServiceClient::connect(format!(
+        "http://{grpc}"
+    ))
+    .await
+    .unwrap();
+    for n in &names {
+        let t = client
+            .get_tenant_state(pb::GetTenantStateRequest {
+                context_identifier: n.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .tenant
+            .unwrap();
+        assert!(t.last_notification.is_some(), "{n} lost its notification");
+    }
+}
+
+/// The real binary as a replica: the process, its gRPC, webhook and admin
+/// addresses.
+async fn start_replica(args: &[String]) -> (tokio::process::Child, String, String, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenant-status"))
+        .args(["--log-format", "json", "serve"])
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--webhook-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--admin-addr", "127.0.0.1:0"])
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut grpc, mut admin, mut webhook) = (None, None, None);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while grpc.is_none() || webhook.is_none() {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .expect("the replica starts within 20 s")
+            .unwrap()
+            .expect("the replica is running");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        match v["message"].as_str() {
+            Some("tenant-status is serving gRPC") => {
+                grpc = v["grpc_addr"].as_str().map(String::from);
+                admin = v["admin_addr"].as_str().map(String::from);
+            }
+            Some("serving the state-change webhook") => {
+                webhook = v["addr"].as_str().map(String::from)
+            }
+            _ => {}
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, grpc.unwrap(), webhook.unwrap(), admin.unwrap())
+}
+
+#[tokio::test]
+async fn a_watcher_resumes_on_another_replica_and_misses_nothing() {
+    let Some(bin) = nats::required("a_watcher_resumes_on_another_replica_and_misses_nothing")
+    else {
+        return;
+    };
+    let server = Nats::start(&bin, "resume").await;
+    let (fake, _) = FakeSuperOffice::start().await.unwrap();
+    let names: Vec<String> = (0..12).map(|i| format!("Cust{i}")).collect();
+    for n in &names {
+        fake.set(
+            n,
+            running(n, "sod2.superoffice.com", Duration::from_secs(60)),
+        );
+    }
+    let apps = replicas(&fake, &[server.url()], 2, |c| {
+        c.policy.deleted_retention = Duration::from_millis(300)
+    })
+    .await;
+    let (a, b) = (&apps[0], &apps[1]);
+    for n in &names {
+        a.get(n).await.unwrap();
+    }
+    // A dashboard watches every tenant on A, then A goes away for it.
+    let mut watch = a.watch(&[], 0).await.unwrap();
+    let mut last = 0;
+    loop {
+        let e = next(&mut watch).await;
+        last = last
+            .max(e.revision)
+            .max(e.tenant.as_ref().map_or(0, |t| t.revision));
+        if kind(&e) == pb::WatchEventType::Synced {
+            break;
+        }
+    }
+    drop(watch);
+    // Changes made meanwhile, through both replicas: suspensions, a move,
+    // and a deletion that is forgotten after its retention (a removal).
+    for (i, n) in names.iter().enumerate() {
+        let app = if i % 2 == 0 { a } else { b };
+        let change = if i == 3 {
+            ChangeType::Move
+        } else {
+            ChangeType::Suspend
+        };
+        let host = (i == 3).then_some("sod3.superoffice.com");
+        assert_eq!(app.notify(change, n, host).await, 204);
+    }
+    fake.remove("Cust11");
+    assert_eq!(a.notify(ChangeType::Delete, "Cust11", None).await, 204);
+    eventually("Cust11 forgotten on both", || {
+        !a.store.contains("Cust11") && !b.store.contains("Cust11")
+    })
+    .await;
+    // It resumes on B from the last revision it saw on A.
+    let mut resumed = b.watch(&[], last).await.unwrap();
+    let mut seen = std::collections::HashMap::new();
+    let mut removed = false;
+    loop {
+        let e = next(&mut resumed).await;
+        match kind(&e) {
+            pb::WatchEventType::Reset => panic!("a resume from a revision B knows must not reset"),
+            pb::WatchEventType::Removed => {
+                assert_eq!(e.context_identifier, "Cust11");
+                removed = true;
+            }
+            pb::WatchEventType::Synced => break,
+            _ => {
+                if let Some(t) = e.tenant {
+                    assert!(
+                        t.revision > last,
+                        "{} at {} was seen already",
+                        t.context_identifier,
+                        t.revision
+                    );
+                    seen.insert(t.context_identifier.clone(), t);
+                }
+            }
+        }
+    }
+    assert!(removed, "the removal made while away was missed");
+    for n in &names[..11] {
+        let t = seen
+            .get(n.as_str())
+            .unwrap_or_else(|| panic!("{n}'s change was missed"));
+        assert_eq!(t.revision, b.get(n).await.unwrap().revision);
+    }
+    assert!(seen["Cust3"].endpoint.contains("sod3"));
+}
+
+#[tokio::test]
+async fn nats_stopped_and_restarted_replicas_go_not_ready_then_catch_up_losing_nothing() {
+    let Some(bin) = nats::required("nats_stopped_and_restarted") else {
+        return;
+    };
+    let mut server = Nats::start(&bin, "restart").await;
+    let (fake, _) = FakeSuperOffice::start().await.unwrap();
+    let names: Vec<String> = (0..10).map(|i| format!("Cust{i}")).collect();
+    for n in &names {
+        fake.set(
+            n,
+            running(n, "sod2.superoffice.com", Duration::from_secs(60)),
+        );
+    }
+    let apps = replicas(&fake, &[server.url()], 2, |_| {}).await;
+    let (a, b) = (&apps[0], &apps[1]);
+    for n in &names[..6] {
+        a.get(n).await.unwrap();
+    }
+    for n in &names[..5] {
+        assert_eq!(a.notify(ChangeType::Suspend, n, None).await, 204);
+    }
+    server.kill();
+    for app in [a, b] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while app.admin_get("/readyz").await.0 != 503 {
+            assert!(
+                Instant::now() < deadline,
+                "a replica cut off from NATS stayed ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Reads go on from memory; the webhook refuses what it cannot store,
+    // so SuperOffice retries (elsewhere, or later).
+    assert_eq!(
+        state(&b.get("Cust0").await.unwrap()),
+        pb::TenantState::Suspended
+    );
+    let body = fake.notification(ChangeType::Suspend, "Cust5", None);
+    let r = a
+        .post_raw_response(Some("application/json"), body.to_string().into_bytes())
+        .await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    server.restart().await;
+    for app in [a, b] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while app.admin_get("/readyz").await.0 != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "a replica did not catch up after NATS came back"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // SuperOffice's retry of the refused notification is welcome now.
+    let (status, json) = b.post_notification(&body).await;
+    assert_eq!(status, 204, "{json}");
+    for n in &names[..6] {
+        for app in [a, b] {
+            let t = app.get(n).await.unwrap();
+            assert_eq!(
+                state(&t),
+                pb::TenantState::Suspended,
+                "{n} after the restart"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_three_node_nats_cluster_loses_a_node_under_load_and_nothing_acknowledged_is_lost() {
+    let Some(bin) = nats::required("a_three_node_nats_cluster_loses_a_node") else {
+        return;
+    };
+    let mut nodes = Nats::cluster(&bin, "trio").await;
+    let urls: Vec<String> = nodes.iter().map(Nats::url).collect();
+    let (fake, _) = FakeSuperOffice::start().await.unwrap();
+    let names: Vec<String> = (0..60).map(|i| format!("Cust{i}")).collect();
+    for n in &names {
+        fake.set(
+            n,
+            running(n, "sod2.superoffice.com", Duration::from_secs(60)),
+        );
+    }
+    // The JetStream cluster elects its meta leader first: the replicas
+    // start (and make the R3 buckets) once it answers.
+    let mut apps = Vec::new();
+    for (i, first) in [0usize, 1].into_iter().enumerate() {
+        let mut order = urls.clone();
+        order.rotate_left(first);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut config = clustered(&fake, &order, &format!("r{i}"));
+            if let Some(c) = config.cluster.as_mut() {
+                c.bucket_replicas = 3;
+            }
+            match tenant_status::app::Application::build(config.clone()).await {
+                Ok(app) => {
+                    drop(app);
+                    apps.push(spawn_with_config(fake.clone(), config).await);
+                    break;
+                }
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the NATS cluster never took the buckets: {e:#}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+    let (a, b) = (&apps[0], &apps[1]);
+    // SuperOffice's side: each notification is retried on a 503 (to the
+    // other replica, as a load balancer would) until it is acknowledged.
+    let mut acknowledged = Vec::new();
+    let mut refused = 0;
+    for (i, n) in names.iter().enumerate() {
+        if i == 20 {
+            nodes[0].kill();
+        }
+        let body = fake.notification(ChangeType::Suspend, n, None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut attempt = i;
+        loop {
+            let app = if attempt % 2 == 0 { a } else { b };
+            let (status, json) = app.post_notification(&body).await;
+            if status == 204 {
+                acknowledged.push(n.clone());
+                break;
+            }
+            assert_eq!(status, 503, "{json}");
+            refused += 1;
+            assert!(
+                Instant::now() < deadline,
+                "{n} was refused for 20 s after a node was lost"
+            );
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    eprintln!("{refused} answers were 503 while the NATS cluster recovered");
+    assert_eq!(acknowledged.len(), names.len());
+    for n in &acknowledged {
+        for app in [a, b] {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match app.get(n).await {
+                    Ok(t)
+                        if t.last_notification
+                            .as_ref()
+                            .is_some_and(|x| x.change_type == pb::ChangeType::Suspend as i32) =>
+                    {
+                        break;
+                    }
+                    other => {
+                        assert!(
+                            Instant::now() < deadline,
+                            "{n} acknowledged but its notification is not there: {other:?}"
+                        );
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_confirming_poll_wakes_no_watcher_in_the_fleet_but_refreshes_every_replica() {
+    let Some(bin) = nats::required("a_confirming_poll_wakes_no_watcher_in_the_fleet") else {
+        return;
+    };
+    let server = Nats::start(&bin, "confirm").await;
+    let (fake, _) = FakeSuperOffice::start().await.unwrap();
+    fake.set(
+        "Cust1",
+        running("Cust1", "sod2.superoffice.com", Duration::from_millis(300)),
+    );
+    let apps = replicas(&fake, &[server.url()], 2, |c| {
+        c.heartbeat_interval = Duration::from_millis(500)
+    })
+    .await;
+    let (a, b) = (&apps[0], &apps[1]);
+    let first = a.get("Cust1").await.unwrap();
+    let mut watch = b.watch(&["Cust1"], first.revision).await.unwrap();
+    assert_eq!(kind(&next(&mut watch).await), pb::WatchEventType::Synced);
+    // Its poller (whichever replica holds its partition) confirms it
+    // every 300 ms: the record's freshness moves on both replicas...
+    let polled = fake.requests("Cust1");
+    eventually("several confirming polls", || {
+        fake.requests("Cust1") >= polled + 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for app in [a, b] {
+        let t = app.get("Cust1").await.unwrap();
+        assert_eq!(
+            t.revision, first.revision,
+            "a confirming poll took a revision"
+        );
+        let secs = |t: &pb::Tenant| t.observed_at.map(|o| (o.seconds, o.nanos));
+        assert!(
+            secs(&t) > secs(&first),
+            "the other replica's record did not get fresher"
+        );
+    }
+    // ...and nobody is woken: heartbeats only.
+    let mut heartbeats = 0;
+    let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Ok(e) = tokio::time::timeout_at(until, watch.message()).await {
+        let e = e.unwrap().unwrap();
+        assert_eq!(kind(&e), pb::WatchEventType::Heartbeat, "{e:?}");
+        heartbeats += 1;
+    }
+    assert!(heartbeats > 0);
+}
