@@ -54,6 +54,9 @@ pub(crate) struct SharedLedger {
     pub(super) client: async_nats::Client,
     pub(super) metrics: Arc<ClusterMetrics>,
     pub(super) notification_hold: Duration,
+    /// True once this replica has been cut off from NATS for longer than
+    /// a lease TTL (see `Cluster::start`'s monitor).
+    pub(super) detached: watch::Receiver<bool>,
 }
 
 /// A record's freshness as the `observed` bucket keeps it.
@@ -389,6 +392,23 @@ impl Ledger for SharedLedger {
             Ok(())
         }
         .boxed()
+    }
+
+    fn cut_off(&self) -> bool {
+        self.client.connection_state() != async_nats::connection::State::Connected
+    }
+
+    fn detached(&self) -> Option<futures_util::future::BoxFuture<'static, ()>> {
+        let mut detached = self.detached.clone();
+        Some(
+            async move {
+                // A closed channel (the replica stopping): never.
+                if detached.wait_for(|d| *d).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            .boxed(),
+        )
     }
 
     fn polls(&self, ctx: &ContextId) -> bool {

@@ -105,6 +105,8 @@ pub struct Cluster {
     ledger: Arc<SharedLedger>,
     client: async_nats::Client,
     caught_up: watch::Receiver<bool>,
+    detached: watch::Sender<bool>,
+    lease_ttl: Duration,
     mirror: mirror::Mirror,
     observed_mirror: mirror::ObservedMirror,
     leases: lease::LeaseKeeper,
@@ -157,6 +159,7 @@ impl Cluster {
         let (applied_tx, applied_rx) = watch::channel(0u64);
         let (caught_tx, caught_rx) = watch::channel(false);
         let leases = Arc::new(lease::Leases::new(config.replica_id.clone(), lease_ttl));
+        let (detached_tx, detached_rx) = watch::channel(false);
         let ledger = Arc::new(SharedLedger {
             records: records.clone(),
             observed: observed.clone(),
@@ -168,11 +171,14 @@ impl Cluster {
             client: client.clone(),
             metrics: Arc::clone(&metrics),
             notification_hold,
+            detached: detached_rx,
         });
         Ok(Self {
             ledger,
             client,
             caught_up: caught_rx.clone(),
+            detached: detached_tx,
+            lease_ttl,
             mirror: mirror::Mirror {
                 js: js.clone(),
                 stream: records_stream,
@@ -231,15 +237,53 @@ impl Cluster {
             mirror,
             observed_mirror,
             leases,
+            client,
+            detached,
+            lease_ttl,
             ..
         } = self;
         tokio::spawn(async move {
             let _ = tokio::join!(
                 mirror.run(poller.clone(), stop.clone()),
                 observed_mirror.run(stop.clone()),
-                leases.run(poller, stop),
+                leases.run(poller, stop.clone()),
+                watch_connection(client, detached, lease_ttl, stop),
             );
         })
+    }
+}
+
+/// Marks the replica detached once it has been cut off from NATS for
+/// longer than a lease TTL (by then its partitions are another's, and what
+/// it holds may be behind); back to attached when the connection returns.
+async fn watch_connection(
+    client: async_nats::Client,
+    detached: watch::Sender<bool>,
+    grace: Duration,
+    stop: CancellationToken,
+) {
+    let mut lost_at: Option<Instant> = None;
+    loop {
+        let connected = client.connection_state() == async_nats::connection::State::Connected;
+        lost_at = if connected {
+            None
+        } else {
+            lost_at.or(Some(Instant::now()))
+        };
+        let is = lost_at.is_some_and(|t| t.elapsed() >= grace);
+        if *detached.borrow() != is {
+            if is {
+                tracing::warn!(
+                    ?grace,
+                    "cut off from NATS for too long: ending watch streams so their clients resume on another replica"
+                );
+            }
+            detached.send_replace(is);
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
     }
 }
 
@@ -298,13 +342,38 @@ async fn connect(
 
 /// Opens a bucket, creating it when it is not there (another replica may
 /// create it at the same moment: then it is opened).
+///
+/// The bucket's stream is made here as async-nats' `create_key_value`
+/// makes it, but without its account-info request first: nats-server 2.9
+/// (Debian's) answers that without fields async-nats 0.51 requires, and
+/// the bucket would never be made.
 async fn open_bucket(js: &jetstream::Context, config: kv::Config) -> anyhow::Result<kv::Store> {
     if let Ok(store) = js.get_key_value(&config.bucket).await {
         return Ok(store);
     }
     let name = config.bucket.clone();
-    match js.create_key_value(config).await {
-        Ok(store) => Ok(store),
+    let stream = jetstream::stream::Config {
+        name: format!("KV_{name}"),
+        description: Some(config.description),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: config.history.max(1),
+        max_bytes: config.max_bytes,
+        max_age: config.max_age,
+        max_message_size: config.max_value_size,
+        storage: config.storage,
+        allow_rollup: true,
+        deny_delete: true,
+        deny_purge: false,
+        allow_direct: true,
+        num_replicas: config.num_replicas.max(1),
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    match js.create_stream(stream).await.map(|_| ()) {
+        Ok(()) => js
+            .get_key_value(&name)
+            .await
+            .with_context(|| format!("cannot open the JetStream bucket {name} just made")),
         Err(create) => js.get_key_value(&name).await.map_err(|_| {
             anyhow::anyhow!(
                 "cannot create the JetStream bucket {name}: {create} (is JetStream enabled on the server, nats-server -js?)"

@@ -93,6 +93,19 @@ pub trait Ledger: Send + Sync + 'static {
         futures_util::future::ready(Ok(())).boxed()
     }
 
+    /// Whether this process may be behind the truth now (a replica cut off
+    /// from the shared log): what it serves is then marked stale.
+    fn cut_off(&self) -> bool {
+        false
+    }
+
+    /// Among replicas: resolves when this one has been cut off from the
+    /// shared log for longer than it can vouch for its streams; they end
+    /// then, so their clients resume elsewhere. Alone: `None`, never.
+    fn detached(&self) -> Option<BoxFuture<'static, ()>> {
+        None
+    }
+
     /// Whether this process polls `ctx` on its schedule. Alone, always;
     /// among replicas, only while it holds the lease of the tenant's
     /// partition, so each tenant is polled once fleet-wide.

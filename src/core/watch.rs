@@ -38,6 +38,10 @@ pub enum WatchEvent {
     Heartbeat(u64),
     /// The server is shutting down; the last event of the stream.
     Closing,
+    /// Among replicas: this one has been cut off from the shared log too
+    /// long to vouch for what it streams; the last event of the stream
+    /// (the client resumes, on another replica, with `since_revision`).
+    Detached,
 }
 
 struct State {
@@ -186,7 +190,7 @@ fn event_revision(e: &WatchEvent) -> u64 {
         WatchEvent::Removed(_, rev) | WatchEvent::Synced(rev) | WatchEvent::Heartbeat(rev) => *rev,
         // Sorted with the snapshot, but always first: see `watch`.
         WatchEvent::Reset => 0,
-        WatchEvent::Closing => u64::MAX,
+        WatchEvent::Closing | WatchEvent::Detached => u64::MAX,
     }
 }
 

@@ -288,6 +288,9 @@ impl<B: Tenants> GrpcService<B> {
                     WatchEvent::Closing => Err(Status::unavailable(
                         "tenant-status is shutting down; reconnect with since_revision set to the last revision seen",
                     )),
+                    WatchEvent::Detached => Err(Status::unavailable(
+                        "this replica has lost its connection to the shared store (NATS); reconnect, to another replica, with since_revision set to the last revision seen",
+                    )),
                     other => {
                         metrics.event_sent();
                         Ok(event_to_pb(other))
@@ -439,7 +442,7 @@ fn event_to_pb(e: WatchEvent) -> pb::WatchTenantResponse {
         WatchEvent::Synced(rev) => marker(T::Synced, String::new(), rev),
         WatchEvent::Heartbeat(rev) => marker(T::Heartbeat, String::new(), rev),
         WatchEvent::Removed(ctx, rev) => marker(T::Removed, ctx.to_string(), rev),
-        WatchEvent::Closing => marker(T::Unspecified, String::new(), 0),
+        WatchEvent::Closing | WatchEvent::Detached => marker(T::Unspecified, String::new(), 0),
     }
 }
 

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 
 use crate::{
     core::backend::{LookupError, Page, Tenants},
@@ -54,6 +54,19 @@ impl Tracker {
         self
     }
 
+    /// A replica cut off from the shared log cannot vouch for what it
+    /// holds: its answers say so (stale).
+    fn vouched(&self, r: Arc<TenantRecord>) -> Arc<TenantRecord> {
+        if !r.stale && self.ledger.cut_off() {
+            Arc::new(TenantRecord {
+                stale: true,
+                ..TenantRecord::clone(&r)
+            })
+        } else {
+            r
+        }
+    }
+
     pub fn poller(&self) -> &PollerHandle {
         &self.poller
     }
@@ -63,7 +76,7 @@ impl Tracker {
     /// tracked.
     pub async fn get_or_fetch(&self, ctx: &ContextId) -> Result<Arc<TenantRecord>, LookupError> {
         if let Some(r) = self.store.get(ctx) {
-            return Ok(r);
+            return Ok(self.vouched(r));
         }
         let asked_at = SystemTime::now();
         match self.source.fetch(ctx).await {
@@ -145,12 +158,35 @@ impl Tenants for Tracker {
         since: u64,
         heartbeat: Duration,
     ) -> impl Stream<Item = WatchEvent> + Send + 'static {
-        watch(Arc::clone(&self.store), names, since, heartbeat)
+        let events = watch(Arc::clone(&self.store), names, since, heartbeat);
+        match self.ledger.detached() {
+            None => events.left_stream(),
+            Some(detached) => {
+                // Ends with Detached when the replica is cut off, and only
+                // then (a shutdown ends it with Closing).
+                let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let flag = Arc::clone(&fired);
+                let until = async move {
+                    detached.await;
+                    flag.store(true, std::sync::atomic::Ordering::Release);
+                };
+                let last = futures_util::stream::once(async move {
+                    fired
+                        .load(std::sync::atomic::Ordering::Acquire)
+                        .then_some(WatchEvent::Detached)
+                })
+                .filter_map(futures_util::future::ready);
+                events.take_until(until).chain(last).right_stream()
+            }
+        }
     }
 
     fn list(&self, after: &str, states: &[TenantState], page_size: usize) -> Page {
         let revision = self.store.revision();
-        let (tenants, more) = self.store.list(after, states, page_size);
+        let (mut tenants, more) = self.store.list(after, states, page_size);
+        if self.ledger.cut_off() {
+            tenants = tenants.into_iter().map(|r| self.vouched(r)).collect();
+        }
         Page {
             tenants,
             more,

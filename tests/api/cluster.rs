@@ -421,6 +421,7 @@ async fn nats_stopped_and_restarted_replicas_go_not_ready_then_catch_up_losing_n
     for n in &names[..5] {
         assert_eq!(a.notify(ChangeType::Suspend, n, None).await, 204);
     }
+    let mut watch = b.watch(&[], 0).await.unwrap();
     server.kill();
     for app in [a, b] {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -432,12 +433,32 @@ async fn nats_stopped_and_restarted_replicas_go_not_ready_then_catch_up_losing_n
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    // Reads go on from memory; the webhook refuses what it cannot store,
-    // so SuperOffice retries (elsewhere, or later).
-    assert_eq!(
-        state(&b.get("Cust0").await.unwrap()),
-        pb::TenantState::Suspended
+    // Reads go on from memory, marked stale: this replica cannot vouch
+    // for them. The webhook refuses what it cannot store, so SuperOffice
+    // retries (elsewhere, or later).
+    let t = b.get("Cust0").await.unwrap();
+    assert_eq!(state(&t), pb::TenantState::Suspended);
+    assert!(
+        t.stale,
+        "a replica cut off from NATS serves its records as stale"
     );
+    // Its watch streams end once it has been cut off longer than a lease
+    // TTL, so their clients resume elsewhere; new ones are refused.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the watch stream ends within 10 s of NATS going away");
+    assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
+    assert!(ended.message().contains("another replica"), "{ended:?}");
+    let refused = b.watch(&[], 0).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     let body = fake.notification(ChangeType::Suspend, "Cust5", None);
     let r = a
         .post_raw_response(Some("application/json"), body.to_string().into_bytes())
@@ -466,6 +487,7 @@ async fn nats_stopped_and_restarted_replicas_go_not_ready_then_catch_up_losing_n
                 pb::TenantState::Suspended,
                 "{n} after the restart"
             );
+            assert!(!t.stale, "{n} still stale after the replica caught up");
         }
     }
 }
