@@ -404,6 +404,18 @@ pub struct DemoArgs {
     /// Interval of WatchTenant heartbeats.
     #[arg(long, env = "TENANT_STATUS_HEARTBEAT_INTERVAL", value_parser = duration, default_value = "15s")]
     pub heartbeat_interval: Duration,
+    /// NATS server(s) (nats-server -js): run the demo's replicas sharing
+    /// their state through JetStream, in the `tenant-status-demo` buckets.
+    #[arg(
+        long = "nats-url",
+        env = "TENANT_STATUS_NATS_URL",
+        value_delimiter = ','
+    )]
+    pub nats_urls: Vec<String>,
+    /// How many replicas to run (with --nats-url), each on the next ports
+    /// after the previous one's.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=9))]
+    pub replicas: u16,
 }
 
 #[derive(Debug, Clone, Args)]

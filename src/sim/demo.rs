@@ -17,15 +17,15 @@ use crate::{
 
 /// How long the demo's simulated SuperOffice says each answer holds: short,
 /// so that changes show within seconds.
-const DEMO_VALID_FOR: Duration = Duration::from_secs(10);
+pub(crate) const DEMO_VALID_FOR: Duration = Duration::from_secs(10);
 
 /// How long a notification's implied state holds in the demo.
-const DEMO_NOTIFICATION_HOLD: Duration = Duration::from_secs(60);
+pub(crate) const DEMO_NOTIFICATION_HOLD: Duration = Duration::from_secs(60);
 
 /// The notifications the simulated SuperOffice sends, at its script's step
 /// boundaries (seconds after the start): each change reaches watchers at
 /// once instead of at the next poll, up to 10 s later.
-const DEMO_NOTIFICATIONS: [(u64, ChangeType, &str, Option<&str>); 5] = [
+pub(crate) const DEMO_NOTIFICATIONS: [(u64, ChangeType, &str, Option<&str>); 5] = [
     (
         35,
         ChangeType::Move,
@@ -47,6 +47,14 @@ pub async fn run(
     args: DemoArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    if !args.nats_urls.is_empty() {
+        return crate::sim::demo_replicas::run(args, shutdown).await;
+    }
+    if args.replicas > 1 {
+        anyhow::bail!(
+            "--replicas: replicas share their state through NATS; give --nats-url too (nats-server -js, then --nats-url nats://127.0.0.1:4222)"
+        );
+    }
     let (fake, _fake_task) = FakeSuperOffice::start()
         .await
         .context("could not start the simulated SuperOffice")?;

@@ -4,6 +4,7 @@
 //! but nothing in the product's modules imports it.
 
 pub mod demo;
+pub mod demo_replicas;
 pub mod devcerts;
 pub mod signer;
 pub mod superoffice;
