@@ -9,6 +9,7 @@
 //! serve ...` runs the service exactly as `tenant-status` would, so
 //! `cargo run -p tenant-status-bench` needs no other build.
 
+mod cluster;
 mod common;
 mod fanout;
 mod lookups;
@@ -54,6 +55,9 @@ enum Cmd {
     Polling(Opts),
     /// Start to SERVING with 100,000 tenants in a state file.
     Start(Opts),
+    /// Three replicas through a real nats-server: cross-replica latency,
+    /// accepted/s, polls fleet-wide, takeover after kill -9.
+    Cluster(Opts),
     /// Ten minutes of a realistic mix with SuperOffice failing a tenth of
     /// the time and a kill -9 in the middle (not part of `all`).
     Soak(Opts),
@@ -108,13 +112,21 @@ fn main() -> ExitCode {
             }
             Cmd::All(o) => (
                 o,
-                vec!["lookups", "fanout", "notifications", "polling", "start"],
+                vec![
+                    "lookups",
+                    "fanout",
+                    "notifications",
+                    "polling",
+                    "start",
+                    "cluster",
+                ],
             ),
             Cmd::Lookups(o) => (o, vec!["lookups"]),
             Cmd::Fanout(o) => (o, vec!["fanout"]),
             Cmd::Notifications(o) => (o, vec!["notifications"]),
             Cmd::Polling(o) => (o, vec!["polling"]),
             Cmd::Start(o) => (o, vec!["start"]),
+            Cmd::Cluster(o) => (o, vec!["cluster"]),
             Cmd::Soak(o) => (o, vec!["soak"]),
         };
         let mut rows: Vec<Row> = Vec::new();
@@ -139,6 +151,7 @@ fn main() -> ExitCode {
                 "notifications" => notifications::run(opts.quick).await,
                 "polling" => polling::run(opts.quick).await,
                 "soak" => soak::run(opts.quick).await,
+                "cluster" => cluster::run(opts.quick).await,
                 _ => start::run(opts.quick).await,
             };
             match result {

@@ -240,7 +240,7 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
 }
 
 /// `n` notification bodies for tenants Cust1..CustT, signed on every core.
-fn sign_all(signer: &Signer, n: usize, tenants: usize) -> Vec<String> {
+pub(crate) fn sign_all(signer: &Signer, n: usize, tenants: usize) -> Vec<String> {
     let cores = std::thread::available_parallelism().map_or(2, |c| c.get());
     let per = n.div_ceil(cores);
     std::thread::scope(|s| {
@@ -265,7 +265,7 @@ fn sign_all(signer: &Signer, n: usize, tenants: usize) -> Vec<String> {
 
 /// POSTs every body over `CONNECTIONS` connections as fast as they are
 /// answered; returns 204s per second and how many were not 204.
-async fn blast(url: &str, bodies: Arc<Vec<String>>) -> anyhow::Result<(f64, usize)> {
+pub(crate) async fn blast(url: &str, bodies: Arc<Vec<String>>) -> anyhow::Result<(f64, usize)> {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -307,7 +307,7 @@ async fn blast(url: &str, bodies: Arc<Vec<String>>) -> anyhow::Result<(f64, usiz
 
 /// Sends `bodies` at `rate` a second while a watcher of every tenant reads;
 /// the latency of each from its send to the watcher's receipt.
-async fn paced_latency(
+pub(crate) async fn paced_latency(
     grpc: &str,
     url: &str,
     bodies: Vec<(String, String)>,
