@@ -23,6 +23,8 @@
 //!   import it (only `cli`, which runs its commands).
 //! - `app`: wiring: `Application::build` binds, `run_until` serves and
 //!   drains. `cli`: runs a command line, for `main` and the bench.
+//! - `client`: the client commands (`get`, `list`, `watch`,
+//!   `completions`): a client of the public contract, like any other.
 //!
 //! What is public is what the tests, the bench, the fuzz targets and a Rust
 //! user of the crate need: the application and its configuration, the core
@@ -31,6 +33,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod core;
 pub mod persist;

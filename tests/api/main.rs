@@ -1,6 +1,7 @@
 //! Integration tests: the real server over real sockets, through the
 //! generated client, against the project's fake SuperOffice.
 
+mod client;
 mod configuration;
 mod get;
 mod helpers;
