@@ -2,6 +2,7 @@
 //! generated client, against the project's fake SuperOffice.
 
 mod client;
+mod client_watch;
 mod configuration;
 mod get;
 mod helpers;
