@@ -1,12 +1,14 @@
 //! The command line: parse, set up telemetry, run the chosen command, and
 //! turn the outcome into an exit code (0; 1 for a failure at run time; 2
-//! for a configuration that cannot be used). `main` and the benchmark's
+//! for a configuration that cannot be used; the client commands add 3 and
+//! 4, see `client`). `main` and the benchmark's
 //! child processes both run this.
 
 use std::{ffi::OsString, process::ExitCode};
 
 use crate::{
     app::Application,
+    client,
     config::{CliError, Command, parse_cli_from},
     shutdown_signal, sim,
     sim::demo,
@@ -47,6 +49,11 @@ pub async fn run(args: Vec<OsString>) -> ExitCode {
         Command::FakeSuperoffice(args) => {
             sim::superoffice::run_standalone(args, shutdown_signal()).await
         }
+        // The client commands choose their own exit codes (client::EXIT_*).
+        Command::Get(args) => return client::get(args).await,
+        Command::List(args) => return client::list(args).await,
+        Command::Watch(args) => return client::watch(args).await,
+        Command::Completions(args) => return client::completions(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

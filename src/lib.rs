@@ -5,8 +5,8 @@
 //! Layout, a folder per concern (ARCHITECTURE.md has the invariants):
 //! - `core`: tenants and their records, the store (the ordered section
 //!   where every change takes its revision), the fan-out to watchers, watch
-//!   streams, and the `Tenants` trait the serving layers use. No I/O, no
-//!   protocol.
+//!   streams, the `Tenants` trait the serving layers use and the `Ledger`
+//!   trait every writer writes through. No I/O, no protocol.
 //! - `superoffice`: the state API client and parser, the single flight,
 //!   the poller, and the tracker (the in-memory `Tenants`).
 //! - `webhook`: the public state-change listener: the notification parser
@@ -17,12 +17,17 @@
 //!   and the server builder (TLS, health, reflection, gRPC-Web).
 //! - `admin` (private): the admin listener and the metrics.
 //! - `persist`: the state file and the notification journal.
+//! - `cluster`: replicas through NATS JetStream KV (with `--nats-url`): the
+//!   shared ledger (compare-and-set writes), the mirror that feeds each
+//!   replica's store from the shared log, and the poll-partition leases.
 //! - `config`: flags, loading (flag > environment > file) and validation.
 //! - `sim`: the simulated SuperOffice, its signer, dev certificates and the
 //!   demo. Shipped for the demo and the tests; the product's modules never
 //!   import it (only `cli`, which runs its commands).
 //! - `app`: wiring: `Application::build` binds, `run_until` serves and
 //!   drains. `cli`: runs a command line, for `main` and the bench.
+//! - `client`: the client commands (`get`, `list`, `watch`,
+//!   `completions`): a client of the public contract, like any other.
 //!
 //! What is public is what the tests, the bench, the fuzz targets and a Rust
 //! user of the crate need: the application and its configuration, the core
@@ -31,6 +36,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod core;

@@ -42,6 +42,17 @@ pub enum Command {
     /// Run only the simulated SuperOffice state API (for tests, smoke
     /// checks and benchmarks).
     FakeSuperoffice(FakeArgs),
+    /// Print tenants' records from a running tenant-status. Exit 0 when
+    /// each was found, 3 when one is not found, 4 when the server (or
+    /// SuperOffice, for a tenant not tracked yet) is unavailable.
+    Get(crate::client::GetArgs),
+    /// List the tenants a running tenant-status tracks.
+    List(crate::client::ListArgs),
+    /// Follow tenants' changes, reconnecting and resuming from the last
+    /// revision seen when the stream breaks.
+    Watch(crate::client::WatchArgs),
+    /// Print a shell completion script: `tenant-status completions bash`.
+    Completions(crate::client::CompletionsArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -340,8 +340,9 @@ impl<B: Tenants> GrpcService<B> {
     }
 }
 
-/// A status code's name as gRPC spells it, for metric labels.
-fn code_name(code: tonic::Code) -> &'static str {
+/// A status code's name as gRPC spells it, for metric labels (and the
+/// client commands' messages).
+pub(crate) fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code as C;
     match code {
         C::Ok => "OK",

