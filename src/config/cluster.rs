@@ -46,6 +46,17 @@ impl ClusterArgs {
         if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&self.lease_ttl) {
             return Err(bad("--lease-ttl", "must be from 1s to 10m"));
         }
+        // Checked here, not by clap: either may come from the config file,
+        // which clap sees as a default.
+        match (&self.nats_user, &self.nats_password_file) {
+            (Some(_), None) => {
+                return Err(bad("--nats-user", "needs --nats-password-file too"));
+            }
+            (None, Some(_)) => {
+                return Err(bad("--nats-password-file", "needs --nats-user too"));
+            }
+            _ => {}
+        }
         let password = match &self.nats_password_file {
             Some(path) => {
                 let p = read_text(path).map_err(|e| {

@@ -262,10 +262,10 @@ pub struct ClusterArgs {
     #[arg(long, env = "TENANT_STATUS_NATS_CREDS_FILE")]
     pub nats_creds_file: Option<PathBuf>,
     /// NATS user name (with --nats-password-file).
-    #[arg(long, env = "TENANT_STATUS_NATS_USER", requires = "nats_password_file")]
+    #[arg(long, env = "TENANT_STATUS_NATS_USER")]
     pub nats_user: Option<String>,
     /// File holding the NATS user's password.
-    #[arg(long, env = "TENANT_STATUS_NATS_PASSWORD_FILE", requires = "nats_user")]
+    #[arg(long, env = "TENANT_STATUS_NATS_PASSWORD_FILE")]
     pub nats_password_file: Option<PathBuf>,
     /// PEM CA certificate(s) to verify the NATS servers with; TLS is then
     /// required.
