@@ -276,3 +276,99 @@ fn limits_are_flags_with_safe_defaults_and_bounds() {
     assert!(e.contains("64KiB"), "{e}");
     assert!(byte_size("99999999999999999999MiB").is_err());
 }
+
+#[test]
+fn replicas_are_off_without_a_nats_url_and_checked_with_one() {
+    let env = ["--superoffice-env", "sod"];
+    let c = serve(&env).unwrap();
+    assert!(c.cluster.is_none(), "alone unless --nats-url is given");
+    let with = |more: &[&str]| {
+        let mut a = env.to_vec();
+        a.extend_from_slice(more);
+        serve(&a)
+    };
+    let c = with(&[
+        "--nats-url",
+        "nats://a:4222,nats://b:4222",
+        "--replica-id",
+        "r-1",
+    ])
+    .unwrap();
+    let cluster = c.cluster.unwrap();
+    assert_eq!(cluster.urls, ["nats://a:4222", "nats://b:4222"]);
+    assert_eq!(cluster.replica_id, "r-1");
+    assert_eq!(cluster.lease_ttl, Duration::from_secs(10));
+    assert_eq!(cluster.bucket, "tenant-status");
+    // A default replica id: the host name and a random suffix, usable as
+    // a key.
+    let c = with(&["--nats-url", "nats://a:4222"]).unwrap();
+    let id = c.cluster.unwrap().replica_id;
+    assert!(
+        id.len() > 7 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+        "{id}"
+    );
+    for (args, setting) in [
+        (
+            vec!["--nats-url", "nats://a:4222", "--replica-id", "a.b"],
+            "--replica-id:",
+        ),
+        (
+            vec!["--nats-url", "nats://a:4222", "--lease-ttl", "100ms"],
+            "--lease-ttl:",
+        ),
+        (
+            vec!["--nats-url", "nats://a:4222", "--nats-user", "u"],
+            "--nats-user:",
+        ),
+        (
+            vec![
+                "--nats-url",
+                "nats://a:4222",
+                "--nats-password-file",
+                "/nonexistent",
+            ],
+            "--nats-password-file:",
+        ),
+        (
+            vec![
+                "--nats-url",
+                "nats://a:4222",
+                "--nats-ca-file",
+                "/nonexistent",
+            ],
+            "--nats-ca-file:",
+        ),
+        (
+            vec!["--nats-url", "nats://a:4222", "--nats-bucket", "a.b"],
+            "--nats-bucket:",
+        ),
+        (
+            vec!["--nats-url", "nats://a:4222", "--nats-bucket-replicas", "0"],
+            "--nats-bucket-replicas:",
+        ),
+        (
+            vec!["--nats-url", "nats://a:4222", "--state-file", "/tmp/x.json"],
+            "--state-file:",
+        ),
+    ] {
+        let e = with(&args).unwrap_err();
+        assert!(e.starts_with(setting), "{args:?}: {e}");
+    }
+    // The password is read from its file and never shown.
+    let dir = std::env::temp_dir().join(format!("ts-nats-pw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pw = dir.join("pw");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    let c = with(&[
+        "--nats-url",
+        "nats://a:4222",
+        "--nats-user",
+        "u",
+        "--nats-password-file",
+        pw.to_str().unwrap(),
+    ])
+    .unwrap();
+    let cluster = c.cluster.unwrap();
+    assert_eq!(cluster.password.as_deref(), Some("s3cret"));
+    assert!(!format!("{cluster:?}").contains("s3cret"));
+}
