@@ -54,7 +54,8 @@ enum Command {
     /// A tenant this replica just became the poller of (a partition it
     /// took over, or a tenant another replica started tracking): poll at
     /// its ValidUntil, or, when that has passed, at a random point within
-    /// the window, so that a takeover does not come as a burst.
+    /// the window, so that a takeover does not come as a burst; one never
+    /// answered yet, as soon as any new tenant.
     TakeOver(ContextId, Option<SystemTime>, Duration),
 }
 
@@ -348,7 +349,10 @@ impl Poller {
                 let now = SystemTime::now();
                 let d = match valid_until {
                     Some(v) if v > now => self.policy.after_success(Some(v), now, &mut self.rng),
-                    _ => spread.mul_f64(self.rng.random::<f64>()),
+                    // Overdue: spread out, so a takeover is no burst.
+                    Some(_) => spread.mul_f64(self.rng.random::<f64>()),
+                    // Never answered yet (just tracked): as any new tenant.
+                    None => self.policy.initial_spread.mul_f64(self.rng.random::<f64>()),
                 };
                 self.schedule(ctx, d, Due::Poll);
             }
