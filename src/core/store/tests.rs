@@ -329,3 +329,79 @@ fn a_move_holds_its_endpoint_and_resume_holds_nothing() {
         .unwrap();
     assert_eq!(a.record.state, TenantState::Running);
 }
+
+/// A record as another replica wrote it to the shared log at `revision`.
+fn replicated(c: &ContextId, endpoint: &str, revision: u64) -> TenantRecord {
+    let now = SystemTime::now();
+    let PollResult::Observed(o) = running(endpoint) else {
+        unreachable!()
+    };
+    TenantRecord {
+        state: o.state,
+        endpoint: o.endpoint,
+        revision,
+        ..TenantRecord::unknown(c, now)
+    }
+}
+
+#[test]
+fn replicated_records_keep_the_logs_revisions_and_repeats_are_ignored() {
+    let store = std::sync::Arc::new(Store::new());
+    let (a, b) = (ctx("Cust1"), ctx("Cust2"));
+    let watcher = store.register_watcher(vec![]);
+    assert!(store.apply_replicated(replicated(&a, "https://sod2", 7)));
+    assert!(store.apply_replicated(replicated(&b, "https://sod2", 9)));
+    // The same entry again (a watch opened again from an older revision).
+    assert!(!store.apply_replicated(replicated(&a, "https://sod2", 7)));
+    assert_eq!(store.revision(), 9);
+    assert_eq!(store.get("Cust1").unwrap().revision, 7);
+    // A record the log holds but this version cannot read still moves the
+    // revision: heartbeats say how far the log has been read.
+    store.skip_to(12);
+    assert_eq!(store.revision(), 12);
+    let mut marks = std::collections::HashMap::new();
+    watcher.take_now(&mut marks);
+    assert_eq!(marks.len(), 2, "each tenant marked, once");
+}
+
+#[test]
+fn a_replicated_removal_is_remembered_even_for_a_tenant_never_held() {
+    let store = Store::new();
+    let (a, gone) = (ctx("Cust1"), ctx("Cust9"));
+    store.apply_replicated(replicated(&a, "https://sod2", 3));
+    store.remove_replicated(&a, 5);
+    store.remove_replicated(&gone, 8);
+    assert!(!store.contains("Cust1"));
+    assert_eq!(store.removed_at(&a), Some(5));
+    assert_eq!(store.removed_at(&gone), Some(8));
+    assert_eq!(store.revision(), 8);
+    let since: Vec<u64> = store.removed_since(4).iter().map(|(r, _)| *r).collect();
+    assert_eq!(since, [5, 8]);
+}
+
+#[test]
+fn a_replicated_refresh_takes_no_revision_and_never_goes_back() {
+    let store = Store::new();
+    let a = ctx("Cust1");
+    store.apply_replicated(replicated(&a, "https://sod2", 3));
+    let before = store.get("Cust1").unwrap();
+    let later = before.observed_at + Duration::from_secs(30);
+    let seen = Freshness {
+        observed_at: later,
+        valid_until: Some(later + Duration::from_secs(60)),
+        last_error: String::new(),
+    };
+    assert!(store.refresh(&a, &seen));
+    let after = store.get("Cust1").unwrap();
+    assert_eq!(after.revision, 3);
+    assert_eq!(after.observed_at, later);
+    // Older news is ignored.
+    let older = Freshness {
+        observed_at: before.observed_at,
+        ..seen
+    };
+    assert!(!store.refresh(&a, &older));
+    assert_eq!(store.get("Cust1").unwrap().observed_at, later);
+    assert_eq!(store.revision(), 3);
+    assert!(!store.refresh(&ctx("Cust2"), &older), "nothing to refresh");
+}
