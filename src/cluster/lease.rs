@@ -140,12 +140,20 @@ impl LeaseKeeper {
         if let Err(e) = self.kv.put(self.member_key(), id.clone()).await {
             tracing::warn!(error = %e, "could not renew this replica's membership");
         }
-        // Renew what is held; a refusal or no answer is a loss.
+        // Renew what is held; a refusal or no answer is a loss. A lease
+        // this replica's clock had given up on (a round late: a busy
+        // machine) but that is still its own is taken again: its poller
+        // dropped those tenants meanwhile and must schedule them anew.
+        let mut taken = Vec::new();
         for (p, h) in self.leases.snapshot() {
             let sent = Instant::now();
+            let lapsed = sent >= h.until;
             match self.kv.update(lease_key(p), id.clone(), h.revision).await {
                 Ok(revision) => {
                     self.metrics.lease_renewed();
+                    if lapsed {
+                        taken.push(p);
+                    }
                     self.leases.set(
                         p,
                         Some(Held {
@@ -166,9 +174,9 @@ impl LeaseKeeper {
         let members = match self.kv.keys().await {
             Ok(keys) => match keys.try_collect::<Vec<String>>().await {
                 Ok(keys) => keys.iter().filter(|k| k.starts_with("m.")).count().max(1),
-                Err(_) => return self.metrics.partitions_held(self.leases.count()),
+                Err(_) => return self.finish(&taken, poller),
             },
-            Err(_) => return self.metrics.partitions_held(self.leases.count()),
+            Err(_) => return self.finish(&taken, poller),
         };
         let share = usize::from(PARTITIONS).div_ceil(members);
         // Give back more than the share, so that a new replica finds some.
@@ -191,7 +199,6 @@ impl LeaseKeeper {
         // Take free ones up to the share, starting at a place of this
         // replica's own so that replicas starting together do not race for
         // the same keys.
-        let mut taken = Vec::new();
         let start = partition_of(&self.leases.id);
         for i in 0..PARTITIONS {
             if self.leases.count() >= share {
@@ -222,8 +229,15 @@ impl LeaseKeeper {
             }
         }
         if !taken.is_empty() {
-            self.schedule(&taken, poller);
             tracing::info!(partitions = ?taken, members, held = self.leases.count(), "took partition leases");
+        }
+        self.finish(&taken, poller);
+    }
+
+    /// The end of a round: the tenants of partitions taken are scheduled.
+    fn finish(&self, taken: &[u16], poller: &PollerHandle) {
+        if !taken.is_empty() {
+            self.schedule(taken, poller);
         }
         self.metrics.partitions_held(self.leases.count());
     }
