@@ -16,7 +16,7 @@ use url::Url;
 
 use crate::{
     core::tenant::ContextId,
-    serve::grpc::BearerTokens,
+    serve::{dashboard::DashboardConfig, grpc::BearerTokens},
     superoffice::environment_base_url,
     superoffice::poller::PollPolicy,
     token::{JWKS_REFETCH_INTERVAL, VerifierSettings, load_keys},
@@ -52,6 +52,7 @@ pub struct Config {
     pub http2_keepalive_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub webhook: WebhookConfig,
+    pub dashboard: DashboardConfig,
 }
 
 /// The gRPC listener's TLS material, read and checked.
@@ -251,6 +252,8 @@ impl ServeArgs {
             (None, None) => None,
             _ => return Err(bad("--tls-cert", "--tls-cert and --tls-key go together")),
         };
+        let dashboard = DashboardConfig::new(!self.no_dashboard, &self.grpc_web_allow_origins)
+            .map_err(|e| bad("--grpc-web-allow-origin", e))?;
         let access = match &self.grpc_token_file {
             Some(path) => Some(Arc::new(
                 BearerTokens::from_file(path).map_err(|e| bad("--grpc-token-file", e))?,
@@ -308,6 +311,7 @@ impl ServeArgs {
             http2_keepalive_timeout: self.http2_keepalive_timeout,
             shutdown_timeout: self.shutdown_timeout,
             webhook,
+            dashboard,
         })
     }
 }

@@ -2,6 +2,7 @@
 //! generated client, against the project's fake SuperOffice.
 
 mod configuration;
+mod dashboard;
 mod get;
 mod helpers;
 mod limits;
