@@ -10,6 +10,8 @@ import { hostOf, knownState, stateName } from "./format";
 
 export interface Row {
   id: string;
+  /** The identifier's sort key: numbers in it compare as numbers (Cust2 before Cust10). */
+  key: string;
   state: TenantState;
   /** The proto's name of the state, for data-state. */
   stateName: string;
@@ -44,6 +46,7 @@ export function rowOf(t: Tenant): Row {
   const n = t.lastNotification;
   return {
     id: t.contextIdentifier,
+    key: naturalKey(t.contextIdentifier),
     state,
     stateName: stateName(state),
     isRunning: t.isRunning,
@@ -66,6 +69,11 @@ export function rowOf(t: Tenant): Row {
   };
 }
 
+/** Each run of digits prefixed with its length, so that plain string comparison orders numbers by value; made once per tenant, so sorting 100,000 costs no collator. */
+export function naturalKey(id: string): string {
+  return id.replace(/\d+/g, (d) => String.fromCharCode(48 + Math.min(d.length, 40)) + d);
+}
+
 export type SortKey = "id" | "state" | "host" | "version" | "stale" | "changed" | "source";
 
 export interface Filter {
@@ -83,7 +91,7 @@ export interface Filter {
 export const HOUR = 3600_000;
 
 const SORT_FIELD: Record<SortKey, (r: Row) => number | string> = {
-  id: (r) => r.id,
+  id: (r) => r.key,
   state: (r) => r.state,
   host: (r) => r.host,
   version: (r) => r.version,
@@ -104,7 +112,7 @@ export interface Change {
 
 export class Tenants {
   private rows = new Map<string, Row>();
-  /** Every row ordered by identifier (byte order, like ListTenants). */
+  /** Every row ordered by identifier (numbers by value: Cust2 before Cust10). */
   private byId: Row[] = [];
   /** Rows not yet sorted into byId; merged at the next rebuild. */
   private added: Row[] = [];
@@ -245,14 +253,14 @@ export class Tenants {
       this.removedAny = false;
     }
     if (this.added.length === 0) return;
-    const cmp = (a: Row, b: Row) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+    const cmp = (a: Row, b: Row) => (a.key < b.key ? -1 : a.key > b.key ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
     if (this.added.length < 64) {
       for (const r of this.added) {
         let lo = 0;
         let hi = this.byId.length;
         while (lo < hi) {
           const mid = (lo + hi) >>> 1;
-          if (this.byId[mid].id < r.id) lo = mid + 1;
+          if (cmp(this.byId[mid], r) < 0) lo = mid + 1;
           else hi = mid;
         }
         this.byId.splice(lo, 0, r);
