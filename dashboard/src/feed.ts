@@ -118,8 +118,13 @@ function describe(into: HTMLElement, before: Row | undefined, after: Row | undef
   }
   if (before.endpoint !== after.endpoint) {
     const line = document.createElement("div");
-    line.append(text("Moved to"), text(hostOf(after.endpoint) || "no host", "to"));
-    lines.push(line, text(`from ${hostOf(before.endpoint) || "no host"}`, "from"));
+    if (before.endpoint && after.endpoint) {
+      line.append(text("Moved to"), text(hostOf(after.endpoint), "to"));
+      lines.push(line, text(`from ${hostOf(before.endpoint)}`, "from"));
+    } else {
+      line.append(text("Endpoint"), text(hostOf(after.endpoint) || "none", "to"));
+      lines.push(line);
+    }
   }
   if (before.version !== after.version) {
     const line = document.createElement("div");

@@ -85,8 +85,10 @@ export class Table {
   }
 
   draw(): void {
-    const height = this.viewport.clientHeight || ROW_HEIGHT * 20;
-    const first = Math.max(0, Math.floor(this.viewport.scrollTop / ROW_HEIGHT) - OVERSCAN);
+    // The sticky header sits above the rows in the same scroll container.
+    const top = this.spacer.offsetTop;
+    const height = this.viewport.clientHeight - top || ROW_HEIGHT * 20;
+    const first = Math.max(0, Math.floor((this.viewport.scrollTop - top) / ROW_HEIGHT) - OVERSCAN);
     const wanted = Math.ceil(height / ROW_HEIGHT) + 2 * OVERSCAN;
     while (this.slots.length < wanted) this.slots.push(this.slot());
     const now = Date.now();
