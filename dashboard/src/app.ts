@@ -9,7 +9,7 @@
 import "./app.css";
 import { TenantState } from "./gen/tenantstatus/v1/tenant_status_pb";
 import { Feed } from "./feed";
-import { count, dateTime, sourceLabel, STATES, stateLabel, stateName } from "./format";
+import { changeTypeLabel, count, dateTime, sourceLabel, STATES, stateLabel, stateName } from "./format";
 import { HOUR, Tenants, type Filter, type SortKey } from "./model";
 import { Table } from "./table";
 import { Watch, type Status } from "./watch";
@@ -232,7 +232,7 @@ function openDetails(id: string): void {
     ["Stale", r.stale ? "yes: the last known state, not confirmed" : "no"],
     ["Last error", r.lastError || "—"],
     ["Last change", `${dateTime(r.changedAt) || "—"}${r.source ? `, by ${sourceLabel(r.source, r.changeType)}` : ""}`],
-    ["Notification", r.notifiedAt ? `${sourceLabel(2, r.changeType)} at ${dateTime(r.notifiedAt)}${r.publicEndpoint ? `, to ${r.publicEndpoint}` : ""}` : "—"],
+    ["Notification", r.notifiedAt ? `${changeTypeLabel(r.changeType) || "received"} at ${dateTime(r.notifiedAt)}${r.publicEndpoint ? `, to ${r.publicEndpoint}` : ""}` : "—"],
     ["Held until", r.heldUntil > Date.now() ? dateTime(r.heldUntil) : "—"],
     ["Valid until", dateTime(r.validUntil) || "—"],
     ["Observed at", dateTime(r.observedAt) || "—"],
@@ -260,6 +260,8 @@ function showStatus(s: Status): void {
   clearInterval(countdown);
   const live = s.kind === "live";
   indicator.dataset.connection = live ? "live" : "reconnecting";
+  // What the page shows may be out of date while it is not live: dimmed.
+  document.body.classList.toggle("not-live", !live);
   indicator.dataset.phase = s.kind;
   $("retry").hidden = s.kind !== "waiting";
   $("forget-token").hidden = token.get() === null;
