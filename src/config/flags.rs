@@ -152,6 +152,21 @@ pub struct ServeArgs {
     /// reflection stay open.
     #[arg(long, env = "TENANT_STATUS_GRPC_TOKEN_FILE")]
     pub grpc_token_file: Option<PathBuf>,
+    /// Do not serve the dashboard page at GET / on the gRPC listener (it
+    /// holds no data: the page calls WatchTenant like any client, with the
+    /// bearer token when --grpc-token-file is set).
+    #[arg(long, env = "TENANT_STATUS_NO_DASHBOARD", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_dashboard: bool,
+    /// An origin (scheme://host[:port]) whose pages may call gRPC-Web from
+    /// the browser, for a dashboard hosted elsewhere (repeatable;
+    /// comma-separated in the environment variable). Without it,
+    /// cross-origin browser calls are refused.
+    #[arg(
+        long = "grpc-web-allow-origin",
+        env = "TENANT_STATUS_GRPC_WEB_ALLOW_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub grpc_web_allow_origins: Vec<String>,
     /// SuperOffice environment whose state API to poll.
     #[arg(long, env = "TENANT_STATUS_SUPEROFFICE_ENV", value_enum)]
     pub superoffice_env: Option<SuperOfficeEnv>,
@@ -454,4 +469,9 @@ pub struct FakeArgs {
     /// Answer this fraction of requests, at random, with 503.
     #[arg(long, default_value_t = 0.0)]
     pub fail_ratio: f64,
+    /// Also serve, on this address, a control API for tests in other
+    /// processes: PUT /tenants/{ctx} sets a tenant's state, POST
+    /// /notifications returns a signed notification (see src/sim/control.rs).
+    #[arg(long)]
+    pub control_addr: Option<String>,
 }

@@ -18,7 +18,7 @@ use url::Url;
 use crate::{
     cluster::ClusterConfig,
     core::tenant::ContextId,
-    serve::grpc::BearerTokens,
+    serve::{dashboard::DashboardConfig, grpc::BearerTokens},
     superoffice::environment_base_url,
     superoffice::poller::PollPolicy,
     token::{JWKS_REFETCH_INTERVAL, VerifierSettings, load_keys},
@@ -56,6 +56,7 @@ pub struct Config {
     pub webhook: WebhookConfig,
     /// Replicas through NATS JetStream; `None`: this process is alone.
     pub cluster: Option<ClusterConfig>,
+    pub dashboard: DashboardConfig,
 }
 
 /// The gRPC listener's TLS material, read and checked.
@@ -262,6 +263,8 @@ impl ServeArgs {
             (None, None) => None,
             _ => return Err(bad("--tls-cert", "--tls-cert and --tls-key go together")),
         };
+        let dashboard = DashboardConfig::new(!self.no_dashboard, &self.grpc_web_allow_origins)
+            .map_err(|e| bad("--grpc-web-allow-origin", e))?;
         let access = match &self.grpc_token_file {
             Some(path) => Some(Arc::new(
                 BearerTokens::from_file(path).map_err(|e| bad("--grpc-token-file", e))?,
@@ -320,6 +323,7 @@ impl ServeArgs {
             shutdown_timeout: self.shutdown_timeout,
             webhook,
             cluster,
+            dashboard,
         })
     }
 }

@@ -19,7 +19,10 @@ use crate::{
     admin::metrics::Metrics,
     config::Config,
     core::backend::Tenants,
-    serve::grpc::{GrpcService, pb},
+    serve::{
+        dashboard::DashboardLayer,
+        grpc::{GrpcService, pb},
+    },
 };
 
 /// The gRPC service name health reports on (besides "" for the server).
@@ -80,8 +83,24 @@ pub fn grpc_server<T: Tenants, S: Future<Output = ()> + Send + 'static>(
     )
     .with_limits(config.max_watchers, config.grpc_max_request_size)
     .into_server();
+    if config.dashboard.enabled
+        && let Ok(addr) = listener.local_addr()
+    {
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!(url = %format!("{scheme}://{addr}/"), "serving the dashboard");
+    }
+    if !config.dashboard.allow_origins.is_empty() {
+        tracing::info!(origins = ?config.dashboard.allow_origins, "gRPC-Web allows these origins (CORS)");
+    }
     let server = builder
         .accept_http1(true)
+        // Outermost: the page and CORS, before tonic-web refuses what is
+        // not gRPC-Web (see serve/dashboard.rs).
+        .layer(DashboardLayer::new(&config.dashboard))
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(tower::util::MapResponseLayer::new(
             oversize_is_resource_exhausted as fn(_) -> _,

@@ -1,7 +1,7 @@
 //! `tenant-status demo`: the service against the built-in simulated
 //! SuperOffice, with a dozen tenants changing state, signed notifications
-//! pushed to the webhook as they change, and grpcurl and curl commands to
-//! try.
+//! pushed to the webhook as they change, the dashboard's address first,
+//! then grpcurl and curl commands to try.
 
 use std::{future::Future, time::Duration};
 
@@ -127,6 +127,8 @@ fn instructions(
 ) -> String {
     format!(
         r#"
+Dashboard: http://{addr}/  (open it in a browser: every tenant, live)
+
 tenant-status demo: gRPC on {addr}, webhook at {webhook},
 metrics at http://{admin}/metrics, simulated SuperOffice at {fake}
 Twelve tenants (Cust10001..Cust10012) go through upgrades, a suspension,

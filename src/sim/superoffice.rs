@@ -475,6 +475,17 @@ pub async fn run_standalone(
         );
     }
     eprintln!("simulated SuperOffice state API at {}", fake.url());
+    if let Some(addr) = &args.control_addr {
+        let listener = TcpListener::bind(addr).await?;
+        eprintln!("its control API at http://{}", listener.local_addr()?);
+        let control =
+            crate::sim::control::serve(listener, fake, args.valid_for, std::future::pending());
+        tokio::spawn(async move {
+            if let Err(e) = control.await {
+                tracing::error!(error = %e, "the fake's control API stopped");
+            }
+        });
+    }
     task.await?;
     Ok(())
 }

@@ -350,8 +350,17 @@ pub fn run_binary(args: &[&str]) -> (i32, String) {
 /// The real binary, serving with `args`; returns the process and its gRPC
 /// and webhook addresses, read from its JSON log.
 pub async fn start_binary(args: &[String]) -> (tokio::process::Child, String, String) {
+    start_binary_with_env(args, &[]).await
+}
+
+/// As `start_binary`, with these environment variables set.
+pub async fn start_binary_with_env(
+    args: &[String],
+    envs: &[(&str, &str)],
+) -> (tokio::process::Child, String, String) {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenant-status"))
+        .envs(envs.iter().copied())
         .arg("--log-format")
         .arg("json")
         .arg("serve")

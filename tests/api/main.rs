@@ -5,6 +5,7 @@ mod client;
 mod client_watch;
 mod cluster;
 mod configuration;
+mod dashboard;
 mod get;
 mod helpers;
 mod limits;
