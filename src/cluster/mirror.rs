@@ -27,9 +27,15 @@ use crate::{
 };
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// How often the mirror looks at the connection: a replica that lost NATS
+/// is no longer caught up, and is again only once it has read to the log's
+/// end as of its reconnection.
+const CONNECTION_CHECK: Duration = Duration::from_millis(250);
 
 pub(super) struct Mirror {
+    pub(super) client: async_nats::Client,
     pub(super) js: jetstream::Context,
     pub(super) stream: String,
     pub(super) records: kv::Store,
@@ -75,41 +81,69 @@ impl Mirror {
                 Err(e) => Err(e),
             };
             match opened {
-                Ok((mut watch, end)) => loop {
-                    let next = tokio::select! {
-                        () = stop.cancelled() => return,
-                        next = watch.next() => next,
-                    };
-                    match next {
-                        Some(Ok(entry)) => {
-                            backoff = BACKOFF_MIN;
-                            let revision = entry.revision;
-                            let current = entry.delta == 0 || revision >= end;
-                            self.apply(entry, &poller);
-                            last = revision;
-                            self.applied.send_replace(revision);
-                            if current && !*self.caught_up.borrow() {
-                                tracing::info!(
-                                    revision,
-                                    tenants = self.store.len(),
-                                    "read the shared store to its end"
+                Ok((mut watch, mut end)) => {
+                    let mut lost = false;
+                    let mut check = tokio::time::interval(CONNECTION_CHECK);
+                    loop {
+                        let next = tokio::select! {
+                            () = stop.cancelled() => return,
+                            next = watch.next() => next,
+                            _ = check.tick() => {
+                                let connected = self.client.connection_state()
+                                    == async_nats::connection::State::Connected;
+                                if !connected {
+                                    lost = true;
+                                    self.caught_up.send_replace(false);
+                                } else if lost {
+                                    // Back: caught up again once read to the
+                                    // log's end as of now.
+                                    match self.end().await {
+                                        Ok(e) => {
+                                            lost = false;
+                                            end = e;
+                                            if last >= end {
+                                                self.caught_up.send_replace(true);
+                                            }
+                                        }
+                                        Err(e) => tracing::debug!(error = %e, "cannot read the log's end yet"),
+                                    }
+                                }
+                                continue;
+                            }
+                        };
+                        match next {
+                            Some(Ok(entry)) => {
+                                backoff = BACKOFF_MIN;
+                                let revision = entry.revision;
+                                let current = entry.delta == 0 || revision >= end;
+                                self.apply(entry, &poller);
+                                last = revision;
+                                self.applied.send_replace(revision);
+                                if current && !lost && !*self.caught_up.borrow() {
+                                    tracing::info!(
+                                        revision,
+                                        tenants = self.store.len(),
+                                        "read the shared store to its end"
+                                    );
+                                    self.caught_up.send_replace(true);
+                                }
+                            }
+                            Some(Err(e)) => {
+                                tracing::warn!(error = %e, last, "the shared store's watch failed; opening it again");
+                                self.caught_up.send_replace(false);
+                                break;
+                            }
+                            None => {
+                                tracing::warn!(
+                                    last,
+                                    "the shared store's watch ended; opening it again"
                                 );
-                                self.caught_up.send_replace(true);
+                                self.caught_up.send_replace(false);
+                                break;
                             }
                         }
-                        Some(Err(e)) => {
-                            tracing::warn!(error = %e, last, "the shared store's watch failed; opening it again");
-                            break;
-                        }
-                        None => {
-                            tracing::warn!(
-                                last,
-                                "the shared store's watch ended; opening it again"
-                            );
-                            break;
-                        }
                     }
-                },
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, ?backoff, "cannot follow the shared store; trying again");
                 }

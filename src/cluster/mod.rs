@@ -175,11 +175,12 @@ impl Cluster {
         });
         Ok(Self {
             ledger,
-            client,
+            client: client.clone(),
             caught_up: caught_rx.clone(),
             detached: detached_tx,
             lease_ttl,
             mirror: mirror::Mirror {
+                client: client.clone(),
                 js: js.clone(),
                 stream: records_stream,
                 records,

@@ -481,7 +481,16 @@ async fn nats_stopped_and_restarted_replicas_go_not_ready_then_catch_up_losing_n
     assert_eq!(status, 204, "{json}");
     for n in &names[..6] {
         for app in [a, b] {
-            let t = app.get(n).await.unwrap();
+            // B answered the retry once it read it back; A reads it from
+            // the log moments later.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let t = loop {
+                let t = app.get(n).await.unwrap();
+                if state(&t) == pb::TenantState::Suspended || Instant::now() > deadline {
+                    break t;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
             assert_eq!(
                 state(&t),
                 pb::TenantState::Suspended,
