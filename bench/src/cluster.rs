@@ -122,22 +122,9 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
             common::free_port(),
             common::free_port(),
         );
-        let args = common::serve_args(
-            grpc,
-            hook,
-            admin,
-            &format!("http://127.0.0.1:{fake_port}"),
-            &[
-                "--jwt-certificate",
-                &cert.display().to_string(),
-                "--jwt-issuer",
-                issuer,
-                "--seen-tokens-max",
-                "1000000",
-                "--webhook-rate-limit",
-                "0",
-                "--webhook-rate-limit-total",
-                "0",
+        let mut flags = common::notification_load_flags(&cert, issuer);
+        flags.extend(
+            [
                 "--tenants-file",
                 &tenants_file.display().to_string(),
                 "--nats-url",
@@ -146,7 +133,16 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
                 id,
                 "--lease-ttl",
                 &format!("{LEASE_TTL_SECS}s"),
-            ],
+            ]
+            .map(String::from),
+        );
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let args = common::serve_args(
+            grpc,
+            hook,
+            admin,
+            &format!("http://127.0.0.1:{fake_port}"),
+            &flags,
         );
         Ok(Replica {
             proc: Proc::tenant_status(&format!("cluster-{id}"), &args)?,

@@ -190,6 +190,28 @@ pub fn serve_args(
     args
 }
 
+/// The flags of a service under notification load: tokens signed with the
+/// key of `cert` by `issuer`, a replay memory large enough for the run, and
+/// no rate limits (the load comes from one address, far above a client's
+/// share: this measures the webhook, not its limits).
+pub fn notification_load_flags(cert: &Path, issuer: &str) -> Vec<String> {
+    [
+        "--jwt-certificate",
+        &cert.display().to_string(),
+        "--jwt-issuer",
+        issuer,
+        "--seen-tokens-max",
+        "1000000",
+        "--webhook-rate-limit",
+        "0",
+        "--webhook-rate-limit-total",
+        "0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// A baseline server (`kind` is a `bench` subcommand such as
 /// `baseline-grpc`) in its own process on a free port, once it listens.
 /// Returns the process and its address.

@@ -68,27 +68,15 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
         common::free_port(),
         common::free_port(),
     );
+    let flags = common::notification_load_flags(&cert, issuer);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let serve_args = |grpc: u16, hook: u16, admin: u16| -> Vec<String> {
         common::serve_args(
             grpc,
             hook,
             admin,
             &format!("http://127.0.0.1:{fake_port}"),
-            &[
-                "--jwt-certificate",
-                &cert.display().to_string(),
-                "--jwt-issuer",
-                issuer,
-                "--seen-tokens-max",
-                "1000000",
-                // The load comes from one address, far above a client's
-                // share and above the default total: this measures the
-                // webhook, not its limits.
-                "--webhook-rate-limit",
-                "0",
-                "--webhook-rate-limit-total",
-                "0",
-            ],
+            &flags,
         )
     };
     let server = Proc::tenant_status("notifications-server", &serve_args(grpc, hook, admin))?;

@@ -16,7 +16,7 @@ use tenant_status::{
 use crate::{
     helpers::{
         TestApp, eventually, kind, next, next_matching, parse_metrics, running, spawn_with_config,
-        state, test_config,
+        start_binary_full, state, test_config,
     },
     nats::{self, Nats},
 };
@@ -195,8 +195,10 @@ async fn a_killed_replicas_partitions_are_taken_over_and_nothing_acknowledged_is
             ttl.clone(),
         ]
     };
-    let (mut doomed, _, doomed_hook, doomed_admin) = start_replica(&args("doomed")).await;
-    let (_survivor, grpc, _, admin) = start_replica(&args("survivor")).await;
+    let doomed = start_binary_full(&args("doomed"), &[]).await;
+    let (mut doomed, doomed_hook, doomed_admin) = (doomed.child, doomed.webhook, doomed.admin);
+    let survivor = start_binary_full(&args("survivor"), &[]).await;
+    let (_survivor, grpc, admin) = (survivor.child, survivor.grpc, survivor.admin);
     let http = reqwest::Client::new();
     let held = |admin: String| {
         let http = http.clone();
@@ -264,49 +266,6 @@ async fn a_killed_replicas_partitions_are_taken_over_and_nothing_acknowledged_is
             .unwrap();
         assert!(t.last_notification.is_some(), "{n} lost its notification");
     }
-}
-
-/// The real binary as a replica: the process, its gRPC, webhook and admin
-/// addresses.
-async fn start_replica(args: &[String]) -> (tokio::process::Child, String, String, String) {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenant-status"))
-        .args(["--log-format", "json", "serve"])
-        .args([
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--webhook-addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--admin-addr", "127.0.0.1:0"])
-        .args(args)
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let (mut grpc, mut admin, mut webhook) = (None, None, None);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while grpc.is_none() || webhook.is_none() {
-        let line = tokio::time::timeout_at(deadline, lines.next_line())
-            .await
-            .expect("the replica starts within 20 s")
-            .unwrap()
-            .expect("the replica is running");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        match v["message"].as_str() {
-            Some("tenant-status is serving gRPC") => {
-                grpc = v["grpc_addr"].as_str().map(String::from);
-                admin = v["admin_addr"].as_str().map(String::from);
-            }
-            Some("serving the state-change webhook") => {
-                webhook = v["addr"].as_str().map(String::from)
-            }
-            _ => {}
-        }
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, grpc.unwrap(), webhook.unwrap(), admin.unwrap())
 }
 
 #[tokio::test]

@@ -358,6 +358,21 @@ pub async fn start_binary_with_env(
     args: &[String],
     envs: &[(&str, &str)],
 ) -> (tokio::process::Child, String, String) {
+    let s = start_binary_full(args, envs).await;
+    (s.child, s.grpc, s.webhook)
+}
+
+/// The real binary serving, and its listeners' addresses.
+pub struct Started {
+    pub child: tokio::process::Child,
+    pub grpc: String,
+    pub webhook: String,
+    pub admin: String,
+}
+
+/// The real binary, serving with `args` and `envs`; its addresses are read
+/// from its JSON log.
+pub async fn start_binary_full(args: &[String], envs: &[(&str, &str)]) -> Started {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenant-status"))
         .envs(envs.iter().copied())
@@ -377,7 +392,7 @@ pub async fn start_binary_with_env(
         .spawn()
         .unwrap();
     let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let (mut grpc, mut webhook) = (None, None);
+    let (mut grpc, mut webhook, mut admin) = (None, None, None);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while grpc.is_none() || webhook.is_none() {
         let line = tokio::time::timeout_at(deadline, lines.next_line())
@@ -388,7 +403,8 @@ pub async fn start_binary_with_env(
         let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
         match v["message"].as_str() {
             Some("tenant-status is serving gRPC") => {
-                grpc = v["grpc_addr"].as_str().map(String::from)
+                grpc = v["grpc_addr"].as_str().map(String::from);
+                admin = v["admin_addr"].as_str().map(String::from);
             }
             Some("serving the state-change webhook") => {
                 webhook = v["addr"].as_str().map(String::from)
@@ -398,5 +414,10 @@ pub async fn start_binary_with_env(
     }
     // Keep draining the log so the process never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, grpc.unwrap(), webhook.unwrap())
+    Started {
+        child,
+        grpc: grpc.unwrap(),
+        webhook: webhook.unwrap(),
+        admin: admin.unwrap_or_default(),
+    }
 }
