@@ -255,6 +255,21 @@ pub fn histogram_quantile(
         .map(|(le, _)| *le)
 }
 
+/// Pins every thread of process `pid` to `cpus` (taskset's list, e.g.
+/// "1" or "0-1"); threads it starts later inherit it.
+pub fn pin(pid: u32, cpus: &str) -> anyhow::Result<()> {
+    let out = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .output()
+        .context("running taskset (util-linux)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "taskset -a -p -c {cpus} {pid}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
 /// A latency histogram in microseconds.
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")

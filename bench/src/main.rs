@@ -9,6 +9,7 @@
 //! serve ...` runs the service exactly as `tenant-status` would, so
 //! `cargo run -p tenant-status-bench` needs no other build.
 
+mod bare_watch;
 mod cluster;
 mod common;
 mod fanout;
@@ -44,8 +45,8 @@ enum Cmd {
     All(Opts),
     /// GetTenantState with 100,000 tenants, next to a bare tonic server.
     Lookups(Opts),
-    /// One change reaching 10,000 and 50,000 watch streams, next to bare
-    /// tokio watch channels.
+    /// One change reaching 10,000 and 50,000 watch streams, next to a bare
+    /// tonic server on a tokio watch channel.
     Fanout(Opts),
     /// Signed notifications: accepted per second and POST-to-watcher
     /// latency, next to a do-nothing handler on the same HTTP stack.
@@ -70,6 +71,12 @@ enum Cmd {
     /// (internal) The bare tonic server answering a constant.
     #[command(hide = true)]
     BaselineGrpc {
+        #[arg(long)]
+        addr: String,
+    },
+    /// (internal) The bare tonic server of the fan-out baseline.
+    #[command(hide = true)]
+    BaselineWatch {
         #[arg(long)]
         addr: String,
     },
@@ -107,6 +114,7 @@ fn main() -> ExitCode {
                 return tenant_status::cli::run(args).await;
             }
             Cmd::BaselineGrpc { addr } => return exit(lookups::baseline_server(&addr).await),
+            Cmd::BaselineWatch { addr } => return exit(bare_watch::server(&addr).await),
             Cmd::BaselineHttp { addr } => {
                 return exit(notifications::baseline_server(&addr).await);
             }
