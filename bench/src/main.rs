@@ -18,6 +18,7 @@ mod notifications;
 mod polling;
 mod soak;
 mod start;
+mod storm;
 
 use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 
@@ -56,6 +57,9 @@ enum Cmd {
     Polling(Opts),
     /// Start to SERVING with 100,000 tenants in a state file.
     Start(Opts),
+    /// A reconnect storm: 100 watch-all streams of 100,000 tenants opened
+    /// at once while lookups go on.
+    Storm(Opts),
     /// Three replicas through a real nats-server: cross-replica latency,
     /// accepted/s, polls fleet-wide, takeover after kill -9.
     Cluster(Opts),
@@ -126,6 +130,7 @@ fn main() -> ExitCode {
                     "notifications",
                     "polling",
                     "start",
+                    "storm",
                     "cluster",
                 ],
             ),
@@ -134,6 +139,7 @@ fn main() -> ExitCode {
             Cmd::Notifications(o) => (o, vec!["notifications"]),
             Cmd::Polling(o) => (o, vec!["polling"]),
             Cmd::Start(o) => (o, vec!["start"]),
+            Cmd::Storm(o) => (o, vec!["storm"]),
             Cmd::Cluster(o) => (o, vec!["cluster"]),
             Cmd::Soak(o) => (o, vec!["soak"]),
         };
@@ -160,6 +166,7 @@ fn main() -> ExitCode {
                 "polling" => polling::run(opts.quick).await,
                 "soak" => soak::run(opts.quick).await,
                 "cluster" => cluster::run(opts.quick).await,
+                "storm" => storm::run(opts.quick).await,
                 _ => start::run(opts.quick).await,
             };
             match result {
