@@ -146,8 +146,14 @@ impl Stream for WatchStream {
         // Every field is Unpin (the closing future is boxed).
         let st = &mut self.get_mut().0;
         loop {
-            if let Some(ev) = st.pending.pop_front() {
-                return Poll::Ready(Some(ev));
+            if !st.pending.is_empty() {
+                // Each event spends the task's tokio budget: a snapshot of
+                // 100,000 records otherwise went out in one poll after
+                // another without yielding, and every lookup queued on the
+                // same worker waited behind it (the reconnect storm).
+                let progress = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+                progress.made_progress();
+                return Poll::Ready(st.pending.pop_front());
             }
             if st.done {
                 return Poll::Ready(None);
