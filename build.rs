@@ -18,6 +18,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // A smaller encode buffer per stream: see src/serve/codec.rs.
         .codec_path("crate::serve::codec::SmallBufferCodec")
+        .compile_fds(fds.clone())?;
+    // The server once more, for the service itself: the two replies that
+    // carry a tenant are the pre-encoded ones of src/serve/encoded.rs
+    // (encode once); every other type is the module above's. Same wire.
+    let encoded = out.join("encoded");
+    std::fs::create_dir_all(&encoded)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .codec_path("crate::serve::codec::SmallBufferCodec")
+        .extern_path(".tenantstatus.v1", "crate::serve::grpc::pb")
+        .extern_path(
+            ".tenantstatus.v1.GetTenantStateResponse",
+            "crate::serve::encoded::TenantReply",
+        )
+        .extern_path(
+            ".tenantstatus.v1.WatchTenantResponse",
+            "crate::serve::encoded::WatchReply",
+        )
+        .out_dir(&encoded)
         .compile_fds(fds)?;
     println!("cargo:rustc-env=TENANT_STATUS_COMMIT={}", git_commit());
     Ok(())

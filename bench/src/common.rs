@@ -59,14 +59,7 @@ impl Proc {
 
     /// Resident memory, KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+        rss_kib_of(self.pid())
     }
 
     /// User plus system CPU time so far, seconds.
@@ -275,6 +268,32 @@ pub fn histogram_quantile(
         .iter()
         .find(|(_, c)| *c >= q * total)
         .map(|(le, _)| *le)
+}
+
+/// Resident memory of process `pid`, KiB (0 once it is gone).
+pub fn rss_kib_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Pins every thread of process `pid` to `cpus` (taskset's list, e.g.
+/// "1" or "0-1"); threads it starts later inherit it.
+pub fn pin(pid: u32, cpus: &str) -> anyhow::Result<()> {
+    let out = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .output()
+        .context("running taskset (util-linux)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "taskset -a -p -c {cpus} {pid}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
 }
 
 /// A latency histogram in microseconds.

@@ -2,8 +2,13 @@
 //! 100 connections, plus 100 streams watching every tenant; a change is
 //! applied (a signed Move notification) and the time until each stream has
 //! it is measured in the load process, which both sends the change and
-//! reads the streams. Beside it: the same change through bare tokio watch
-//! channels in one process.
+//! reads the streams. Beside it, the same streams, connections and rounds
+//! against a bare tonic server written the ordinary way (one tokio watch
+//! channel, each stream encoding the record itself); and the change through
+//! bare tokio watch channels in one process (the wake-up alone).
+//!
+//! Full runs pin the server to CPU 1 and this load process to CPU 0
+//! (`taskset`), so the server's figures are its own.
 
 use std::{
     sync::{
@@ -29,48 +34,93 @@ const ROUNDS: usize = 5;
 pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
     let (conns, dashboards) = if quick { (4, 5) } else { (100, 100) };
     let sizes: &[usize] = if quick { &[200] } else { &[10_000, 50_000] };
+    let pin = !quick && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
+    if pin {
+        common::pin(std::process::id(), "0")?;
+    }
     let mut rows = Vec::new();
     for &streams in sizes {
-        let (lat, per_stream, server_us, load_us) = measure(streams, conns, dashboards).await?;
-        let base = baseline(streams + dashboards).await;
+        let ours = measure(Target::Ours, streams, conns, dashboards, pin).await?;
+        let bare = measure(Target::Bare, streams, conns, dashboards, pin).await?;
+        let chan = baseline(streams + dashboards).await;
+        let (lat, base) = (ours.latency, bare.latency);
         let target_ms = if streams <= 10_000 { 50.0 } else { 250.0 };
         let s = "2 fan-out";
+        let pinned = if pin {
+            ", server on CPU 1, load on CPU 0"
+        } else {
+            ""
+        };
         rows.push(Row::new(
             s,
-            &format!("{streams} streams + {dashboards} all-tenant, {conns} conns: change to every stream, p50 / p99 / max"),
+            &format!("{streams} streams + {dashboards} all-tenant, {conns} conns{pinned}: change to every stream, p50 / p99 / max"),
             format!("{:.1} / {:.1} / {:.1} ms", lat.p50_ms, lat.p99_ms, lat.max_ms),
-            format!("{:.2} / {:.2} / {:.2} ms", base.p50_ms, base.p99_ms, base.max_ms),
+            format!(
+                "bare tonic {:.1} / {:.1} / {:.1} ms; tokio watch alone {:.2} / {:.2} ms",
+                base.p50_ms, base.p99_ms, base.max_ms, chan.p50_ms, chan.p99_ms
+            ),
             &format!("p99 < {target_ms:.0} ms"),
             Some(lat.p99_ms < target_ms),
         ));
+        let ratio = ours.server_us / bare.server_us.max(0.001);
         rows.push(Row::new(
             s,
-            &format!("CPU per stream per change ({streams} streams)"),
-            format!("server {server_us:.1} µs"),
-            format!("load process {load_us:.1} µs"),
-            "",
-            None,
+            &format!("server CPU per stream per change ({streams} streams)"),
+            format!(
+                "{:.1} µs ({ratio:.2}x; load process {:.1} µs)",
+                ours.server_us, ours.load_us
+            ),
+            format!(
+                "bare tonic {:.1} µs (load process {:.1} µs)",
+                bare.server_us, bare.load_us
+            ),
+            "<= 4 µs and <= 0.5x bare",
+            Some(ours.server_us <= 4.0 && ratio <= 0.5),
         ));
         rows.push(Row::new(
             s,
             &format!("server memory per stream ({streams} streams)"),
-            format!("{:.1} KiB", per_stream / 1024.0),
-            String::new(),
-            "< 8 KiB",
-            Some(per_stream < 8.0 * 1024.0),
+            format!("{:.1} KiB", ours.per_stream / 1024.0),
+            format!("bare tonic {:.1} KiB", bare.per_stream / 1024.0),
+            "<= 4 KiB",
+            Some(ours.per_stream <= 4.0 * 1024.0),
         ));
     }
+    if pin {
+        common::pin(std::process::id(), "0-1")?;
+    }
     Ok(rows)
+}
+
+/// The server a run measures.
+#[derive(Clone, Copy, PartialEq)]
+enum Target {
+    /// tenant-status, changed by a signed notification to its webhook.
+    Ours,
+    /// `bench baseline-watch`, changed by a ListTenants call whose
+    /// page_token names the new host (see `watch_baseline_server`).
+    Bare,
+}
+
+struct Measured {
+    latency: Latency,
+    /// Server memory per stream, bytes.
+    per_stream: f64,
+    /// CPU per stream-event, µs.
+    server_us: f64,
+    load_us: f64,
 }
 
 /// Returns the latency of every stream over every round, the server's
 /// memory per stream in bytes, and the CPU per stream-event (µs) of the
 /// server and of this load process.
 async fn measure(
+    target: Target,
     streams: usize,
     conns: usize,
     dashboards: usize,
-) -> anyhow::Result<(Latency, f64, f64, f64)> {
+    pin: bool,
+) -> anyhow::Result<Measured> {
     let (fake, _fake_task) = FakeSuperOffice::start().await?;
     let host = |round: usize| format!("sod{}.superoffice.com", 100 + round);
     fake.set(
@@ -82,18 +132,35 @@ async fn measure(
         common::free_port(),
         common::free_port(),
     );
-    let server = Proc::tenant_status(
-        &format!("fanout-{streams}"),
-        &common::serve_args(
-            grpc,
-            hook,
-            admin,
-            &fake.url(),
-            &["--tenant", "Cust1", "--heartbeat-interval", "1h"],
-        ),
-    )?;
-    let admin_addr = format!("127.0.0.1:{admin}");
-    common::wait_ready("ready", &admin_addr, Duration::from_secs(30)).await?;
+    let server = match target {
+        Target::Ours => {
+            let server = Proc::tenant_status(
+                &format!("fanout-{streams}"),
+                &common::serve_args(
+                    grpc,
+                    hook,
+                    admin,
+                    &fake.url(),
+                    &["--tenant", "Cust1", "--heartbeat-interval", "1h"],
+                ),
+            )?;
+            let admin_addr = format!("127.0.0.1:{admin}");
+            common::wait_ready("ready", &admin_addr, Duration::from_secs(30)).await?;
+            server
+        }
+        Target::Bare => {
+            let addr = format!("127.0.0.1:{grpc}");
+            let server = Proc::spawn(
+                &format!("fanout-bare-{streams}"),
+                &["baseline-watch".into(), "--addr".into(), addr.clone()],
+            )?;
+            common::wait_listening("the bare server", &addr, Duration::from_secs(10)).await?;
+            server
+        }
+    };
+    if pin {
+        common::pin(server.pid(), "1")?;
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = server.rss_kib();
 
@@ -160,6 +227,7 @@ async fn measure(
 
     let client = reqwest::Client::new();
     let webhook = format!("http://127.0.0.1:{hook}/NotifyCustomerStateChange");
+    let mut trigger = TenantStatusServiceClient::new(channels[0].clone());
     let mut h = common::histogram();
     let (server_cpu0, load_cpu0) = (server.cpu_secs(), common::cpu_secs_of("self"));
     for round in 1..=ROUNDS {
@@ -171,17 +239,26 @@ async fn measure(
         );
         let body = fake.notification(ChangeType::Move, "Cust1", Some(&host(round)));
         let sent = Instant::now();
-        let status = client
-            .post(&webhook)
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await?
-            .status();
-        anyhow::ensure!(
-            status.as_u16() == 204,
-            "the notification was answered {status}"
-        );
+        if target == Target::Ours {
+            let status = client
+                .post(&webhook)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await?
+                .status();
+            anyhow::ensure!(
+                status.as_u16() == 204,
+                "the notification was answered {status}"
+            );
+        } else {
+            trigger
+                .list_tenants(pb::ListTenantsRequest {
+                    page_token: host(round),
+                    ..Default::default()
+                })
+                .await?;
+        }
         let mut got = 0;
         while got < total {
             let (r, at) = tokio::time::timeout(Duration::from_secs(60), rx.recv())
@@ -203,7 +280,12 @@ async fn measure(
         t.abort();
     }
     server.stop();
-    Ok((Latency::of(&h), per_stream, server_us, load_us))
+    Ok(Measured {
+        latency: Latency::of(&h),
+        per_stream,
+        server_us,
+        load_us,
+    })
 }
 
 /// The same fan-out through a bare tokio watch channel: one task per

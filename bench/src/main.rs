@@ -9,6 +9,7 @@
 //! serve ...` runs the service exactly as `tenant-status` would, so
 //! `cargo run -p tenant-status-bench` needs no other build.
 
+mod bare_watch;
 mod cluster;
 mod common;
 mod fanout;
@@ -17,6 +18,7 @@ mod notifications;
 mod polling;
 mod soak;
 mod start;
+mod storm;
 
 use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 
@@ -44,8 +46,8 @@ enum Cmd {
     All(Opts),
     /// GetTenantState with 100,000 tenants, next to a bare tonic server.
     Lookups(Opts),
-    /// One change reaching 10,000 and 50,000 watch streams, next to bare
-    /// tokio watch channels.
+    /// One change reaching 10,000 and 50,000 watch streams, next to a bare
+    /// tonic server on a tokio watch channel.
     Fanout(Opts),
     /// Signed notifications: accepted per second and POST-to-watcher
     /// latency, next to a do-nothing handler on the same HTTP stack.
@@ -55,6 +57,9 @@ enum Cmd {
     Polling(Opts),
     /// Start to SERVING with 100,000 tenants in a state file.
     Start(Opts),
+    /// A reconnect storm: 100 watch-all streams of 100,000 tenants opened
+    /// at once while lookups go on.
+    Storm(Opts),
     /// Three replicas through a real nats-server: cross-replica latency,
     /// accepted/s, polls fleet-wide, takeover after kill -9.
     Cluster(Opts),
@@ -70,6 +75,12 @@ enum Cmd {
     /// (internal) The bare tonic server answering a constant.
     #[command(hide = true)]
     BaselineGrpc {
+        #[arg(long)]
+        addr: String,
+    },
+    /// (internal) The bare tonic server of the fan-out baseline.
+    #[command(hide = true)]
+    BaselineWatch {
         #[arg(long)]
         addr: String,
     },
@@ -107,6 +118,7 @@ fn main() -> ExitCode {
                 return tenant_status::cli::run(args).await;
             }
             Cmd::BaselineGrpc { addr } => return exit(lookups::baseline_server(&addr).await),
+            Cmd::BaselineWatch { addr } => return exit(bare_watch::server(&addr).await),
             Cmd::BaselineHttp { addr } => {
                 return exit(notifications::baseline_server(&addr).await);
             }
@@ -118,6 +130,7 @@ fn main() -> ExitCode {
                     "notifications",
                     "polling",
                     "start",
+                    "storm",
                     "cluster",
                 ],
             ),
@@ -126,6 +139,7 @@ fn main() -> ExitCode {
             Cmd::Notifications(o) => (o, vec!["notifications"]),
             Cmd::Polling(o) => (o, vec!["polling"]),
             Cmd::Start(o) => (o, vec!["start"]),
+            Cmd::Storm(o) => (o, vec!["storm"]),
             Cmd::Cluster(o) => (o, vec!["cluster"]),
             Cmd::Soak(o) => (o, vec!["soak"]),
         };
@@ -152,6 +166,7 @@ fn main() -> ExitCode {
                 "polling" => polling::run(opts.quick).await,
                 "soak" => soak::run(opts.quick).await,
                 "cluster" => cluster::run(opts.quick).await,
+                "storm" => storm::run(opts.quick).await,
                 _ => start::run(opts.quick).await,
             };
             match result {

@@ -20,7 +20,7 @@ use std::{
 };
 
 use dashmap::DashMap;
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 use crate::core::{
     store::Store,
@@ -138,7 +138,9 @@ impl Fanout {
 #[derive(Default)]
 pub(super) struct Inbox {
     dirty: Mutex<HashMap<ContextId, Slot>>,
-    notify: Notify,
+    /// The one reader's waker (an inbox has one stream): registering and
+    /// waking it takes no lock and no list of waiters, as a `Notify` does.
+    waker: AtomicWaker,
 }
 
 impl Inbox {
@@ -153,7 +155,7 @@ impl Inbox {
             (was_empty, coalesced)
         };
         if was_empty {
-            self.notify.notify_one();
+            self.waker.wake();
         }
         coalesced
     }
@@ -213,13 +215,24 @@ impl Watcher {
     /// Marks are made in revision order, so what is taken is, for each
     /// watched tenant, its latest change up to the highest revision taken.
     pub async fn changed(&self, into: &mut HashMap<ContextId, Slot>) {
-        loop {
-            let notified = self.inbox.notify.notified();
-            self.inbox.take_into(into);
-            if !into.is_empty() {
-                return;
-            }
-            notified.await;
+        std::future::poll_fn(|cx| self.poll_changed(cx, into)).await
+    }
+
+    /// `changed` for a hand-written stream: ready once something is taken
+    /// into `into`; otherwise the task is woken by the next mark. One task
+    /// at a time may wait on a watcher.
+    pub fn poll_changed(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        into: &mut HashMap<ContextId, Slot>,
+    ) -> std::task::Poll<()> {
+        // Registered before taking: a mark made after the take wakes it.
+        self.inbox.waker.register(cx.waker());
+        self.inbox.take_into(into);
+        if into.is_empty() {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
         }
     }
 

@@ -2,6 +2,7 @@
 //! no protocol: nothing here imports tonic, prost, axum, hyper or reqwest.
 
 pub mod backend;
+pub mod encoded;
 pub(crate) mod fanout;
 pub mod ledger;
 pub mod store;

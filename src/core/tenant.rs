@@ -268,6 +268,9 @@ pub struct TenantRecord {
     /// Set while the state or endpoint a notification implies holds
     /// against polls that still answer what SuperOffice said before it.
     pub hold: Option<Hold>,
+    /// The record's encoded form, made by serve/ the first time it is
+    /// sent (`core::encoded`); empty in a clone.
+    pub encoded: crate::core::encoded::EncodedOnce,
 }
 
 /// A notification's implied change, holding against lagging polls.
@@ -318,6 +321,7 @@ impl TenantRecord {
             stale: false,
             last_error: String::new(),
             hold: None,
+            encoded: Default::default(),
         }
     }
 

@@ -6,8 +6,10 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    future::Future,
     pin::Pin,
     sync::Arc,
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -129,37 +131,61 @@ pub fn watch(
         covered: floor,
         done: false,
     };
-    futures_util::stream::unfold(state, |mut st| async move {
+    WatchStream(state)
+}
+
+/// The stream itself, written by hand: an `unfold` of an async block with
+/// `select!` moved the whole state in and out and built a new inbox future
+/// for every event; this polls the same three sources in place.
+struct WatchStream(State);
+
+impl Stream for WatchStream {
+    type Item = WatchEvent;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<WatchEvent>> {
+        // Every field is Unpin (the closing future is boxed).
+        let st = &mut self.get_mut().0;
         loop {
-            if let Some(ev) = st.pending.pop_front() {
-                return Some((ev, st));
+            if !st.pending.is_empty() {
+                // Each event spends the task's tokio budget: a snapshot of
+                // 100,000 records otherwise went out in one poll after
+                // another without yielding, and every lookup queued on the
+                // same worker waited behind it (the reconnect storm).
+                let progress = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+                progress.made_progress();
+                return Poll::Ready(st.pending.pop_front());
             }
             if st.done {
-                return None;
+                return Poll::Ready(None);
             }
-            tokio::select! {
-                biased;
-                _ = st.closing.as_mut() => {
-                    // What changed before the close is still sent.
-                    st.watcher.take_now(&mut st.marks);
-                    st.queue_marked();
-                    st.done = true;
-                    st.pending.push_back(WatchEvent::Closing);
-                }
-                _ = st.watcher.changed(&mut st.marks) => st.queue_marked(),
-                _ = st.heartbeat.tick() => {
-                    // Read first, then take what is marked: every change at
-                    // or below the store's revision is in the inbox by now,
-                    // so it goes out before the heartbeat, and a client may
-                    // resume from it.
-                    let revision = st.watcher.store().revision();
-                    st.watcher.take_now(&mut st.marks);
-                    st.queue_marked();
-                    st.pending.push_back(WatchEvent::Heartbeat(revision.max(st.covered)));
-                }
+            // In this order, as a biased select: the close first.
+            if st.closing.as_mut().poll(cx).is_ready() {
+                // What changed before the close is still sent.
+                st.watcher.take_now(&mut st.marks);
+                st.queue_marked();
+                st.done = true;
+                st.pending.push_back(WatchEvent::Closing);
+                continue;
             }
+            if st.watcher.poll_changed(cx, &mut st.marks).is_ready() {
+                st.queue_marked();
+                continue;
+            }
+            if st.heartbeat.poll_tick(cx).is_ready() {
+                // Read first, then take what is marked: every change at
+                // or below the store's revision is in the inbox by now,
+                // so it goes out before the heartbeat, and a client may
+                // resume from it.
+                let revision = st.watcher.store().revision();
+                st.watcher.take_now(&mut st.marks);
+                st.queue_marked();
+                st.pending
+                    .push_back(WatchEvent::Heartbeat(revision.max(st.covered)));
+                continue;
+            }
+            return Poll::Pending;
         }
-    })
+    }
 }
 
 impl State {

@@ -179,6 +179,7 @@ fn load_record(s: SavedTenant) -> Result<TenantRecord, String> {
         stale: s.stale,
         last_error: s.last_error,
         hold,
+        encoded: Default::default(),
     })
 }
 

@@ -12,7 +12,7 @@ use subtle::{Choice, ConstantTimeEq};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    admin::metrics::Metrics,
+    admin::metrics::{Metrics, RpcHandles},
     core::backend::{LookupError, Tenants},
     core::tenant::{ChangeSource, ChangeType, ContextId, TenantRecord, TenantState},
     core::watch::WatchEvent,
@@ -28,7 +28,16 @@ pub mod pb {
         tonic::include_file_descriptor_set!("tenant_status_descriptor");
 }
 
-use pb::tenant_status_service_server::TenantStatusService;
+/// The server of the same service, generated again with the pre-encoded
+/// replies of `serve::encoded` (build.rs): what tenant-status serves.
+#[allow(clippy::all, dead_code)]
+pub(crate) mod pb_encoded {
+    include!(concat!(env!("OUT_DIR"), "/encoded/tenantstatus.v1.rs"));
+}
+
+use pb_encoded::tenant_status_service_server::{TenantStatusService, TenantStatusServiceServer};
+
+use crate::serve::encoded::{TenantReply, WatchReply};
 
 /// The most tenants one WatchTenant call may name.
 pub const MAX_WATCHED_NAMES: usize = 1000;
@@ -53,6 +62,14 @@ pub struct GrpcService<B> {
     watchers: Arc<tokio::sync::Semaphore>,
     max_watchers: usize,
     max_request_size: usize,
+    /// Each method's metric series, resolved once.
+    rpc: Rpcs,
+}
+
+struct Rpcs {
+    get: RpcHandles,
+    watch: RpcHandles,
+    list: RpcHandles,
 }
 
 /// The bearer tokens callers may present (`--grpc-token-file`): one a
@@ -109,7 +126,13 @@ impl<B: Tenants> GrpcService<B> {
         metrics: Arc<Metrics>,
         access: Option<Arc<BearerTokens>>,
     ) -> Self {
+        let rpc = Rpcs {
+            get: metrics.rpc_handles("GetTenantState"),
+            watch: metrics.rpc_handles("WatchTenant"),
+            list: metrics.rpc_handles("ListTenants"),
+        };
         Self {
+            rpc,
             tenants,
             heartbeat,
             metrics,
@@ -159,7 +182,7 @@ impl<B: Tenants> GrpcService<B> {
     /// code and time (for WatchTenant: the time to open the stream).
     async fn call<T>(
         &self,
-        method: &'static str,
+        rpc: &RpcHandles,
         allowed: Result<(), Status>,
         handler: impl std::future::Future<Output = Result<T, Status>>,
     ) -> Result<T, Status> {
@@ -172,14 +195,14 @@ impl<B: Tenants> GrpcService<B> {
             Ok(_) => tonic::Code::Ok,
             Err(s) => s.code(),
         };
-        self.metrics.rpc(method, code_name(code), started.elapsed());
+        self.metrics
+            .rpc_with(rpc, code_name(code), started.elapsed());
         result
     }
 
-    pub fn into_server(self) -> pb::tenant_status_service_server::TenantStatusServiceServer<Self> {
+    pub fn into_server(self) -> TenantStatusServiceServer<Self> {
         let max = self.max_request_size;
-        pb::tenant_status_service_server::TenantStatusServiceServer::new(self)
-            .max_decoding_message_size(max)
+        TenantStatusServiceServer::new(self).max_decoding_message_size(max)
     }
 }
 
@@ -197,17 +220,16 @@ fn lookup_status(e: LookupError) -> Status {
     }
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchTenantResponse, Status>> + Send>>;
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchReply, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl<B: Tenants> TenantStatusService for GrpcService<B> {
     async fn get_tenant_state(
         &self,
         request: Request<pb::GetTenantStateRequest>,
-    ) -> Result<Response<pb::GetTenantStateResponse>, Status> {
+    ) -> Result<Response<TenantReply>, Status> {
         let allowed = self.authorize(&request);
-        self.call("GetTenantState", allowed, self.get(request))
-            .await
+        self.call(&self.rpc.get, allowed, self.get(request)).await
     }
 
     type WatchTenantStream = WatchStream;
@@ -217,7 +239,8 @@ impl<B: Tenants> TenantStatusService for GrpcService<B> {
         request: Request<pb::WatchTenantRequest>,
     ) -> Result<Response<Self::WatchTenantStream>, Status> {
         let allowed = self.authorize(&request);
-        self.call("WatchTenant", allowed, self.watch(request)).await
+        self.call(&self.rpc.watch, allowed, self.watch(request))
+            .await
     }
 
     async fn list_tenants(
@@ -225,27 +248,28 @@ impl<B: Tenants> TenantStatusService for GrpcService<B> {
         request: Request<pb::ListTenantsRequest>,
     ) -> Result<Response<pb::ListTenantsResponse>, Status> {
         let allowed = self.authorize(&request);
-        self.call("ListTenants", allowed, async { self.list(request) })
+        self.call(&self.rpc.list, allowed, async { self.list(request) })
             .await
     }
 }
 
 impl<B: Tenants> GrpcService<B> {
-    #[tracing::instrument(name = "GetTenantState", skip_all, fields(tenant = tracing::field::Empty))]
+    // The calls' spans are DEBUG: at the default INFO filter a span per call
+    // (made, its field formatted, closed) is a cost Health/Check does not
+    // pay, and nothing inside a call logs at INFO or above.
+    #[tracing::instrument(name = "GetTenantState", level = "debug", skip_all, fields(tenant = tracing::field::Empty))]
     async fn get(
         &self,
         request: Request<pb::GetTenantStateRequest>,
-    ) -> Result<Response<pb::GetTenantStateResponse>, Status> {
+    ) -> Result<Response<TenantReply>, Status> {
         let ctx = parse_ctx("context_identifier", &request.get_ref().context_identifier)?;
         // Recorded only once valid: raw input never reaches a log line.
         tracing::Span::current().record("tenant", ctx.as_str());
         let record = self.tenants.lookup(&ctx).await.map_err(lookup_status)?;
-        Ok(Response::new(pb::GetTenantStateResponse {
-            tenant: Some(tenant_to_pb(&record)),
-        }))
+        Ok(Response::new(TenantReply::new(&record)))
     }
 
-    #[tracing::instrument(name = "WatchTenant", skip_all, fields(tenants = tracing::field::Empty))]
+    #[tracing::instrument(name = "WatchTenant", level = "debug", skip_all, fields(tenants = tracing::field::Empty))]
     async fn watch(
         &self,
         request: Request<pb::WatchTenantRequest>,
@@ -293,7 +317,7 @@ impl<B: Tenants> GrpcService<B> {
                     )),
                     other => {
                         metrics.event_sent();
-                        Ok(event_to_pb(other))
+                        Ok(WatchReply::new(&other))
                     }
                 }
             },
@@ -301,7 +325,7 @@ impl<B: Tenants> GrpcService<B> {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    #[tracing::instrument(name = "ListTenants", skip_all)]
+    #[tracing::instrument(name = "ListTenants", level = "debug", skip_all)]
     fn list(
         &self,
         request: Request<pb::ListTenantsRequest>,
@@ -422,7 +446,9 @@ pub fn tenant_to_pb(r: &TenantRecord) -> pb::Tenant {
     }
 }
 
-fn event_to_pb(e: WatchEvent) -> pb::WatchTenantResponse {
+/// An event as prost would build it: what `WatchReply` must encode to.
+#[cfg(test)]
+pub(crate) fn event_to_pb(e: WatchEvent) -> pb::WatchTenantResponse {
     use pb::WatchEventType as T;
     let tenant_event = |t: T, r: &TenantRecord| pb::WatchTenantResponse {
         r#type: t as i32,

@@ -1,0 +1,202 @@
+//! Scenario: a reconnect storm. 100,000 tenants; 100 watch-all streams open
+//! at once (dashboards reconnecting after a deploy) while 16 callers look
+//! tenants up. Measures the lookups' latency during the storm, the time
+//! until every stream is SYNCED, the server CPU per stream's snapshot and
+//! the server's peak memory.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use rand::{Rng, SeedableRng};
+use tenant_status::pb::{self, tenant_status_service_client::TenantStatusServiceClient};
+use tonic::transport::Channel;
+
+use crate::common::{self, Latency, Proc, Row};
+
+const CALLERS: usize = 16;
+
+pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
+    let (tenants, streams) = if quick { (1_000, 5) } else { (100_000, 100) };
+    let fake_port = common::free_port();
+    let fake = common::fake_superoffice("storm-fake", fake_port, tenants, "3600s", &[])?;
+    let file = common::tenants_file(tenants)?;
+    let (grpc, admin) = (common::free_port(), common::free_port());
+    let server = Proc::tenant_status(
+        "storm-server",
+        &common::serve_args(
+            grpc,
+            0,
+            admin,
+            &format!("http://127.0.0.1:{fake_port}"),
+            &[
+                "--tenants-file",
+                &file.display().to_string(),
+                "--poll-concurrency",
+                "64",
+            ],
+        ),
+    )?;
+    let admin_addr = format!("127.0.0.1:{admin}");
+    common::wait_until(
+        "every tenant in the store",
+        Duration::from_secs(120),
+        || {
+            let admin_addr = admin_addr.clone();
+            async move {
+                common::sum(&common::scrape(&admin_addr).await, "tenant_status_tenants")
+                    >= tenants as f64
+            }
+        },
+    )
+    .await?;
+    let url = format!("http://127.0.0.1:{grpc}");
+    let connect = || async {
+        Channel::from_shared(url.clone())?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .context("connecting")
+    };
+
+    // Lookups throughout: one connection, CALLERS in flight.
+    let lookup_channel = connect().await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let storm_on = Arc::new(AtomicBool::new(false));
+    let mut callers = Vec::new();
+    for _ in 0..CALLERS {
+        let mut client = TenantStatusServiceClient::new(lookup_channel.clone());
+        let (stop, storm_on) = (Arc::clone(&stop), Arc::clone(&storm_on));
+        callers.push(tokio::spawn(async move {
+            let mut h = common::histogram();
+            let mut rng = rand::rngs::SmallRng::from_rng(&mut rand::rng());
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("Cust{}", rng.random_range(1..=tenants));
+                let t = Instant::now();
+                let r = client
+                    .get_tenant_state(pb::GetTenantStateRequest {
+                        context_identifier: id,
+                    })
+                    .await;
+                if storm_on.load(Ordering::Relaxed) {
+                    anyhow::ensure!(r.is_ok(), "a lookup failed: {r:?}");
+                    let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+                }
+            }
+            anyhow::Ok(h)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The storm: every stream on its own connection, opened at once.
+    let mut channels = Vec::new();
+    for _ in 0..streams {
+        channels.push(connect().await?);
+    }
+    let rss_before = server.rss_kib();
+    let peak = Arc::new(AtomicU64::new(rss_before));
+    let sampler = {
+        let (peak, stop, pid) = (Arc::clone(&peak), Arc::clone(&stop), server.pid());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(common::rss_kib_of(pid), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let cpu0 = server.cpu_secs();
+    storm_on.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    let mut watchers = Vec::new();
+    for ch in channels {
+        let mut client = TenantStatusServiceClient::new(ch);
+        watchers.push(tokio::spawn(async move {
+            let mut stream = client
+                .watch_tenant(pb::WatchTenantRequest::default())
+                .await?
+                .into_inner();
+            let mut records = 0usize;
+            let mut first = None;
+            while let Some(ev) = stream.message().await? {
+                first.get_or_insert_with(Instant::now);
+                if ev.r#type == pb::WatchEventType::Synced as i32 {
+                    return anyhow::Ok((
+                        records,
+                        first.unwrap_or_else(Instant::now),
+                        Instant::now(),
+                    ));
+                }
+                records += 1;
+            }
+            anyhow::bail!("the stream ended before SYNCED")
+        }));
+    }
+    let mut last_synced = started;
+    let mut first_data = Duration::MAX;
+    for w in watchers {
+        let (records, first, synced) = w.await??;
+        anyhow::ensure!(
+            records >= tenants,
+            "a snapshot of {records} of {tenants} tenants"
+        );
+        last_synced = last_synced.max(synced);
+        first_data = first_data.min(first.duration_since(started));
+    }
+    let all_synced = last_synced.duration_since(started);
+    let cpu = server.cpu_secs() - cpu0;
+    storm_on.store(false, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let mut h = common::histogram();
+    for c in callers {
+        h.add(c.await??)?;
+    }
+    let _ = sampler.await;
+    server.stop();
+    fake.stop();
+
+    let lat = Latency::of(&h);
+    // Lookups' own CPU is in it too: an upper bound of the snapshots' cost.
+    let per_stream_ms = cpu * 1000.0 / streams as f64;
+    let peak_mib = peak.load(Ordering::Relaxed).saturating_sub(rss_before) as f64 / 1024.0;
+    let s = "6 storm";
+    Ok(vec![
+        Row::new(
+            s,
+            &format!(
+                "{tenants} tenants, {streams} watch-all streams at once: GetTenantState p50 / p99 / max during it ({CALLERS} callers)"
+            ),
+            format!(
+                "{:.2} / {:.2} / {:.2} ms ({} lookups)",
+                lat.p50_ms, lat.p99_ms, lat.max_ms, lat.count
+            ),
+            String::new(),
+            "p99 < 10 ms, max < 50 ms",
+            Some(lat.p99_ms < 10.0 && lat.max_ms < 50.0),
+        ),
+        Row::new(
+            s,
+            "first snapshot data / every stream SYNCED",
+            format!(
+                "{:.2} s / {:.2} s",
+                first_data.as_secs_f64(),
+                all_synced.as_secs_f64()
+            ),
+            String::new(),
+            "",
+            None,
+        ),
+        Row::new(
+            s,
+            "server CPU per stream (snapshot, lookups included) / peak memory over idle",
+            format!("{per_stream_ms:.0} ms / {peak_mib:.0} MiB"),
+            String::new(),
+            "<= 30 ms a stream",
+            Some(per_stream_ms <= 30.0),
+        ),
+    ])
+}
