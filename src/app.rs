@@ -249,8 +249,9 @@ impl Application {
                 let ledger = cluster.ledger();
                 let handle = tracker.poller().clone();
                 let polling = Background::spawn(|stop| poller.run(stop));
+                let configured = config.tenants.clone();
                 let sharing = Background::spawn(|stop| async move {
-                    let _ = cluster.start(handle, stop).await;
+                    let _ = cluster.start(handle, &configured, stop).await;
                 });
                 // The configured tenants are tracked fleet-wide; their
                 // pollers are the holders of their partitions.

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     admin::metrics::ClusterMetrics,
-    core::{store::Store, tenant::ContextId},
+    core::{ledger::Removal, store::Store, tenant::ContextId},
     superoffice::poller::PollerHandle,
 };
 
@@ -106,6 +106,11 @@ impl Leases {
 
 pub(super) struct LeaseKeeper {
     pub(super) kv: kv::Store,
+    pub(super) interest_kv: kv::Store,
+    pub(super) interest: Arc<std::sync::RwLock<std::collections::HashSet<ContextId>>>,
+    /// The configured tenants (`--tenant`, `--tenants-file`): tracked for
+    /// good, whoever watches them.
+    pub(super) configured: std::collections::HashSet<ContextId>,
     pub(super) leases: Arc<Leases>,
     pub(super) store: Arc<Store>,
     pub(super) caught_up: watch::Receiver<bool>,
@@ -140,6 +145,7 @@ impl LeaseKeeper {
         if let Err(e) = self.kv.put(self.member_key(), id.clone()).await {
             tracing::warn!(error = %e, "could not renew this replica's membership");
         }
+        self.share_interest().await;
         // Renew what is held; a refusal or no answer is a loss. A lease
         // this replica's clock had given up on (a round late: a busy
         // machine) but that is still its own is taken again: its poller
@@ -232,6 +238,44 @@ impl LeaseKeeper {
             tracing::info!(partitions = ?taken, members, held = self.leases.count(), "took partition leases");
         }
         self.finish(&taken, poller);
+    }
+
+    /// Says which unknown tenants this replica's streams watch by name, and
+    /// reads which ones any replica's do: the poller of such a tenant keeps
+    /// it tracked while anyone in the fleet watches it.
+    async fn share_interest(&self) {
+        let shared = self
+            .store
+            .unknown_watched_by_name()
+            .into_iter()
+            .filter(|c| {
+                !self.configured.contains(c)
+                    && self
+                        .store
+                        .get(c)
+                        .is_some_and(|r| Removal::UnknownUnnamed.applies_to(&r))
+            });
+        for ctx in shared {
+            let key = format!("{ctx}.{}", self.leases.id);
+            if let Err(e) = self.interest_kv.put(key, Bytes::new()).await {
+                tracing::debug!(tenant = %ctx, error = %e, "could not share a watch's interest");
+            }
+        }
+        let keys = match self.interest_kv.keys().await {
+            Ok(keys) => keys.try_collect::<Vec<String>>().await,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not read the fleet's watched unknown tenants");
+                return;
+            }
+        };
+        if let Ok(keys) = keys {
+            let watched = keys
+                .iter()
+                .filter_map(|k| k.split('.').next())
+                .filter_map(|c| ContextId::parse(c).ok())
+                .collect();
+            *self.interest.write().unwrap_or_else(|e| e.into_inner()) = watched;
+        }
     }
 
     /// The end of a round: the tenants of partitions taken are scheduled.

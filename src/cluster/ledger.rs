@@ -57,6 +57,9 @@ pub(crate) struct SharedLedger {
     /// True once this replica has been cut off from NATS for longer than
     /// a lease TTL (see `Cluster::start`'s monitor).
     pub(super) detached: watch::Receiver<bool>,
+    /// Unknown tenants some replica's stream watches by name, as the lease
+    /// keeper last read them from the `interest` bucket.
+    pub(super) interest: Arc<std::sync::RwLock<std::collections::HashSet<ContextId>>>,
 }
 
 /// A record's freshness as the `observed` bucket keeps it.
@@ -413,5 +416,12 @@ impl Ledger for SharedLedger {
 
     fn polls(&self, ctx: &ContextId) -> bool {
         self.leases.owns(ctx)
+    }
+
+    fn watched_elsewhere(&self, ctx: &ContextId) -> bool {
+        self.interest
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(ctx)
     }
 }

@@ -13,6 +13,10 @@
 //!   by every other.
 //! - `leases` bucket (max_age = the lease TTL): the poll partitions' leases
 //!   and the replicas' membership, renewed with compare-and-set.
+//! - `interest` bucket (max_age = the lease TTL): `<tenant>.<replica>` for
+//!   each tenant SuperOffice does not know that a stream of that replica
+//!   watches by name, renewed with the leases, so the replica polling it
+//!   keeps it tracked while anyone in the fleet watches it.
 //!
 //! Every write goes to the bucket first (`ledger`), compare-and-set on the
 //! revision, merged and retried on conflict; each replica's store follows
@@ -31,7 +35,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    admin::metrics::ClusterMetrics, core::store::Store, superoffice::poller::PollerHandle,
+    admin::metrics::ClusterMetrics,
+    core::{store::Store, tenant::ContextId},
+    superoffice::poller::PollerHandle,
 };
 
 mod lease;
@@ -137,6 +143,8 @@ impl Cluster {
         let observed = open_bucket(&js, file("observed", Duration::from_secs(24 * 3600))).await?;
         let tokens = open_bucket(&js, file("tokens", Duration::from_secs(48 * 3600))).await?;
         let leases_kv = open_bucket(&js, file("leases", config.lease_ttl)).await?;
+        let interest_kv = open_bucket(&js, file("interest", config.lease_ttl)).await?;
+        let interest = Arc::new(std::sync::RwLock::new(std::collections::HashSet::new()));
         // The bucket's expiry is what ends a dead replica's leases: every
         // replica must time its renewals by it, whatever its own flag says.
         let lease_ttl = match js.get_stream(format!("KV_{prefix}-leases")).await {
@@ -172,6 +180,7 @@ impl Cluster {
             metrics: Arc::clone(&metrics),
             notification_hold,
             detached: detached_rx,
+            interest: Arc::clone(&interest),
         });
         Ok(Self {
             ledger,
@@ -197,6 +206,9 @@ impl Cluster {
             },
             leases: lease::LeaseKeeper {
                 kv: leases_kv,
+                interest_kv,
+                interest,
+                configured: Default::default(),
                 leases,
                 store,
                 caught_up: caught_rx,
@@ -232,17 +244,19 @@ impl Cluster {
     pub fn start(
         self,
         poller: PollerHandle,
+        configured: &[ContextId],
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let Self {
             mirror,
             observed_mirror,
-            leases,
+            mut leases,
             client,
             detached,
             lease_ttl,
             ..
         } = self;
+        leases.configured = configured.iter().cloned().collect();
         tokio::spawn(async move {
             let _ = tokio::join!(
                 mirror.run(poller.clone(), stop.clone()),

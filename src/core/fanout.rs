@@ -123,6 +123,10 @@ impl Fanout {
         self.named.contains_key(ctx)
     }
 
+    pub(super) fn named(&self) -> Vec<ContextId> {
+        self.named.iter().map(|e| e.key().clone()).collect()
+    }
+
     pub(super) fn coalesced(&self) -> u64 {
         self.coalesced.load(Ordering::Relaxed)
     }

@@ -106,6 +106,13 @@ pub trait Ledger: Send + Sync + 'static {
         None
     }
 
+    /// Whether a stream of another process watches `ctx` by name: among
+    /// replicas, an unknown tenant one replica's client watches is kept
+    /// by the replica that polls it. Alone: no other process.
+    fn watched_elsewhere(&self, _ctx: &ContextId) -> bool {
+        false
+    }
+
     /// Whether this process polls `ctx` on its schedule. Alone, always;
     /// among replicas, only while it holds the lease of the tenant's
     /// partition, so each tenant is polled once fleet-wide.

@@ -450,6 +450,16 @@ impl Store {
         self.fanout.watched_by_name(ctx)
     }
 
+    /// The tracked tenants SuperOffice does not know that a stream of this
+    /// process watches by name (what keeps them tracked).
+    pub fn unknown_watched_by_name(&self) -> Vec<ContextId> {
+        self.fanout
+            .named()
+            .into_iter()
+            .filter(|c| self.get(c).is_some_and(|r| r.state == TenantState::Unknown))
+            .collect()
+    }
+
     pub(super) fn fanout(&self) -> &Fanout {
         &self.fanout
     }

@@ -563,7 +563,13 @@ impl Poller {
                         .policy
                         .after_failure(failures, None, &mut self.rng)
                         .min(self.policy.max_interval);
-                    let watched = self.store.watched_by_name(&ctx);
+                    let elsewhere = self.ledger.watched_elsewhere(&ctx);
+                    if elsewhere {
+                        // Tracked for another replica's watcher: this
+                        // replica polls it, so it keeps the books on it.
+                        self.unknowns.admit(&ctx);
+                    }
+                    let watched = self.store.watched_by_name(&ctx) || elsewhere;
                     match self
                         .unknowns
                         .verdict(&ctx, watched, std::time::Instant::now())

@@ -608,3 +608,47 @@ async fn a_confirming_poll_wakes_no_watcher_in_the_fleet_but_refreshes_every_rep
     }
     assert!(heartbeats > 0);
 }
+
+#[tokio::test]
+async fn an_unknown_tenant_watched_on_one_replica_is_kept_by_whichever_polls_it() {
+    let Some(bin) = nats::required("an_unknown_tenant_watched_on_one_replica_is_kept") else {
+        return;
+    };
+    let server = Nats::start(&bin, "interest").await;
+    // The fake knows none of them.
+    let (fake, _) = FakeSuperOffice::start().await.unwrap();
+    let apps = replicas(&fake, &[server.url()], 2, |c| {
+        c.policy.forget_unknown_after = Duration::from_secs(1);
+    })
+    .await;
+    let (a, b) = (&apps[0], &apps[1]);
+    balanced(&[a, b]).await;
+    // Ten names: about half fall in partitions replica A polls.
+    let names: Vec<String> = (0..10).map(|i| format!("Nobody{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut watch = b.watch(&refs, 0).await.unwrap();
+    next_matching(&mut watch, "SYNCED", |e: &pb::WatchTenantResponse| {
+        kind(e) == pb::WatchEventType::Synced
+    })
+    .await;
+    // Well past --forget-unknown-after, and several polls each: the
+    // replica polling a name keeps it while a stream on B watches it.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for n in &names {
+        assert!(a.store.contains(n), "{n} forgotten on A while B watches it");
+        assert!(b.store.contains(n), "{n} forgotten on B while B watches it");
+    }
+    // Once nobody watches them, they are forgotten fleet-wide.
+    drop(watch);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while names
+        .iter()
+        .any(|n| a.store.contains(n) || b.store.contains(n))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "unwatched unknown tenants were never forgotten"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
