@@ -183,6 +183,42 @@ pub fn serve_args(
     args
 }
 
+/// The fake SuperOffice serving `tenants` (ValidUntil an hour, so polling
+/// stays out of the measurement) and tenant-status tracking them all, each
+/// its own process, once every tenant is in the store. Returns both, the
+/// gRPC port and the admin address.
+pub async fn loaded_server(
+    name: &str,
+    tenants: usize,
+) -> anyhow::Result<(Proc, Proc, u16, String)> {
+    let fake_port = free_port();
+    let fake = fake_superoffice(&format!("{name}-fake"), fake_port, tenants, "3600s", &[])?;
+    let file = tenants_file(tenants)?;
+    let (grpc, admin) = (free_port(), free_port());
+    let server = Proc::tenant_status(
+        &format!("{name}-server"),
+        &serve_args(
+            grpc,
+            0,
+            admin,
+            &format!("http://127.0.0.1:{fake_port}"),
+            &[
+                "--tenants-file",
+                &file.display().to_string(),
+                "--poll-concurrency",
+                "64",
+            ],
+        ),
+    )?;
+    let admin_addr = format!("127.0.0.1:{admin}");
+    wait_until("every tenant in the store", Duration::from_secs(120), || {
+        let admin_addr = admin_addr.clone();
+        async move { sum(&scrape(&admin_addr).await, "tenant_status_tenants") >= tenants as f64 }
+    })
+    .await?;
+    Ok((fake, server, grpc, admin_addr))
+}
+
 /// The flags of a service under notification load: tokens signed with the
 /// key of `cert` by `issuer`, a replay memory large enough for the run, and
 /// no rate limits (the load comes from one address, far above a client's

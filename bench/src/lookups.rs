@@ -23,7 +23,7 @@ use tenant_status::pb::{
 use tonic::{Request, Response, Status, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::common::{self, Latency, Proc, Row};
+use crate::common::{self, Latency, Row};
 
 const CONNECTIONS: usize = 16;
 const IN_FLIGHT: usize = 256;
@@ -38,38 +38,7 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
 
     // The fake SuperOffice and tenant-status, each its own process. A long
     // ValidUntil keeps polling out of the measurement.
-    let fake_port = common::free_port();
-    let fake = common::fake_superoffice("lookups-fake", fake_port, tenants, "3600s", &[])?;
-    let file = common::tenants_file(tenants)?;
-    let (grpc, admin) = (common::free_port(), common::free_port());
-    let server = Proc::tenant_status(
-        "lookups-server",
-        &common::serve_args(
-            grpc,
-            0,
-            admin,
-            &format!("http://127.0.0.1:{fake_port}"),
-            &[
-                "--tenants-file",
-                &file.display().to_string(),
-                "--poll-concurrency",
-                "64",
-            ],
-        ),
-    )?;
-    let admin_addr = format!("127.0.0.1:{admin}");
-    common::wait_until(
-        "every tenant in the store",
-        Duration::from_secs(120),
-        || {
-            let admin_addr = admin_addr.clone();
-            async move {
-                common::sum(&common::scrape(&admin_addr).await, "tenant_status_tenants")
-                    >= tenants as f64
-            }
-        },
-    )
-    .await?;
+    let (fake, server, grpc, _admin) = common::loaded_server("lookups", tenants).await?;
     let ids: Arc<Vec<String>> = Arc::new((1..=tenants).map(|i| format!("Cust{i}")).collect());
     let addr = format!("127.0.0.1:{grpc}");
     // Ours and Check in turns (two halves each), so a machine that gets

@@ -17,44 +17,13 @@ use rand::{Rng, SeedableRng};
 use tenant_status::pb::{self, tenant_status_service_client::TenantStatusServiceClient};
 use tonic::transport::Channel;
 
-use crate::common::{self, Latency, Proc, Row};
+use crate::common::{self, Latency, Row};
 
 const CALLERS: usize = 16;
 
 pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
     let (tenants, streams) = if quick { (1_000, 5) } else { (100_000, 100) };
-    let fake_port = common::free_port();
-    let fake = common::fake_superoffice("storm-fake", fake_port, tenants, "3600s", &[])?;
-    let file = common::tenants_file(tenants)?;
-    let (grpc, admin) = (common::free_port(), common::free_port());
-    let server = Proc::tenant_status(
-        "storm-server",
-        &common::serve_args(
-            grpc,
-            0,
-            admin,
-            &format!("http://127.0.0.1:{fake_port}"),
-            &[
-                "--tenants-file",
-                &file.display().to_string(),
-                "--poll-concurrency",
-                "64",
-            ],
-        ),
-    )?;
-    let admin_addr = format!("127.0.0.1:{admin}");
-    common::wait_until(
-        "every tenant in the store",
-        Duration::from_secs(120),
-        || {
-            let admin_addr = admin_addr.clone();
-            async move {
-                common::sum(&common::scrape(&admin_addr).await, "tenant_status_tenants")
-                    >= tenants as f64
-            }
-        },
-    )
-    .await?;
+    let (fake, server, grpc, _admin) = common::loaded_server("storm", tenants).await?;
     let url = format!("http://127.0.0.1:{grpc}");
     let connect = || async {
         Channel::from_shared(url.clone())?
