@@ -91,7 +91,20 @@ pub fn cpu_secs_of(pid: &str) -> f64 {
     ticks / 100.0
 }
 
+/// A port free now, for a child process to listen on, chosen below the
+/// kernel's ephemeral range (32768-60999 on Linux): a port taken from that
+/// range and let go can be handed to any outgoing connection (the load's
+/// thousands of them) before the child binds it, which failed a CI run's
+/// polling scenario with "Address already in use".
 pub fn free_port() -> u16 {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rng.random_range(20_000..32_000u16);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

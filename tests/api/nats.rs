@@ -46,7 +46,19 @@ pub fn required(test: &str) -> Option<PathBuf> {
     }
 }
 
+/// A port free now, below the kernel's ephemeral range (32768-60999 on
+/// Linux), so no outgoing connection can be handed it before nats-server
+/// binds it.
 fn free_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let start = std::process::id() % 12_000;
+    for _ in 0..12_000 {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = 20_000 + (start + n.wrapping_mul(7)) % 12_000;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
