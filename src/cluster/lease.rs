@@ -94,6 +94,13 @@ impl Leases {
         };
     }
 
+    fn holds(&self, p: u16) -> bool {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&p)
+    }
+
     fn count(&self) -> usize {
         self.held.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
@@ -211,7 +218,7 @@ impl LeaseKeeper {
                 break;
             }
             let p = (start + i) % PARTITIONS;
-            if self.leases.snapshot().contains_key(&p) {
+            if self.leases.holds(p) {
                 continue;
             }
             let sent = Instant::now();

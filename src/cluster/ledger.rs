@@ -12,13 +12,12 @@
 
 use std::{
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures_util::FutureExt;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::lease::Leases;
@@ -62,44 +61,6 @@ pub(crate) struct SharedLedger {
     pub(super) interest: Arc<std::sync::RwLock<std::collections::HashSet<ContextId>>>,
 }
 
-/// A record's freshness as the `observed` bucket keeps it.
-#[derive(Serialize, Deserialize)]
-pub(super) struct SavedFreshness {
-    /// Unix milliseconds.
-    observed_at: u64,
-    valid_until: Option<u64>,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    last_error: String,
-}
-
-fn millis(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-impl SavedFreshness {
-    pub(super) fn decode(bytes: &[u8]) -> Option<Freshness> {
-        let s: SavedFreshness = serde_json::from_slice(bytes).ok()?;
-        Some(Freshness {
-            observed_at: UNIX_EPOCH + Duration::from_millis(s.observed_at),
-            valid_until: s.valid_until.map(|v| UNIX_EPOCH + Duration::from_millis(v)),
-            last_error: s.last_error,
-        })
-    }
-
-    fn encode(f: &Freshness) -> Bytes {
-        Bytes::from(
-            serde_json::to_vec(&SavedFreshness {
-                observed_at: millis(f.observed_at),
-                valid_until: f.valid_until.map(millis),
-                last_error: f.last_error.clone(),
-            })
-            .unwrap_or_default(),
-        )
-    }
-}
-
 /// What one attempt of a compare-and-set came to.
 enum Attempt {
     Written(u64),
@@ -115,7 +76,7 @@ impl SharedLedger {
     }
 
     fn connected(&self) -> Result<(), WriteError> {
-        if self.client.connection_state() == async_nats::connection::State::Connected {
+        if super::is_connected(&self.client) {
             Ok(())
         } else {
             Err(self.unavailable("this replica is not connected to NATS"))
@@ -203,7 +164,7 @@ impl SharedLedger {
                     last_error: new.last_error.clone(),
                 };
                 self.observed
-                    .put(ctx.as_str(), SavedFreshness::encode(&seen))
+                    .put(ctx.as_str(), Bytes::from(persist::encode_freshness(&seen)))
                     .await
                     .map_err(|e| {
                         self.unavailable(format!("cannot write to the shared store: {e}"))
@@ -378,7 +339,7 @@ impl Ledger for SharedLedger {
         let mut caught_up = self.caught_up.clone();
         let mut applied = self.applied.clone();
         async move {
-            if client.connection_state() != async_nats::connection::State::Connected {
+            if !super::is_connected(&client) {
                 return Err(WriteError::Unavailable(
                     "this replica has lost its connection to NATS".into(),
                 ));
@@ -398,7 +359,7 @@ impl Ledger for SharedLedger {
     }
 
     fn cut_off(&self) -> bool {
-        self.client.connection_state() != async_nats::connection::State::Connected
+        !super::is_connected(&self.client)
     }
 
     fn detached(&self) -> Option<futures_util::future::BoxFuture<'static, ()>> {

@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{lease::Leases, ledger::SavedFreshness};
+use super::lease::Leases;
 use crate::{
     admin::metrics::ClusterMetrics,
     core::{
@@ -89,8 +89,7 @@ impl Mirror {
                             () = stop.cancelled() => return,
                             next = watch.next() => next,
                             _ = check.tick() => {
-                                let connected = self.client.connection_state()
-                                    == async_nats::connection::State::Connected;
+                                let connected = super::is_connected(&self.client);
                                 if !connected {
                                     lost = true;
                                     self.caught_up.send_replace(false);
@@ -231,7 +230,7 @@ impl ObservedMirror {
                             }
                             if let (Ok(ctx), Some(seen)) = (
                                 ContextId::parse(&entry.key),
-                                SavedFreshness::decode(&entry.value),
+                                persist::decode_freshness(&entry.value),
                             ) {
                                 self.store.refresh(&ctx, &seen);
                             }

@@ -228,7 +228,7 @@ impl Cluster {
         let client = self.client.clone();
         let caught_up = self.caught_up.clone();
         Arc::new(move || {
-            if client.connection_state() != async_nats::connection::State::Connected {
+            if !is_connected(&client) {
                 Err("not connected to NATS: the webhook answers 503 and reads may be out of date")
             } else if !*caught_up.borrow() {
                 Err("has not yet read the shared store to its end")
@@ -268,6 +268,11 @@ impl Cluster {
     }
 }
 
+/// Whether the client is connected to a NATS server now.
+fn is_connected(client: &async_nats::Client) -> bool {
+    client.connection_state() == async_nats::connection::State::Connected
+}
+
 /// Marks the replica detached once it has been cut off from NATS for
 /// longer than a lease TTL (by then its partitions are another's, and what
 /// it holds may be behind); back to attached when the connection returns.
@@ -279,7 +284,7 @@ async fn watch_connection(
 ) {
     let mut lost_at: Option<Instant> = None;
     loop {
-        let connected = client.connection_state() == async_nats::connection::State::Connected;
+        let connected = is_connected(&client);
         lost_at = if connected {
             None
         } else {

@@ -20,10 +20,12 @@ use std::{
     io::Write,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize};
+
+use super::millis;
 
 use crate::core::tenant::{ChangeType, ContextId, NotificationInfo, TenantRecord};
 
@@ -80,12 +82,6 @@ pub struct Replay {
     pub notifications: Vec<Replayed>,
     pub tokens: Vec<(u64, u64)>,
     pub unreadable: usize,
-}
-
-fn millis(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Journal {
@@ -397,7 +393,10 @@ mod tests {
         // The state file holds Cust1's notification, and Cust2's first
         // (then a poll observed it Running).
         let record = |name: &str, notified_ms: u64| {
-            let mut r = crate::core::tenant::TenantRecord::unknown(&ctx(name), SystemTime::now());
+            let mut r = crate::core::tenant::TenantRecord::unknown(
+                &ctx(name),
+                std::time::SystemTime::now(),
+            );
             r.state = TenantState::Running;
             r.last_notification = Some(info(ChangeType::Suspend, notified_ms));
             Arc::new(r)

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    core::store::Store,
+    core::store::{Freshness, Store},
     core::tenant::{
         ChangeSource, ChangeType, ContextId, Hold, NotificationInfo, TenantRecord, TenantState,
     },
@@ -92,7 +92,7 @@ struct SavedNotification {
     received_at: u64,
 }
 
-fn millis(t: SystemTime) -> u64 {
+pub(super) fn millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
@@ -193,6 +193,37 @@ pub(crate) fn encode_record(r: &TenantRecord) -> Vec<u8> {
 pub(crate) fn decode_record(bytes: &[u8]) -> Result<TenantRecord, String> {
     let saved: SavedTenant = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     load_record(saved)
+}
+
+/// A record's freshness (what a confirming poll moves) as the replicas'
+/// `observed` bucket keeps it.
+#[derive(Serialize, Deserialize)]
+struct SavedFreshness {
+    /// Unix milliseconds.
+    observed_at: u64,
+    valid_until: Option<u64>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    last_error: String,
+}
+
+pub(crate) fn encode_freshness(f: &Freshness) -> Vec<u8> {
+    serde_json::to_vec(&SavedFreshness {
+        observed_at: millis(f.observed_at),
+        valid_until: f.valid_until.map(millis),
+        last_error: f.last_error.clone(),
+    })
+    .unwrap_or_default()
+}
+
+/// `None` when unreadable (a freshness is only an optimisation: the next
+/// poll brings another).
+pub(crate) fn decode_freshness(bytes: &[u8]) -> Option<Freshness> {
+    let s: SavedFreshness = serde_json::from_slice(bytes).ok()?;
+    Some(Freshness {
+        observed_at: from_millis(s.observed_at),
+        valid_until: s.valid_until.map(from_millis),
+        last_error: s.last_error,
+    })
 }
 
 /// Why a state file could not be used.
@@ -379,6 +410,17 @@ mod tests {
         ));
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn a_freshness_round_trips_and_garbage_is_none() {
+        let f = Freshness {
+            observed_at: from_millis(1_795_000_000_123),
+            valid_until: Some(from_millis(1_795_000_060_123)),
+            last_error: "state API 503".into(),
+        };
+        assert_eq!(decode_freshness(&encode_freshness(&f)), Some(f));
+        assert_eq!(decode_freshness(b"{not json"), None);
     }
 
     #[test]
