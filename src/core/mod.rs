@@ -7,4 +7,5 @@ pub(crate) mod fanout;
 pub mod ledger;
 pub mod store;
 pub mod tenant;
+pub(crate) mod turns;
 pub mod watch;

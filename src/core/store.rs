@@ -15,7 +15,7 @@
 //! - The store knows nothing of tonic, axum or reqwest.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::core::{
     fanout::{Fanout, Slot, Watcher},
     tenant::{ContextId, Observation, TenantRecord, TenantState},
+    turns::Turns,
 };
 
 /// How many removals are remembered for watchers that resume with
@@ -101,7 +102,11 @@ pub struct Store {
     revision: AtomicU64,
     /// Held (inside a tenant's shard lock) while a revision is assigned,
     /// stored and published, so changes are published in revision order.
-    order: Mutex<()>,
+    /// It guards every tracked tenant's record by its revision (the same
+    /// `Arc` as in `tenants`, replaced under this lock whenever that one
+    /// is), so that a snapshot can be read out in revision order a page at
+    /// a time instead of collected and sorted whole (the reconnect storm).
+    order: Mutex<BTreeMap<u64, Arc<TenantRecord>>>,
     /// Every watcher's inbox, marked in the ordered section.
     fanout: Fanout,
     tombstones: Mutex<VecDeque<(u64, ContextId)>>,
@@ -110,6 +115,8 @@ pub struct Store {
     /// it forgot (see `TOMBSTONES_KEPT`).
     resumable_from: AtomicU64,
     closing: CancellationToken,
+    /// Turns at sending snapshots of every tenant (`core::turns`).
+    snapshot_turns: Arc<Turns>,
     /// How long a notification's implied change holds at most.
     notification_hold: Duration,
 }
@@ -135,11 +142,12 @@ impl Store {
         Self {
             tenants: DashMap::new(),
             revision: AtomicU64::new(base),
-            order: Mutex::new(()),
+            order: Mutex::new(BTreeMap::new()),
             fanout: Fanout::default(),
             tombstones: Mutex::new(VecDeque::new()),
             resumable_from: AtomicU64::new(base),
             closing: CancellationToken::new(),
+            snapshot_turns: Arc::new(Turns::per_core()),
             notification_hold: DEFAULT_NOTIFICATION_HOLD,
         }
     }
@@ -263,13 +271,21 @@ impl Store {
             // A refresh (observed_at, valid_until, error text): no revision,
             // no wake-up.
             let record = Arc::new(new);
+            self.order
+                .lock()
+                .expect("order lock")
+                .insert(record.revision, Arc::clone(&record));
             store(entry, &record);
             return Ok(Applied { record, changed });
         }
         let mut new = new;
-        let _order = self.order.lock().expect("order lock");
+        let mut order = self.order.lock().expect("order lock");
         new.revision = self.revision.load(Ordering::Relaxed) + 1;
+        if let Some(old) = &old {
+            order.remove(&old.revision);
+        }
         let record = Arc::new(new);
+        order.insert(record.revision, Arc::clone(&record));
         store(entry, &record);
         self.fanout.publish(ctx, Slot::Present(Arc::clone(&record)));
         self.revision.store(record.revision, Ordering::Release);
@@ -284,13 +300,15 @@ impl Store {
     pub fn apply_replicated(&self, record: TenantRecord) -> bool {
         let ctx = record.context_identifier.clone();
         let entry = self.tenants.entry(ctx.clone());
-        if let dashmap::Entry::Occupied(o) = &entry
-            && o.get().revision >= record.revision
-        {
-            return false;
+        let mut order = self.order.lock().expect("order lock");
+        if let dashmap::Entry::Occupied(o) = &entry {
+            if o.get().revision >= record.revision {
+                return false;
+            }
+            order.remove(&o.get().revision);
         }
-        let _order = self.order.lock().expect("order lock");
         let record = Arc::new(record);
+        order.insert(record.revision, Arc::clone(&record));
         entry.insert(Arc::clone(&record));
         self.fanout
             .publish(&ctx, Slot::Present(Arc::clone(&record)));
@@ -303,13 +321,13 @@ impl Store {
     /// resume, even when this store never held the tenant.
     pub fn remove_replicated(&self, ctx: &ContextId, revision: u64) {
         let entry = self.tenants.entry(ctx.clone());
+        let mut order = self.order.lock().expect("order lock");
         if let dashmap::Entry::Occupied(o) = entry {
             if o.get().revision > revision {
                 return;
             }
-            o.remove();
+            order.remove(&o.remove().revision);
         }
-        let _order = self.order.lock().expect("order lock");
         self.remember_removal(ctx, revision);
         self.fanout.publish(ctx, Slot::Removed(revision));
         self.revision.fetch_max(revision, Ordering::Release);
@@ -338,7 +356,12 @@ impl Store {
         new.observed_at = seen.observed_at;
         new.valid_until = seen.valid_until;
         new.last_error.clone_from(&seen.last_error);
-        *r = Arc::new(new);
+        let new = Arc::new(new);
+        self.order
+            .lock()
+            .expect("order lock")
+            .insert(new.revision, Arc::clone(&new));
+        *r = new;
         true
     }
 
@@ -362,9 +385,9 @@ impl Store {
         if !keep_not(o.get()) {
             return None;
         }
-        let _order = self.order.lock().expect("order lock");
+        let mut order = self.order.lock().expect("order lock");
         let revision = self.revision.load(Ordering::Relaxed) + 1;
-        o.remove();
+        order.remove(&o.remove().revision);
         self.remember_removal(ctx, revision);
         self.fanout.publish(ctx, Slot::Removed(revision));
         self.revision.store(revision, Ordering::Release);
@@ -405,13 +428,50 @@ impl Store {
         })
     }
 
-    /// Every record whose revision is in `(since, through]`, in no order.
+    /// Every record whose revision is in `(since, through]`, in revision
+    /// order.
     pub fn records_between(&self, since: u64, through: u64) -> Vec<Arc<TenantRecord>> {
-        self.tenants
-            .iter()
-            .filter(|r| r.revision > since && r.revision <= through)
-            .map(|r| Arc::clone(r.value()))
-            .collect()
+        let mut out = Vec::new();
+        let mut after = since;
+        while let Some(next) = self.records_in_order(after, through, 1024, &mut out) {
+            after = next;
+        }
+        out
+    }
+
+    /// Appends to `out` at most `limit` records whose revision is in
+    /// `(after, through]`, in revision order; returns the revision to read
+    /// on after, or `None` when none is left.
+    ///
+    /// A snapshot reads its records a page at a time with this: the order
+    /// lock is held only to clone a page's `Arc`s, so writers wait
+    /// microseconds, and a stream holds one page, not every record. A
+    /// record that changes after its page was read takes a revision above
+    /// the store's, which a watcher's floor (`through`) never exceeds, so
+    /// it is left to the watcher's inbox.
+    pub fn records_in_order(
+        &self,
+        after: u64,
+        through: u64,
+        limit: usize,
+        out: &mut Vec<Arc<TenantRecord>>,
+    ) -> Option<u64> {
+        if after >= through || limit == 0 {
+            return None;
+        }
+        let start = out.len();
+        out.extend(
+            self.order
+                .lock()
+                .expect("order lock")
+                .range(after + 1..=through)
+                .take(limit)
+                .map(|(_, r)| Arc::clone(r)),
+        );
+        match out.last() {
+            Some(last) if out.len() - start == limit => Some(last.revision),
+            _ => None,
+        }
     }
 
     /// Removals after `since` that are still remembered.
@@ -471,6 +531,10 @@ impl Store {
 
     pub fn closing(&self) -> CancellationToken {
         self.closing.clone()
+    }
+
+    pub(crate) fn snapshot_turns(&self) -> &Arc<Turns> {
+        &self.snapshot_turns
     }
 }
 

@@ -22,6 +22,7 @@ use crate::{
     core::{
         fanout::{Slot, Watcher},
         store::Store,
+        turns::Place,
     },
 };
 
@@ -51,6 +52,9 @@ struct State {
     /// Marks taken from the inbox; kept between rounds for its capacity.
     marks: HashMap<ContextId, Slot>,
     pending: VecDeque<WatchEvent>,
+    /// A watch of every tenant's snapshot, still being read out; SYNCED
+    /// follows it.
+    snapshot: Option<Snapshot>,
     heartbeat: Interval,
     closing: Pin<Box<WaitForCancellationFutureOwned>>,
     /// Every change of the watched tenants at or below this revision has
@@ -88,20 +92,30 @@ pub fn watch(
     };
     // Records at or below the floor are the snapshot; every change above
     // it is marked in the inbox and follows SYNCED.
-    if watcher.names().is_empty() {
-        pending.extend(
-            store
-                .records_between(since, floor)
-                .into_iter()
-                .map(WatchEvent::Snapshot),
-        );
+    let snapshot = if watcher.names().is_empty() {
+        // Every tenant: read from the store's revision order a page at a
+        // time as the client takes it, never collected whole (100 watchers
+        // of 100,000 tenants held 4 MB each, and built and sorted them in
+        // the call, stalling the workers).
+        let mut removed = VecDeque::new();
         if since > 0 {
             for (rev, ctx) in store.removed_since(since) {
                 if rev <= floor && !store.contains(&ctx) {
-                    pending.push_back(WatchEvent::Removed(ctx, rev));
+                    removed.push_back((rev, ctx));
                 }
             }
+            removed
+                .make_contiguous()
+                .sort_unstable_by_key(|(rev, _)| *rev);
         }
+        Some(Snapshot {
+            place: store.snapshot_turns().place(),
+            after: Some(since),
+            through: floor,
+            page: Vec::new(),
+            next: 0,
+            removed,
+        })
     } else {
         for n in watcher.names() {
             match store.get(n) {
@@ -117,9 +131,10 @@ pub fn watch(
                 None => {}
             }
         }
-    }
-    sort_by_revision(&mut pending);
-    pending.push_back(WatchEvent::Synced(floor));
+        sort_by_revision(&mut pending);
+        pending.push_back(WatchEvent::Synced(floor));
+        None
+    };
     let mut hb = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     hb.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let state = State {
@@ -127,6 +142,7 @@ pub fn watch(
         watcher,
         marks: HashMap::new(),
         pending,
+        snapshot,
         heartbeat: hb,
         covered: floor,
         done: false,
@@ -157,6 +173,32 @@ impl Stream for WatchStream {
             }
             if st.done {
                 return Poll::Ready(None);
+            }
+            if let Some(snap) = &mut st.snapshot {
+                // Looked at between pages, not for every record.
+                if snap.at_page_end() {
+                    if st.closing.as_mut().poll(cx).is_ready() {
+                        // Cut short: no SYNCED, and none of the changes
+                        // above the floor, which would leave a gap below
+                        // them. The snapshot went out in revision order, so
+                        // its last revision is a safe place to resume from.
+                        st.snapshot = None;
+                        st.done = true;
+                        st.pending.push_back(WatchEvent::Closing);
+                        continue;
+                    }
+                    std::task::ready!(snap.place.poll_turn(cx));
+                }
+                let progress = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+                progress.made_progress();
+                match snap.next(st.watcher.store()) {
+                    Some(event) => return Poll::Ready(Some(event)),
+                    None => {
+                        // Dropped: its turn goes to the next in line.
+                        st.snapshot = None;
+                        return Poll::Ready(Some(WatchEvent::Synced(st.covered)));
+                    }
+                }
             }
             // In this order, as a biased select: the close first.
             if st.closing.as_mut().poll(cx).is_ready() {
@@ -207,6 +249,60 @@ impl State {
         if let Some(last) = self.pending.back() {
             self.covered = self.covered.max(event_revision(last));
         }
+    }
+}
+
+/// The snapshot of a watch of every tenant, read from the store in
+/// revision order a page at a time, merged with the removals a resume
+/// must be told of.
+struct Snapshot {
+    /// Its place in line for a turn at sending (`core::turns`), taken
+    /// before each page.
+    place: Place,
+    /// Where the next page starts (after this revision); `None` once the
+    /// store has no more at or below `through`.
+    after: Option<u64>,
+    through: u64,
+    page: Vec<Arc<TenantRecord>>,
+    /// The next record of `page` to go out.
+    next: usize,
+    /// Removals in `(since, through]`, in revision order.
+    removed: VecDeque<(u64, ContextId)>,
+}
+
+/// Records read from the store at a time: the order lock is held only to
+/// copy this many names.
+const SNAPSHOT_PAGE: usize = 256;
+
+impl Snapshot {
+    fn next(&mut self, store: &Store) -> Option<WatchEvent> {
+        if self.at_page_end()
+            && let Some(after) = self.after
+        {
+            self.page.clear();
+            self.next = 0;
+            self.after = store.records_in_order(after, self.through, SNAPSHOT_PAGE, &mut self.page);
+        }
+        let record = self.page.get(self.next);
+        match (record, self.removed.front()) {
+            (Some(r), Some((rev, _))) if *rev < r.revision => self.removed_event(),
+            (Some(r), _) => {
+                self.next += 1;
+                Some(WatchEvent::Snapshot(Arc::clone(r)))
+            }
+            (None, Some(_)) => self.removed_event(),
+            (None, None) => None,
+        }
+    }
+
+    fn at_page_end(&self) -> bool {
+        self.next == self.page.len()
+    }
+
+    fn removed_event(&mut self) -> Option<WatchEvent> {
+        self.removed
+            .pop_front()
+            .map(|(rev, ctx)| WatchEvent::Removed(ctx, rev))
     }
 }
 
@@ -429,5 +525,136 @@ mod tests {
             "{:?}",
             events[0]
         );
+    }
+
+    /// A watch of every tenant reads its snapshot a page at a time: it
+    /// goes out in revision order with the removals a resume is owed in
+    /// their places, and a tenant changed or removed while the snapshot is
+    /// read goes out once, after SYNCED.
+    #[tokio::test]
+    async fn a_snapshot_read_in_pages_is_ordered_complete_and_followed_by_what_changed() {
+        let store = Arc::new(Store::new());
+        let names: Vec<_> = (0..1000).map(|i| ctx(&format!("Cust{i}"))).collect();
+        for n in &names {
+            change(&store, n, "https://a");
+        }
+        let since = store.revision();
+        // After `since`: a third changed, a seventh removed, in turns.
+        let mut owed: HashMap<ContextId, u64> = HashMap::new();
+        for (i, n) in names.iter().enumerate() {
+            if i % 3 == 0 {
+                owed.insert(n.clone(), change(&store, n, "https://b"));
+            }
+            if i % 7 == 1 {
+                owed.insert(n.clone(), store.remove(n).unwrap());
+            }
+        }
+        let mut s = Box::pin(watch(
+            Arc::clone(&store),
+            vec![],
+            since,
+            Duration::from_secs(60),
+        ));
+        let mut sent: Vec<(ContextId, u64)> = vec![];
+        let record = |e: WatchEvent, sent: &mut Vec<_>| match e {
+            WatchEvent::Snapshot(r) => sent.push((r.context_identifier.clone(), r.revision)),
+            WatchEvent::Removed(n, rev) => sent.push((n, rev)),
+            other => panic!("{other:?} in the snapshot"),
+        };
+        for _ in 0..10 {
+            let e = s.next().await.unwrap();
+            record(e, &mut sent);
+        }
+        // The last of the owed changes has not gone out yet: changed again,
+        // and one more removed, while the snapshot is read.
+        let late = names[999].clone();
+        let gone = names[996].clone();
+        assert!(owed.contains_key(&late) && owed.contains_key(&gone));
+        let late_rev = change(&store, &late, "https://c");
+        let gone_rev = store.remove(&gone).unwrap();
+        owed.remove(&late);
+        owed.remove(&gone);
+        loop {
+            match s.next().await.unwrap() {
+                WatchEvent::Synced(floor) => {
+                    assert!(floor < late_rev, "SYNCED at the floor of the watch");
+                    break;
+                }
+                e => record(e, &mut sent),
+            }
+        }
+        assert!(
+            sent.windows(2).all(|w| w[0].1 < w[1].1),
+            "in revision order"
+        );
+        let got: HashMap<_, _> = sent.iter().cloned().collect();
+        assert_eq!(got.len(), sent.len(), "each tenant once");
+        assert_eq!(got, owed);
+        match s.next().await.unwrap() {
+            WatchEvent::Changed(r) => {
+                assert_eq!((r.context_identifier.clone(), r.revision), (late, late_rev))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.next().await.unwrap(), WatchEvent::Removed(gone, gone_rev));
+    }
+
+    /// A shutdown while a snapshot is read ends the stream at once, without
+    /// SYNCED or the changes above the floor (which would leave a gap below
+    /// them for a client resuming from the last revision it saw).
+    #[tokio::test]
+    async fn a_close_during_the_snapshot_ends_it_without_synced() {
+        let store = Arc::new(Store::new());
+        let names: Vec<_> = (0..600).map(|i| ctx(&format!("Cust{i}"))).collect();
+        for n in &names {
+            change(&store, n, "https://a");
+        }
+        let mut s = Box::pin(watch(
+            Arc::clone(&store),
+            vec![],
+            0,
+            Duration::from_secs(60),
+        ));
+        for _ in 0..300 {
+            assert!(matches!(s.next().await, Some(WatchEvent::Snapshot(_))));
+        }
+        change(&store, &names[0], "https://b");
+        store.close();
+        // At most the rest of the page being read, then the end.
+        let mut rest = 0;
+        loop {
+            match s.next().await {
+                Some(WatchEvent::Snapshot(_)) => rest += 1,
+                Some(WatchEvent::Closing) => break,
+                other => panic!("{other:?} after the close"),
+            }
+        }
+        assert!(rest < SNAPSHOT_PAGE, "{rest} records after the close");
+        assert_eq!(s.next().await, None);
+    }
+
+    /// The store reads records in revision order a page at a time, and
+    /// leaves out a record that changed after the page's upper bound.
+    #[test]
+    fn records_in_order_pages_through_the_store() {
+        let store = Store::new();
+        let names: Vec<_> = (0..10).map(|i| ctx(&format!("Cust{i}"))).collect();
+        for n in &names {
+            change(&store, n, "https://a");
+        }
+        let through = store.revision();
+        change(&store, &names[4], "https://b");
+        let mut out = vec![];
+        let mut after = 0;
+        let mut pages = 0;
+        while let Some(next) = store.records_in_order(after, through, 3, &mut out) {
+            after = next;
+            pages += 1;
+        }
+        assert_eq!(pages, 3, "three full pages, then the rest");
+        let revs: Vec<u64> = out.iter().map(|r| r.revision).collect();
+        assert_eq!(revs, vec![1, 2, 3, 4, 6, 7, 8, 9, 10]);
+        assert_eq!(store.records_between(0, through).len(), 9);
+        assert_eq!(store.records_between(0, store.revision()).len(), 10);
     }
 }

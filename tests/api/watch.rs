@@ -553,3 +553,59 @@ async fn made_up_names_are_bounded_and_forgotten_once_nobody_watches_them() {
     // Room again.
     app.watch(&["Junk999"], 0).await.unwrap();
 }
+
+/// Snapshots of every tenant take turns (a few streams at a time), and a
+/// stream whose client stops reading mid-snapshot loses its turn: more
+/// such streams than there are turns still leave a reader's snapshot to
+/// arrive whole, in revision order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stop_reading_mid_snapshot_do_not_hold_up_other_snapshots() {
+    let app = spawn_app().await;
+    let now = SystemTime::now();
+    const TENANTS: usize = 3_000;
+    for i in 0..TENANTS {
+        let ctx = ContextId::parse(&format!("Cust{i}")).unwrap();
+        app.store
+            .apply_poll(&ctx, observed(&format!("https://sod2/Cust{i}")), now);
+    }
+    // Small windows: each of these stops the server's sending after 16 KiB,
+    // a few dozen records into its snapshot, and is never read.
+    let turns = 2 * std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut stuck = Vec::new();
+    for _ in 0..turns + 2 {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+            .unwrap()
+            .initial_stream_window_size(16 * 1024)
+            .initial_connection_window_size(16 * 1024)
+            .connect()
+            .await
+            .unwrap();
+        let mut client = TenantStatusServiceClient::new(channel);
+        stuck.push(
+            client
+                .watch_tenant(pb::WatchTenantRequest::default())
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut reader = app.watch(&[], 0).await.unwrap();
+    let mut revisions = Vec::new();
+    let synced = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let ev = next(&mut reader).await;
+            match kind(&ev) {
+                E::Snapshot => revisions.push(ev.revision),
+                E::Synced => return ev.revision,
+                other => panic!("{other:?} before SYNCED"),
+            }
+        }
+    })
+    .await
+    .expect("the reader's snapshot was held up by streams nobody reads");
+    assert_eq!(revisions.len(), TENANTS);
+    assert!(revisions.is_sorted());
+    assert_eq!(synced, app.store.revision());
+    drop(stuck);
+}
