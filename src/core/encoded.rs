@@ -18,8 +18,8 @@ pub struct EncodedOnce(OnceLock<Bytes>);
 impl EncodedOnce {
     /// The bytes, made by `encode` the first time (by one caller when
     /// several race; the others wait, and all get the same bytes).
-    pub fn get_or_init(&self, encode: impl FnOnce() -> Bytes) -> Bytes {
-        self.0.get_or_init(encode).clone()
+    pub fn get_or_init(&self, encode: impl FnOnce() -> Bytes) -> &Bytes {
+        self.0.get_or_init(encode)
     }
 
     /// Whether the bytes have been made.
@@ -57,8 +57,8 @@ mod tests {
     fn filled_once_and_a_clone_starts_empty() {
         let e = EncodedOnce::default();
         assert!(!e.is_filled());
-        let first = e.get_or_init(|| Bytes::from_static(b"one"));
-        let again = e.get_or_init(|| Bytes::from_static(b"two"));
+        let first = e.get_or_init(|| Bytes::from_static(b"one")).clone();
+        let again = e.get_or_init(|| Bytes::from_static(b"two")).clone();
         assert_eq!((&first[..], &again[..]), (&b"one"[..], &b"one"[..]));
         assert!(!e.clone().is_filled());
         assert_eq!(e, EncodedOnce::default());

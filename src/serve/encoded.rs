@@ -9,6 +9,8 @@
 //! wire is unchanged, and tests compare it byte for byte. Clients,
 //! reflection and grpcurl see the same messages as before.
 
+use std::sync::Arc;
+
 use bytes::{BufMut, Bytes};
 use prost::{
     Message,
@@ -21,9 +23,9 @@ use crate::{
     serve::grpc::{pb, tenant_to_pb},
 };
 
-/// The record's `Tenant` message, encoded the first time it is asked for
-/// and shared (not copied) from then on.
-pub fn tenant_bytes(r: &TenantRecord) -> Bytes {
+/// The record's `Tenant` message, encoded the first time it is asked for;
+/// every later answer and event of the record writes the same bytes.
+pub fn tenant_bytes(r: &TenantRecord) -> &Bytes {
     r.encoded
         .get_or_init(|| Bytes::from(tenant_to_pb(r).encode_to_vec()))
 }
@@ -41,22 +43,31 @@ fn message_len(tag: u32, len: usize) -> usize {
 }
 
 /// `GetTenantStateResponse { tenant: Some(..) }` from the cached bytes.
+///
+/// Holds the record itself, not a copy of anything: the lookup's `Arc`
+/// moves in, and the bytes are read in place when tonic encodes (cloning
+/// `Bytes` and identifiers for every reply cost atomic increments on
+/// cache lines both cores share).
 #[derive(Debug, Default, Clone)]
 pub struct TenantReply {
-    tenant: Bytes,
+    record: Option<Arc<TenantRecord>>,
 }
 
 impl TenantReply {
-    pub fn new(r: &TenantRecord) -> Self {
+    pub fn new(record: Arc<TenantRecord>) -> Self {
         Self {
-            tenant: tenant_bytes(r),
+            record: Some(record),
         }
+    }
+
+    fn tenant(&self) -> &[u8] {
+        self.record.as_deref().map_or(&[], |r| tenant_bytes(r))
     }
 }
 
 impl Message for TenantReply {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        put_message(1, &self.tenant, buf);
+        put_message(1, self.tenant(), buf);
     }
 
     /// Server-side only: never decoded; anything read is skipped.
@@ -71,54 +82,69 @@ impl Message for TenantReply {
     }
 
     fn encoded_len(&self) -> usize {
-        message_len(1, self.tenant.len())
+        message_len(1, self.tenant().len())
     }
 
     fn clear(&mut self) {
-        self.tenant = Bytes::new();
+        self.record = None;
     }
 }
 
 /// A `WatchTenantResponse`, its tenant (if any) from the cached bytes.
-/// Holds no `String`: the context identifier is the record's shared one.
+/// Holds the event's record or identifier as they were (moved in, not
+/// cloned), and reads the bytes, identifier and revision from them.
 #[derive(Debug, Default, Clone)]
 pub struct WatchReply {
     r#type: i32,
-    tenant: Option<Bytes>,
-    context_identifier: Option<ContextId>,
+    record: Option<Arc<TenantRecord>>,
+    /// A removed tenant's identifier.
+    removed: Option<ContextId>,
+    /// The revision of a marker (the record's own otherwise).
     revision: u64,
 }
 
 impl WatchReply {
     /// The reply for `e`; CLOSING and DETACHED end the stream with a status
     /// instead, and map to an UNSPECIFIED event that is never sent.
-    pub fn new(e: &WatchEvent) -> Self {
+    pub fn new(e: WatchEvent) -> Self {
         use pb::WatchEventType as T;
-        let tenant = |t: T, r: &TenantRecord| Self {
+        let tenant = |t: T, r: Arc<TenantRecord>| Self {
             r#type: t as i32,
-            tenant: Some(tenant_bytes(r)),
-            context_identifier: Some(r.context_identifier.clone()),
-            revision: r.revision,
+            record: Some(r),
+            removed: None,
+            revision: 0,
         };
-        let marker = |t: T, ctx: Option<ContextId>, revision: u64| Self {
+        let marker = |t: T, removed: Option<ContextId>, revision: u64| Self {
             r#type: t as i32,
-            tenant: None,
-            context_identifier: ctx,
+            record: None,
+            removed,
             revision,
         };
         match e {
             WatchEvent::Snapshot(r) => tenant(T::Snapshot, r),
             WatchEvent::Changed(r) => tenant(T::Changed, r),
             WatchEvent::Reset => marker(T::Reset, None, 0),
-            WatchEvent::Synced(rev) => marker(T::Synced, None, *rev),
-            WatchEvent::Heartbeat(rev) => marker(T::Heartbeat, None, *rev),
-            WatchEvent::Removed(ctx, rev) => marker(T::Removed, Some(ctx.clone()), *rev),
+            WatchEvent::Synced(rev) => marker(T::Synced, None, rev),
+            WatchEvent::Heartbeat(rev) => marker(T::Heartbeat, None, rev),
+            WatchEvent::Removed(ctx, rev) => marker(T::Removed, Some(ctx), rev),
             WatchEvent::Closing | WatchEvent::Detached => marker(T::Unspecified, None, 0),
         }
     }
 
+    fn tenant(&self) -> Option<&Bytes> {
+        self.record.as_deref().map(tenant_bytes)
+    }
+
     fn ctx(&self) -> &str {
-        self.context_identifier.as_deref().unwrap_or("")
+        match (&self.record, &self.removed) {
+            (Some(r), _) => r.context_identifier.as_str(),
+            (None, Some(c)) => c.as_str(),
+            (None, None) => "",
+        }
+    }
+
+    fn revision(&self) -> u64 {
+        self.record.as_ref().map_or(self.revision, |r| r.revision)
     }
 }
 
@@ -128,7 +154,7 @@ impl Message for WatchReply {
         if self.r#type != 0 {
             encoding::int32::encode(1, &self.r#type, buf);
         }
-        if let Some(t) = &self.tenant {
+        if let Some(t) = self.tenant() {
             put_message(2, t, buf);
         }
         let ctx = self.ctx();
@@ -137,8 +163,9 @@ impl Message for WatchReply {
             encoding::encode_varint(ctx.len() as u64, buf);
             buf.put_slice(ctx.as_bytes());
         }
-        if self.revision != 0 {
-            encoding::uint64::encode(4, &self.revision, buf);
+        let revision = self.revision();
+        if revision != 0 {
+            encoding::uint64::encode(4, &revision, buf);
         }
     }
 
@@ -159,16 +186,15 @@ impl Message for WatchReply {
             encoding::int32::encoded_len(1, &self.r#type)
         } else {
             0
-        }) + self.tenant.as_ref().map_or(0, |t| message_len(2, t.len()))
+        }) + self.tenant().map_or(0, |t| message_len(2, t.len()))
             + if ctx.is_empty() {
                 0
             } else {
                 message_len(3, ctx.len())
             }
-            + if self.revision != 0 {
-                encoding::uint64::encoded_len(4, &self.revision)
-            } else {
-                0
+            + match self.revision() {
+                0 => 0,
+                revision => encoding::uint64::encoded_len(4, &revision),
             }
     }
 
@@ -239,7 +265,8 @@ mod tests {
     #[test]
     fn a_tenant_reply_is_what_prost_encodes() {
         for r in records() {
-            let ours = TenantReply::new(&r);
+            let r = Arc::new(r);
+            let ours = TenantReply::new(Arc::clone(&r));
             let prost = pb::GetTenantStateResponse {
                 tenant: Some(tenant_to_pb(&r)),
             };
@@ -247,7 +274,7 @@ mod tests {
             assert_eq!(ours.encoded_len(), prost.encoded_len());
             // Cached now: the same bytes again, shared.
             assert!(r.encoded.is_filled());
-            assert_eq!(TenantReply::new(&r).tenant.as_ptr(), ours.tenant.as_ptr());
+            assert_eq!(tenant_bytes(&r).as_ptr(), ours.tenant().as_ptr());
         }
     }
 
@@ -268,7 +295,7 @@ mod tests {
                 WatchEvent::Detached,
             ];
             for e in events {
-                let ours = WatchReply::new(&e);
+                let ours = WatchReply::new(e.clone());
                 let prost = event_to_pb(e.clone());
                 assert_eq!(ours.encode_to_vec(), prost.encode_to_vec(), "{e:?}");
                 assert_eq!(ours.encoded_len(), prost.encoded_len(), "{e:?}");
@@ -293,12 +320,12 @@ mod tests {
         };
         store.apply_poll(&c, observe("https://one"), SystemTime::now());
         let first = store.get(&c).unwrap();
-        let sent = TenantReply::new(&first).encode_to_vec();
+        let sent = TenantReply::new(first).encode_to_vec();
         // Changed, and refreshed (same revision, new observed_at).
         store.apply_poll(&c, observe("https://two"), SystemTime::now());
         let second = store.get(&c).unwrap();
         assert!(!second.encoded.is_filled());
-        let again = TenantReply::new(&second).encode_to_vec();
+        let again = TenantReply::new(Arc::clone(&second)).encode_to_vec();
         assert_ne!(sent, again);
         let decoded = pb::GetTenantStateResponse::decode(&again[..]).unwrap();
         assert_eq!(decoded.tenant.unwrap().endpoint, "https://two");
@@ -308,7 +335,7 @@ mod tests {
             ..TenantRecord::clone(&second)
         };
         assert_eq!(
-            TenantReply::new(&copy).encode_to_vec(),
+            TenantReply::new(Arc::new(copy.clone())).encode_to_vec(),
             pb::GetTenantStateResponse {
                 tenant: Some(tenant_to_pb(&copy))
             }

@@ -266,7 +266,7 @@ impl<B: Tenants> GrpcService<B> {
         // Recorded only once valid: raw input never reaches a log line.
         tracing::Span::current().record("tenant", ctx.as_str());
         let record = self.tenants.lookup(&ctx).await.map_err(lookup_status)?;
-        Ok(Response::new(TenantReply::new(&record)))
+        Ok(Response::new(TenantReply::new(record)))
     }
 
     #[tracing::instrument(name = "WatchTenant", level = "debug", skip_all, fields(tenants = tracing::field::Empty))]
@@ -317,7 +317,7 @@ impl<B: Tenants> GrpcService<B> {
                     )),
                     other => {
                         metrics.event_sent();
-                        Ok(WatchReply::new(&other))
+                        Ok(WatchReply::new(other))
                     }
                 }
             },
