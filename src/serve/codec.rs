@@ -1,10 +1,13 @@
-//! The protobuf codec of the generated service: prost's, with a 1 KiB
+//! The protobuf codec of the generated service: prost's, with a 256-byte
 //! encode buffer instead of tonic's default 8 KiB.
 //!
-//! Every open response stream keeps its encode buffer, so with tens of
-//! thousands of WatchTenant streams the default buffer alone was over
-//! 8 KiB a stream (BENCHMARKS.md, fan-out memory). Our messages are a few
-//! hundred bytes; the buffer grows when a large ListTenants page needs it.
+//! Every open response stream keeps its encode buffer: once a message has
+//! been split off to be sent, the buffer still holds the allocation it
+//! came from. With tens of thousands of WatchTenant streams the default
+//! buffer alone was over 8 KiB a stream (BENCHMARKS.md, fan-out memory),
+//! and 1 KiB was still a fifth of a stream's memory. Our messages are a few
+//! hundred bytes; the buffer grows when a snapshot or a ListTenants page
+//! needs it (a lookup's answer makes one more small allocation).
 
 use std::marker::PhantomData;
 
@@ -14,7 +17,7 @@ use tonic_prost::ProstCodec;
 
 /// Buffer size, and the yield threshold tonic's default uses.
 fn settings() -> BufferSettings {
-    BufferSettings::new(1024, 32 * 1024)
+    BufferSettings::new(256, 32 * 1024)
 }
 
 /// `tonic_prost::ProstCodec` with `settings()`; named in build.rs.
