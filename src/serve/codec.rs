@@ -1,23 +1,33 @@
-//! The protobuf codec of the generated service: prost's, with a 256-byte
+//! The protobuf codec of the generated service: prost's, with a small
 //! encode buffer instead of tonic's default 8 KiB.
 //!
 //! Every open response stream keeps its encode buffer: once a message has
 //! been split off to be sent, the buffer still holds the allocation it
 //! came from. With tens of thousands of WatchTenant streams the default
 //! buffer alone was over 8 KiB a stream (BENCHMARKS.md, fan-out memory),
-//! and 1 KiB was still a fifth of a stream's memory. Our messages are a few
-//! hundred bytes; the buffer grows when a snapshot or a ListTenants page
-//! needs it (a lookup's answer makes one more small allocation).
+//! and 1 KiB was still a fifth of a stream's memory: a watch stream's is
+//! 256 bytes, and grows when a snapshot needs it. A unary answer's buffer
+//! lives for one call: 1 KiB, so that a lookup's answer (about 300 bytes)
+//! takes one allocation.
 
-use std::marker::PhantomData;
+use std::{any::TypeId, marker::PhantomData};
 
 use prost::Message;
 use tonic::codec::{BufferSettings, Codec};
 use tonic_prost::ProstCodec;
 
-/// Buffer size, and the yield threshold tonic's default uses.
-fn settings() -> BufferSettings {
-    BufferSettings::new(256, 32 * 1024)
+/// Buffer size by what is encoded, and the yield threshold tonic's
+/// default uses.
+fn settings<T: 'static>() -> BufferSettings {
+    BufferSettings::new(buffer_size::<T>(), 32 * 1024)
+}
+
+fn buffer_size<T: 'static>() -> usize {
+    if TypeId::of::<T>() == TypeId::of::<crate::serve::encoded::WatchReply>() {
+        256
+    } else {
+        1024
+    }
 }
 
 /// `tonic_prost::ProstCodec` with `settings()`; named in build.rs.
@@ -40,10 +50,22 @@ where
     type Decoder = <ProstCodec<T, U> as Codec>::Decoder;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstCodec::<T, U>::raw_encoder(settings())
+        ProstCodec::<T, U>::raw_encoder(settings::<T>())
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstCodec::<T, U>::raw_decoder(settings())
+        ProstCodec::<T, U>::raw_decoder(settings::<U>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::encoded::{TenantReply, WatchReply};
+
+    #[test]
+    fn watch_streams_keep_a_small_buffer_and_answers_a_roomier_one() {
+        assert_eq!(buffer_size::<WatchReply>(), 256);
+        assert_eq!(buffer_size::<TenantReply>(), 1024);
     }
 }
