@@ -495,15 +495,39 @@ pub async fn watch_heads(
     channel: tonic::transport::Channel,
     request: tenant_status::pb::WatchTenantRequest,
 ) -> anyhow::Result<tonic::Streaming<WatchHead>> {
+    watch_read_as(channel, request).await
+}
+
+/// Opens WatchTenant on `channel`, each event read as a `T`: a message
+/// with some of WatchTenantResponse's fields, the rest skipped unread.
+pub async fn watch_read_as<T: prost::Message + Default + Send + 'static>(
+    channel: tonic::transport::Channel,
+    request: tenant_status::pb::WatchTenantRequest,
+) -> anyhow::Result<tonic::Streaming<T>> {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.context("connecting for WatchTenant")?;
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(
         "/tenantstatus.v1.TenantStatusService/WatchTenant",
     );
-    let codec =
-        tonic_prost::ProstCodec::<tenant_status::pb::WatchTenantRequest, WatchHead>::default();
+    let codec = tonic_prost::ProstCodec::<tenant_status::pb::WatchTenantRequest, T>::default();
     Ok(grpc
         .server_streaming(tonic::Request::new(request), path, codec)
         .await?
         .into_inner())
+}
+
+/// CPU seconds of this process's threads whose name starts with one of
+/// `prefixes` (Linux truncates names to 15 bytes).
+pub fn cpu_secs_of_threads(prefixes: &[&str]) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            prefixes.iter().any(|p| comm.starts_with(p))
+        })
+        .map(|t| cpu_secs_of(&format!("self/task/{}", t.file_name().to_string_lossy())))
+        .sum()
 }

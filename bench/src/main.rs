@@ -10,6 +10,7 @@
 //! `cargo run -p tenant-status-bench` needs no other build.
 
 mod bare_watch;
+mod burst;
 mod cluster;
 mod common;
 mod fanout;
@@ -60,6 +61,10 @@ enum Cmd {
     /// A reconnect storm: 100 watch-all streams of 100,000 tenants opened
     /// at once while lookups go on.
     Storm(Opts),
+    /// A burst of changes: 100 watch-all streams of 10,000 tenants while
+    /// they change 10,000 times a second; every stream must end on the
+    /// latest.
+    Burst(Opts),
     /// Three replicas through a real nats-server: cross-replica latency,
     /// accepted/s, polls fleet-wide, takeover after kill -9.
     Cluster(Opts),
@@ -131,6 +136,7 @@ fn main() -> ExitCode {
                     "polling",
                     "start",
                     "storm",
+                    "burst",
                     "cluster",
                 ],
             ),
@@ -140,6 +146,7 @@ fn main() -> ExitCode {
             Cmd::Polling(o) => (o, vec!["polling"]),
             Cmd::Start(o) => (o, vec!["start"]),
             Cmd::Storm(o) => (o, vec!["storm"]),
+            Cmd::Burst(o) => (o, vec!["burst"]),
             Cmd::Cluster(o) => (o, vec!["cluster"]),
             Cmd::Soak(o) => (o, vec!["soak"]),
         };
@@ -167,6 +174,7 @@ fn main() -> ExitCode {
                 "soak" => soak::run(opts.quick).await,
                 "cluster" => cluster::run(opts.quick).await,
                 "storm" => storm::run(opts.quick).await,
+                "burst" => burst::run(opts.quick).await,
                 _ => start::run(opts.quick).await,
             };
             match result {
