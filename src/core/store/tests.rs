@@ -405,3 +405,46 @@ fn a_replicated_refresh_takes_no_revision_and_never_goes_back() {
     assert_eq!(store.revision(), 3);
     assert!(!store.refresh(&ctx("Cust2"), &older), "nothing to refresh");
 }
+
+/// The revision index snapshots read holds exactly the map's records, the
+/// same `Arc`s, through every path that writes: changes, confirming polls,
+/// removals, restores and what the replicas' log brings.
+#[test]
+fn the_revision_index_holds_exactly_the_maps_records() {
+    let store = Store::new();
+    let t0 = SystemTime::now();
+    let names: Vec<_> = (0..20).map(|i| ctx(&format!("Cust{i}"))).collect();
+    for (i, n) in names.iter().enumerate() {
+        store.apply_poll(n, running(&format!("https://sod{i}")), t0);
+    }
+    // Confirming polls (same revision, a new Arc), moves, removals.
+    for (i, n) in names.iter().enumerate() {
+        let at = t0 + Duration::from_secs(1 + i as u64);
+        match i % 4 {
+            0 => drop(store.apply_poll(n, running(&format!("https://sod{i}")), at)),
+            1 => drop(store.apply_poll(n, running("https://moved"), at)),
+            2 => drop(store.remove(n)),
+            _ => {}
+        }
+    }
+    store.restore(TenantRecord::unknown(&ctx("Restored"), t0));
+    // From the log: a newer record, a removal, another replica's refresh.
+    let next = store.revision() + 1;
+    store.apply_replicated(replicated(&names[3], "https://log", next));
+    store.remove_replicated(&names[7], next + 1);
+    store.refresh(
+        &names[11],
+        &Freshness {
+            observed_at: t0 + Duration::from_secs(3600),
+            valid_until: None,
+            last_error: String::new(),
+        },
+    );
+    let indexed = store.records_between(0, store.revision());
+    let mut held = store.snapshot();
+    held.sort_by_key(|r| r.revision);
+    assert_eq!(indexed.len(), held.len());
+    for (a, b) in indexed.iter().zip(&held) {
+        assert!(Arc::ptr_eq(a, b), "{a:?} in the index, {b:?} in the map");
+    }
+}
