@@ -271,7 +271,7 @@ struct Snapshot {
 }
 
 /// Records read from the store at a time: the order lock is held only to
-/// copy this many names.
+/// clone this many `Arc`s, and a stream holds no more than this many.
 const SNAPSHOT_PAGE: usize = 256;
 
 impl Snapshot {
