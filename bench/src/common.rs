@@ -490,14 +490,6 @@ pub struct WatchHead {
     pub revision: u64,
 }
 
-/// Opens WatchTenant on `channel`, read as `WatchHead`s.
-pub async fn watch_heads(
-    channel: tonic::transport::Channel,
-    request: tenant_status::pb::WatchTenantRequest,
-) -> anyhow::Result<tonic::Streaming<WatchHead>> {
-    watch_read_as(channel, request).await
-}
-
 /// Opens WatchTenant on `channel`, each event read as a `T`: a message
 /// with some of WatchTenantResponse's fields, the rest skipped unread.
 pub async fn watch_read_as<T: prost::Message + Default + Send + 'static>(

@@ -84,7 +84,9 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
     let mut watchers = Vec::new();
     for ch in channels {
         watchers.push(tokio::spawn(async move {
-            let mut stream = common::watch_heads(ch, pb::WatchTenantRequest::default()).await?;
+            let mut stream =
+                common::watch_read_as::<common::WatchHead>(ch, pb::WatchTenantRequest::default())
+                    .await?;
             let mut records = 0usize;
             let mut first = None;
             while let Some(ev) = stream.message().await? {

@@ -429,8 +429,9 @@ impl Store {
     }
 
     /// Every record whose revision is in `(since, through]`, in revision
-    /// order.
-    pub fn records_between(&self, since: u64, through: u64) -> Vec<Arc<TenantRecord>> {
+    /// order: what tests compare snapshots and the index with.
+    #[cfg(test)]
+    pub(crate) fn records_between(&self, since: u64, through: u64) -> Vec<Arc<TenantRecord>> {
         let mut out = Vec::new();
         let mut after = since;
         while let Some(next) = self.records_in_order(after, through, 1024, &mut out) {

@@ -57,9 +57,10 @@ impl Turns {
     }
 
     /// Two turns per core. In the storm bench (BENCHMARKS.md) one or two
-    /// per core kept lookups' p99 under 10 ms and sixteen did not; fewer
-    /// turns cost more CPU per snapshot (a stream that reads the records
-    /// alone misses the caches that streams reading them together share).
+    /// per core kept lookups' p99 under 10 ms and eight per core did not;
+    /// fewer turns cost more CPU per snapshot (a stream that reads the
+    /// records alone misses the caches that streams reading them together
+    /// share).
     pub fn per_core() -> Self {
         Self::new(2 * std::thread::available_parallelism().map_or(2, |n| n.get()))
     }
