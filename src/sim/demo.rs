@@ -43,6 +43,22 @@ pub(crate) const DEMO_NOTIFICATIONS: [(u64, ChangeType, &str, Option<&str>); 5] 
     (65, ChangeType::Delete, "Cust10009", None),
 ];
 
+/// What the demo changes in a configuration, alone or as replicas: its
+/// tenants, and timings short enough to watch.
+pub(crate) fn demo_settings(config: &mut Config, args: &DemoArgs) {
+    config.heartbeat_interval = args.heartbeat_interval;
+    config.policy.min_interval = Duration::from_secs(1);
+    config.policy.settle_interval = Duration::from_secs(2);
+    config.policy.deleted_retention = Duration::from_secs(30);
+    // A hand-posted Upgrade holds against the simulator's lagging Running
+    // for a minute, not the ten of a real deployment.
+    config.webhook.notification_hold = DEMO_NOTIFICATION_HOLD;
+    config.tenants = tenants()
+        .iter()
+        .map(|t| ContextId::parse(t).expect("demo tenants are valid"))
+        .collect();
+}
+
 pub async fn run(
     args: DemoArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -61,20 +77,10 @@ pub async fn run(
     let started = Instant::now();
     script(&fake, DEMO_VALID_FOR);
     let mut config = Config::for_base_url(&fake.url())?;
+    demo_settings(&mut config, &args);
     config.grpc_addr = args.grpc_addr;
     config.webhook.addr = args.webhook_addr;
     config.admin_addr = args.admin_addr;
-    config.heartbeat_interval = args.heartbeat_interval;
-    config.policy.min_interval = Duration::from_secs(1);
-    config.policy.settle_interval = Duration::from_secs(2);
-    config.policy.deleted_retention = Duration::from_secs(30);
-    // A hand-posted Upgrade holds against the simulator's lagging Running
-    // for a minute, not the ten of a real deployment.
-    config.webhook.notification_hold = DEMO_NOTIFICATION_HOLD;
-    config.tenants = tenants()
-        .iter()
-        .map(|t| ContextId::parse(t).expect("demo tenants are valid"))
-        .collect();
     let path = config.webhook.path.clone();
     let app = Application::build(config).await?;
     let addr = app.grpc_addr();

@@ -13,9 +13,9 @@ use crate::{
     app::Application,
     cluster::ClusterConfig,
     config::{Config, DemoArgs},
-    core::tenant::{ChangeType, ContextId},
+    core::tenant::ChangeType,
     sim::{
-        demo::{DEMO_NOTIFICATION_HOLD, DEMO_NOTIFICATIONS, DEMO_VALID_FOR, script, tenants},
+        demo::{DEMO_NOTIFICATIONS, DEMO_VALID_FOR, demo_settings, script},
         superoffice::FakeSuperOffice,
     },
 };
@@ -49,15 +49,7 @@ pub async fn run(
         config.grpc_addr = shifted("--grpc-addr", &args.grpc_addr, i)?;
         config.webhook.addr = shifted("--webhook-addr", &args.webhook_addr, i)?;
         config.admin_addr = shifted("--admin-addr", &args.admin_addr, i)?;
-        config.heartbeat_interval = args.heartbeat_interval;
-        config.policy.min_interval = Duration::from_secs(1);
-        config.policy.settle_interval = Duration::from_secs(2);
-        config.policy.deleted_retention = Duration::from_secs(30);
-        config.webhook.notification_hold = DEMO_NOTIFICATION_HOLD;
-        config.tenants = tenants()
-            .iter()
-            .map(|t| ContextId::parse(t).expect("demo tenants are valid"))
-            .collect();
+        demo_settings(&mut config, &args);
         let mut cluster = ClusterConfig::new(args.nats_urls.clone(), &format!("demo-{}", i + 1));
         cluster.bucket = "tenant-status-demo".into();
         cluster.lease_ttl = Duration::from_secs(5);
