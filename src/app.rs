@@ -9,7 +9,7 @@
 //! UNAVAILABLE; the state file is written a last time; the admin listener
 //! closes last, so probes see the drain.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -24,7 +24,7 @@ use crate::{
     core::store::Store,
     core::tenant::ContextId,
     persist,
-    persist::journal::Journal,
+    persist::{Durability, journal::Journal},
     serve::server::{Health, grpc_server},
     superoffice::poller::Poller,
     superoffice::tracker::Tracker,
@@ -49,6 +49,8 @@ pub struct Application {
     poller: Poller,
     metrics: Arc<Metrics>,
     journal: Option<Arc<Journal>>,
+    /// Whether what the webhook acknowledges can be made durable now.
+    durability: Arc<Durability>,
     /// The memory of used tokens, saved with the state file.
     seen: Arc<SeenTokens>,
     /// Among replicas: the connection to the shared store.
@@ -92,18 +94,19 @@ impl Application {
         // tokens they name are remembered again, so a replay after the
         // restart is refused like one before it.
         let seen = Arc::new(SeenTokens::new(config.webhook.seen_tokens_max));
-        let journal = match &config.state_file {
-            Some(path) => {
-                restore(&store, &seen, path)?;
-                Some(replay_journal(&store, &seen, path)?)
-            }
-            None => None,
-        };
         let metrics = match &config.cluster {
             None => Metrics::new(),
             Some(_) => Metrics::new().with_cluster(),
         };
         let metrics = Arc::new(metrics);
+        let durability = Arc::new(Durability::new(Arc::clone(&metrics)));
+        let journal = match &config.state_file {
+            Some(path) => {
+                restore(&store, &seen, path)?;
+                Some(replay_journal(&store, &seen, path, &durability)?)
+            }
+            None => None,
+        };
         let cluster = match &config.cluster {
             None => None,
             Some(c) => Some(
@@ -149,6 +152,7 @@ impl Application {
         );
         let webhook = webhook
             .with_body_limits(config.webhook.max_body, config.webhook.body_timeout)
+            .with_accept_delay(config.webhook.accept_delay)
             .with_ledger(Arc::clone(&ledger));
         let webhook = match &journal {
             Some(j) => webhook.with_journal(Arc::clone(j)),
@@ -178,6 +182,7 @@ impl Application {
             poller,
             metrics,
             journal,
+            durability,
             seen,
             cluster,
         })
@@ -224,6 +229,7 @@ impl Application {
             poller,
             metrics,
             journal,
+            durability,
             seen,
             cluster,
         } = self;
@@ -269,12 +275,15 @@ impl Application {
             }
         };
         let persisting = config.state_file.clone().map(|path| {
+            let d = Arc::clone(&durability);
+            readiness.also(Arc::new(move || d.check()));
             Background::spawn(|stop| {
                 persist::run(
                     Arc::clone(&store),
                     seen,
                     path,
                     journal,
+                    durability,
                     config.state_file_interval,
                     stop,
                 )
@@ -298,15 +307,20 @@ impl Application {
         // and both public listeners stop accepting.
         let health = Health::default();
         let draining = CancellationToken::new();
+        // When the drain began: everything after it, the final save
+        // included, ends within --shutdown-timeout of it.
+        let drain_began = Arc::new(std::sync::OnceLock::new());
         let signal = {
-            let (draining, health, store, readiness) = (
+            let (draining, health, store, readiness, began) = (
                 draining.clone(),
                 health.clone(),
                 Arc::clone(&store),
                 Arc::clone(&readiness),
+                Arc::clone(&drain_began),
             );
             async move {
                 shutdown.await;
+                let _ = began.set(tokio::time::Instant::now());
                 tracing::info!(
                     "shutting down: not ready, health NOT_SERVING, ending watch streams"
                 );
@@ -341,7 +355,7 @@ impl Application {
         // requests in flight: an acknowledged notification is applied.
         let webhook_server = crate::webhook::serve(
             webhook_listener,
-            webhook.router(),
+            Arc::clone(&webhook).router(),
             crate::webhook::ConnectionLimits {
                 max_connections: config.webhook.max_connections,
                 header_timeout: config.webhook.header_timeout,
@@ -375,17 +389,41 @@ impl Application {
                 Ok(())
             }
         };
-        // Then, in order: the poller; the state file, last, so it holds
-        // everything acknowledged; the admin listener, so probes saw the
-        // drain.
-        polling.stop().await;
+        // Then, in order, all by the deadline: notifications still being
+        // accepted (their clients may be gone, their effects must be in);
+        // the poller; the state file, last, so it holds everything
+        // acknowledged; the admin listener, so probes saw the drain. What
+        // the deadline cuts short is in the journal already.
+        let deadline = drain_began
+            .get()
+            .copied()
+            .unwrap_or_else(tokio::time::Instant::now)
+            + config.shutdown_timeout;
+        let in_time = |what: &'static str| {
+            move |r: Result<(), tokio::time::error::Elapsed>| {
+                if r.is_err() {
+                    tracing::warn!(timeout = ?config.shutdown_timeout, "{what} had not finished at the shutdown deadline");
+                }
+            }
+        };
+        in_time("notifications being accepted")(
+            tokio::time::timeout_at(deadline, webhook.finish_accepting()).await,
+        );
+        in_time("the poller")(tokio::time::timeout_at(deadline, polling.stop()).await);
         if let Some(s) = sharing {
             // Gives the partition leases back, so the others poll at once.
-            let _ = tokio::time::timeout(Duration::from_secs(10), s.stop()).await;
+            in_time("giving the partition leases back")(
+                tokio::time::timeout_at(deadline, s.stop()).await,
+            );
         }
         jwks.stop().await;
-        if let Some(p) = persisting {
-            let _ = tokio::time::timeout(Duration::from_secs(30), p.stop()).await;
+        if let Some(p) = persisting
+            && tokio::time::timeout_at(deadline, p.stop()).await.is_err()
+        {
+            tracing::error!(
+                timeout = ?config.shutdown_timeout,
+                "the shutdown deadline came before the state file was saved; the journal beside it keeps every notification acknowledged since the last save, and the next start replays it"
+            );
         }
         admin.stop().await;
         tracing::info!("tenant-status stopped");
@@ -459,7 +497,10 @@ fn spawn_polling(
 }
 
 /// Puts the state file's records back into `store` and its used tokens
-/// into `seen`. A corrupt file is reported and set aside, not fatal.
+/// into `seen`. A record that cannot be read is skipped and named in the
+/// log; a file that cannot be parsed at all is reported and set aside, not
+/// fatal; a file of a newer format version stops the start (a rollback
+/// must not start blind and overwrite it).
 fn restore(store: &Store, seen: &SeenTokens, path: &std::path::Path) -> anyhow::Result<()> {
     match persist::load(path) {
         Ok(None) => {
@@ -467,12 +508,15 @@ fn restore(store: &Store, seen: &SeenTokens, path: &std::path::Path) -> anyhow::
             Ok(())
         }
         Ok(Some(saved)) => {
+            for why in &saved.skipped {
+                tracing::error!(path = %path.display(), record = %why, "skipped a record of the state file that cannot be read");
+            }
             let tenants = saved.records.len();
             for r in saved.records {
                 store.restore(r);
             }
             let tokens = seen.restore(saved.seen_tokens, std::time::SystemTime::now());
-            tracing::info!(path = %path.display(), tenants, tokens, "restored the last known states (stale until re-polled) and the tokens already used");
+            tracing::info!(path = %path.display(), tenants, tokens, skipped = saved.skipped.len(), "restored the last known states (stale until re-polled) and the tokens already used");
             Ok(())
         }
         Err(e @ persist::LoadError::Corrupt { .. }) => {
@@ -481,9 +525,18 @@ fn restore(store: &Store, seen: &SeenTokens, path: &std::path::Path) -> anyhow::
             tracing::error!(error = %e, set_aside = %aside.display(), "state file unusable; starting without it");
             Ok(())
         }
+        Err(e @ persist::LoadError::TooNew { .. }) => {
+            Err(StartRefused(format!("--state-file: {e}")).into())
+        }
         Err(e) => Err(anyhow::anyhow!("--state-file: {e}")),
     }
 }
+
+/// A start refused for a file that cannot be used as it is: the command
+/// line exits 2, as for a flag that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartRefused(String);
 
 /// Applies the notifications journaled after the state file was saved
 /// (a kill -9 came before the next save), and opens the journal's next
@@ -492,6 +545,7 @@ fn replay_journal(
     store: &Store,
     seen: &SeenTokens,
     path: &std::path::Path,
+    durability: &Arc<Durability>,
 ) -> anyhow::Result<Arc<Journal>> {
     let replay =
         crate::persist::journal::replay(path, |ctx| store.get(ctx)).with_context(|| {
@@ -515,7 +569,7 @@ fn replay_journal(
             "replayed the notification journal over the state file"
         );
     }
-    let journal = Journal::open(path).with_context(|| {
+    let journal = Journal::open(path, Arc::clone(durability)).with_context(|| {
         format!(
             "--state-file: cannot open a journal beside {}",
             path.display()

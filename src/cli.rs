@@ -57,6 +57,7 @@ pub async fn run(args: Vec<OsString>) -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<crate::app::StartRefused>() => config_error(e),
         Err(e) => {
             eprintln!("tenant-status: {e:#}");
             ExitCode::FAILURE

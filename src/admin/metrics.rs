@@ -38,6 +38,17 @@ struct NotificationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SaveLabels {
+    outcome: &'static str,
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
     method: &'static str,
     code: &'static str,
@@ -73,6 +84,11 @@ pub struct Metrics {
     jwks_keys: Gauge,
     jwks_last_refresh: Gauge,
     jwks_refresh_failures: Counter,
+    journal_failures: Family<CauseLabels, Counter>,
+    saves: Family<SaveLabels, Counter>,
+    save_duration: Histogram,
+    last_save_ok: Gauge,
+    durable: Gauge,
     /// The replicas' figures: registered only by `with_cluster`.
     cluster: Arc<ClusterMetrics>,
     /// Scrape-time figures are cleared and set under this lock.
@@ -206,8 +222,46 @@ impl Metrics {
             "Fetches of SuperOffice's JWKS that failed (the known keys were kept)",
             jwks_refresh_failures.clone(),
         );
+        let journal_failures = Family::<CauseLabels, Counter>::default();
+        registry.register(
+            "journal_write_failures",
+            "Notification journal writes or syncs that failed, by cause (no_space, gone, io); each such notification was answered 503",
+            journal_failures.clone(),
+        );
+        let saves = Family::<SaveLabels, Counter>::default();
+        registry.register(
+            "state_file_saves",
+            "Saves of the state file, by outcome and cause of failure (no_space, gone, io)",
+            saves.clone(),
+        );
+        let save_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register_with_unit(
+            "state_file_save_duration",
+            "Time of one save of the state file (saves are spaced so they take at most 5 % of a core)",
+            Unit::Seconds,
+            save_duration.clone(),
+        );
+        let last_save_ok = Gauge::default();
+        registry.register(
+            "state_file_last_save_ok",
+            "1 when the last save of the state file succeeded, 0 when it failed (no save yet: 1)",
+            last_save_ok.clone(),
+        );
+        last_save_ok.set(1);
+        let durable = Gauge::default();
+        registry.register(
+            "notifications_durable",
+            "1 while accepted notifications can be made durable (or no --state-file), 0 while the webhook answers 503 for want of it",
+            durable.clone(),
+        );
+        durable.set(1);
         Self {
             registry: root,
+            journal_failures,
+            saves,
+            save_duration,
+            last_save_ok,
+            durable,
             unknown_tenants,
             unknown_forgotten,
             jwks_keys,
@@ -253,6 +307,35 @@ impl Metrics {
     /// A scheduled poll was sent `late` after its due time.
     pub fn poll_lateness(&self, late: Duration) {
         self.poll_lateness.observe(late.as_secs_f64());
+    }
+
+    /// A journal write or sync failed for `cause`.
+    pub fn journal_failed(&self, cause: &'static str) {
+        self.journal_failures
+            .get_or_create(&CauseLabels { cause })
+            .inc();
+    }
+
+    /// A save of the state file finished after `took`: `Ok`, or failed for
+    /// the cause named.
+    pub fn state_file_saved(&self, outcome: Result<(), &'static str>, took: Duration) {
+        let (label, cause) = match outcome {
+            Ok(()) => ("ok", "none"),
+            Err(cause) => ("failed", cause),
+        };
+        self.saves
+            .get_or_create(&SaveLabels {
+                outcome: label,
+                cause,
+            })
+            .inc();
+        self.save_duration.observe(took.as_secs_f64());
+        self.last_save_ok.set(i64::from(outcome.is_ok()));
+    }
+
+    /// Whether accepted notifications can be made durable now.
+    pub fn set_durable(&self, durable: bool) {
+        self.durable.set(i64::from(durable));
     }
 
     /// One notification accepted (`reason` "none") or rejected.

@@ -28,10 +28,14 @@ use crate::{admin::metrics::Metrics, core::store::Store, token::Verifier};
 pub struct Readiness {
     first_round_done: AtomicBool,
     draining: AtomicBool,
-    /// Among replicas: why this one cannot take writes or is behind the
-    /// shared log, if so.
-    cluster: std::sync::OnceLock<Arc<dyn Fn() -> Result<(), &'static str> + Send + Sync>>,
+    /// Other conditions: among replicas, why this one cannot take writes
+    /// or is behind the shared log; with a state file, why notifications
+    /// cannot be made durable.
+    checks: std::sync::Mutex<Vec<Check>>,
 }
+
+/// A condition readiness also depends on: `Err` says why not ready.
+pub type Check = Arc<dyn Fn() -> Result<(), &'static str> + Send + Sync>;
 
 impl Readiness {
     pub fn first_round_done(&self) {
@@ -43,16 +47,26 @@ impl Readiness {
     }
 
     /// Makes readiness also depend on `check` (the replicas' connection to
-    /// NATS and their reading of the shared log).
-    pub fn also(&self, check: Arc<dyn Fn() -> Result<(), &'static str> + Send + Sync>) {
-        let _ = self.cluster.set(check);
+    /// NATS and their reading of the shared log; the durability of what the
+    /// webhook acknowledges).
+    pub fn also(&self, check: Check) {
+        self.checks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(check);
     }
 
     /// `Ok` when ready, or why not.
     pub fn check(&self) -> Result<(), &'static str> {
         if self.draining.load(Ordering::Acquire) {
             Err("shutting down")
-        } else if let Some(Err(why)) = self.cluster.get().map(|c| c()) {
+        } else if let Some(why) = self
+            .checks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find_map(|c| c().err())
+        {
             Err(why)
         } else if !self.first_round_done.load(Ordering::Acquire) {
             Err("the first poll round of the configured tenants is not done yet")

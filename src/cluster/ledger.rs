@@ -12,7 +12,7 @@
 
 use std::{
     sync::Arc,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use async_nats::jetstream::kv;
@@ -24,7 +24,7 @@ use super::lease::Leases;
 use crate::{
     admin::metrics::ClusterMetrics,
     core::{
-        ledger::{Ledger, Removal, Write, WriteError},
+        ledger::{Claimed, Ledger, Removal, TokenClaim, Write, WriteError},
         store::{
             Applied, Freshness, PollApplied, PollResult, Store,
             apply::{notification_rule, poll_rule, settle},
@@ -42,6 +42,8 @@ const MAX_ATTEMPTS: usize = 16;
 const READ_BACK: Duration = Duration::from_secs(2);
 
 pub(crate) struct SharedLedger {
+    /// This replica's name, in the token claims it writes.
+    pub(super) replica: String,
     pub(super) records: kv::Store,
     pub(super) observed: kv::Store,
     pub(super) tokens: kv::Store,
@@ -217,6 +219,130 @@ impl SharedLedger {
     fn token_key(digest: u64) -> String {
         format!("{digest:016x}")
     }
+
+    /// The claim on a token (see `Ledger::claim_token`): create the key as
+    /// pending; if it exists, the same notification applied is `Applied`,
+    /// another notification is `Replay`, and the same one still pending (its
+    /// first attempt failed, timed out, or is under way) is taken over with
+    /// compare-and-set, keeping the first attempt's time of receipt. A
+    /// failed or timed-out write is read back: if the key holds exactly
+    /// what this attempt wrote, the claim is this one's.
+    async fn claim(&self, claim: TokenClaim) -> Result<Claimed, WriteError> {
+        let key = Self::token_key(claim.digest);
+        let nonce: u64 = rand::random();
+        let mine = TokenValue {
+            by: format!("{}/{nonce:016x}", self.replica),
+            ..TokenValue::of(&claim)
+        };
+        let mine_bytes = mine.encode();
+        let mut failure = None;
+        for _ in 0..MAX_ATTEMPTS {
+            match self.tokens.create(&key, mine_bytes.clone()).await {
+                Ok(_) => return Ok(Claimed::Mine(claim.received_at)),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                // Perhaps written: read back below.
+                Err(e) => failure = Some(e.to_string()),
+            }
+            let entry = self.tokens.entry(&key).await.map_err(|e| {
+                self.unavailable(format!(
+                    "cannot claim the token's use: {}; nor read the claim back: {e}",
+                    failure.as_deref().unwrap_or("it is claimed")
+                ))
+            })?;
+            let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+                if let Some(f) = failure {
+                    return Err(self.unavailable(format!("cannot claim the token's use: {f}")));
+                }
+                // Given back or expired in between: claim it again.
+                continue;
+            };
+            if entry.value == mine_bytes {
+                return Ok(Claimed::Mine(claim.received_at));
+            }
+            let held = TokenValue::decode(&entry.value);
+            if held.note != 0 && claim.note != 0 && held.note != claim.note {
+                return Ok(Claimed::Replay);
+            }
+            if held.applied {
+                return Ok(Claimed::Applied);
+            }
+            // Pending: take it over, as received the first time.
+            let first = UNIX_EPOCH + Duration::from_millis(held.received_at);
+            let takeover = TokenValue {
+                received_at: held.received_at,
+                ..mine.clone()
+            };
+            let takeover_bytes = takeover.encode();
+            match self
+                .tokens
+                .update(&key, takeover_bytes.clone(), entry.revision)
+                .await
+            {
+                Ok(_) => return Ok(Claimed::Mine(first)),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    failure = None;
+                }
+                Err(e) => {
+                    if let Ok(Some(now)) = self.tokens.entry(&key).await
+                        && now.value == takeover_bytes
+                    {
+                        return Ok(Claimed::Mine(first));
+                    }
+                    return Err(self.unavailable(format!("cannot claim the token's use: {e}")));
+                }
+            }
+        }
+        Err(self.unavailable("cannot claim the token's use: other attempts kept taking it"))
+    }
+}
+
+/// A token's claim as the `tokens` bucket keeps it: JSON, so a claim is
+/// read the same by every replica.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+struct TokenValue {
+    /// Until when it must be remembered (Unix seconds).
+    #[serde(rename = "f")]
+    forget_after: u64,
+    /// The notification's fingerprint.
+    #[serde(rename = "n")]
+    note: u64,
+    /// When the notification was first received (Unix milliseconds).
+    #[serde(rename = "r")]
+    received_at: u64,
+    /// Whether the notification is applied (else the claim is pending).
+    #[serde(rename = "a")]
+    applied: bool,
+    /// Which replica (and attempt) wrote it, so a write whose answer was
+    /// lost can be recognised.
+    by: String,
+}
+
+impl TokenValue {
+    fn of(claim: &TokenClaim) -> Self {
+        Self {
+            forget_after: claim.forget_after,
+            note: claim.note,
+            received_at: persist::millis(claim.received_at),
+            applied: false,
+            by: String::new(),
+        }
+    }
+
+    fn encode(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    /// A value this build cannot read was written by one that kept only
+    /// the time to forget it, once its notification was applied.
+    fn decode(bytes: &[u8]) -> Self {
+        serde_json::from_slice(bytes).unwrap_or(Self {
+            forget_after: 0,
+            note: 0,
+            received_at: 0,
+            applied: true,
+            by: String::new(),
+        })
+    }
 }
 
 impl Ledger for SharedLedger {
@@ -252,10 +378,21 @@ impl Ledger for SharedLedger {
             let hold = self.notification_hold;
             let outcome = self
                 .write(&ctx, now, |old| {
-                    Some(notification_rule(old, &ctx, &note, now, hold))
+                    notification_rule(old, &ctx, &note, now, hold)
                 })
                 .await?;
-            outcome.map_err(|_| self.unavailable("the notification made no record"))
+            Ok(match outcome {
+                Ok(applied) => applied,
+                // Older news than the record holds, or this very notification
+                // again (a retry taken over): the record stands.
+                Err(Some(record)) => Applied {
+                    record,
+                    changed: false,
+                },
+                Err(None) => {
+                    return Err(self.unavailable("the notification made no record"));
+                }
+            })
         }
         .boxed()
     }
@@ -305,31 +442,30 @@ impl Ledger for SharedLedger {
         .boxed()
     }
 
-    fn claim_token(&self, digest: u64, forget_after: u64) -> Write<'_, bool> {
+    fn claim_token(&self, claim: TokenClaim) -> Write<'_, Claimed> {
         async move {
             self.connected()?;
-            match self
-                .tokens
-                .create(
-                    Self::token_key(digest),
-                    Bytes::from(forget_after.to_string()),
-                )
-                .await
-            {
-                Ok(_) => Ok(true),
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
-                Err(e) => Err(self.unavailable(format!("cannot record the token's use: {e}"))),
-            }
+            self.claim(claim).await
         }
         .boxed()
     }
 
-    fn release_token(&self, digest: u64) -> Write<'_, ()> {
+    fn token_applied(&self, claim: TokenClaim) -> Write<'_, ()> {
         async move {
+            let applied = TokenValue {
+                applied: true,
+                by: self.replica.clone(),
+                ..TokenValue::of(&claim)
+            };
             self.tokens
-                .delete(Self::token_key(digest))
+                .put(Self::token_key(claim.digest), applied.encode())
                 .await
-                .map_err(|e| self.unavailable(format!("cannot give the token back: {e}")))
+                .map(|_| ())
+                .map_err(|e| {
+                    self.unavailable(format!(
+                        "cannot record the token's notification as applied: {e}"
+                    ))
+                })
         }
         .boxed()
     }

@@ -169,6 +169,7 @@ impl Cluster {
         let leases = Arc::new(lease::Leases::new(config.replica_id.clone(), lease_ttl));
         let (detached_tx, detached_rx) = watch::channel(false);
         let ledger = Arc::new(SharedLedger {
+            replica: config.replica_id.clone(),
             records: records.clone(),
             observed: observed.clone(),
             tokens,

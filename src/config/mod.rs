@@ -119,6 +119,11 @@ pub struct WebhookConfig {
     pub max_header_size: usize,
     /// How long a notification's implied change holds at most.
     pub notification_hold: Duration,
+    /// A pause before each notification is claimed and applied, as a slow
+    /// disk or a stalled NATS would make: tests use it to hang up on a
+    /// request mid-accept. Zero, and no flag, outside tests.
+    #[doc(hidden)]
+    pub accept_delay: Duration,
 }
 
 /// A setting that cannot be used, named with what is wrong.
@@ -459,6 +464,7 @@ impl WebhookArgs {
             body_timeout: self.webhook_body_timeout,
             max_header_size: self.webhook_max_header_size,
             notification_hold: self.notification_hold,
+            accept_delay: Duration::ZERO,
         })
     }
 }

@@ -49,6 +49,34 @@ impl Removal {
     }
 }
 
+/// A claim on a notification token's use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenClaim {
+    /// The token's digest.
+    pub digest: u64,
+    /// The fingerprint of the notification it carried (0: not known).
+    pub note: u64,
+    /// Until when the token must be remembered (Unix seconds).
+    pub forget_after: u64,
+    /// When the notification was received (the first attempt's time, for a
+    /// retry).
+    pub received_at: SystemTime,
+}
+
+/// What a claim on a token came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimed {
+    /// This process applies the notification, as received at this time:
+    /// the claim's own, or the first attempt's when it takes over one that
+    /// did not finish (so applying it again changes nothing).
+    Mine(SystemTime),
+    /// The same notification was applied already (here or elsewhere):
+    /// answer as then, apply nothing.
+    Applied,
+    /// The token was used for another notification.
+    Replay,
+}
+
 /// Where the rules write; see the module comment.
 pub trait Ledger: Send + Sync + 'static {
     /// Applies a poll's answer for a request sent at `asked_at`.
@@ -75,15 +103,18 @@ pub trait Ledger: Send + Sync + 'static {
     /// was forgotten.
     fn remove(&self, ctx: ContextId, which: Removal) -> Write<'_, bool>;
 
-    /// Claims the first use of a notification token (by digest) until
-    /// `forget_after` (Unix seconds). `false`: it was used already, here or
-    /// on another replica. Alone, the process's own memory of used tokens
-    /// is the whole truth, so this claims nothing more.
-    fn claim_token(&self, digest: u64, forget_after: u64) -> Write<'_, bool>;
+    /// Claims a notification token's use (see `TokenClaim`): among
+    /// replicas, in the shared store, so that a token is applied once
+    /// fleet-wide and its retry on any replica is recognised. Alone, the
+    /// process's own memory of used tokens is the whole truth, so this
+    /// claims nothing more. An ambiguous answer (a timeout) is resolved by
+    /// reading back whose claim the key holds.
+    fn claim_token(&self, claim: TokenClaim) -> Write<'_, Claimed>;
 
-    /// Gives a claimed token back: the notification it carried was not
-    /// stored, and SuperOffice's retry must not be refused as a replay.
-    fn release_token(&self, digest: u64) -> Write<'_, ()>;
+    /// Records that the claimed token's notification is applied, so its
+    /// retries anywhere are answered without applying it again. Alone:
+    /// nothing more to record.
+    fn token_applied(&self, claim: TokenClaim) -> Write<'_, ()>;
 
     /// Resolves once this process's store has read the shared log to its
     /// end, and to `since` (a revision a client may have from another
@@ -153,11 +184,11 @@ impl Ledger for Store {
         futures_util::future::ready(Ok(removed)).boxed()
     }
 
-    fn claim_token(&self, _digest: u64, _forget_after: u64) -> Write<'_, bool> {
-        futures_util::future::ready(Ok(true)).boxed()
+    fn claim_token(&self, claim: TokenClaim) -> Write<'_, Claimed> {
+        futures_util::future::ready(Ok(Claimed::Mine(claim.received_at))).boxed()
     }
 
-    fn release_token(&self, _digest: u64) -> Write<'_, ()> {
+    fn token_applied(&self, _claim: TokenClaim) -> Write<'_, ()> {
         futures_util::future::ready(Ok(())).boxed()
     }
 }

@@ -294,11 +294,31 @@ pub struct Hold {
 
 impl Hold {
     /// Whether `answer` only repeats what SuperOffice said before the
-    /// notification, while the hold lasts.
-    pub fn is_lagging(&self, answer: &Observation, now: SystemTime) -> bool {
-        now < self.until
-            && answer.state == self.prior_state
-            && answer.endpoint == self.prior_endpoint
+    /// notification, while the hold lasts. `holder` is the record the hold
+    /// is on: what the notification implied.
+    ///
+    /// A tenant first learned from the notification has no "before"
+    /// (`prior_state` UNKNOWN): any answer that does not confirm what the
+    /// notification implied (its state, and for a Move its endpoint) is
+    /// lagging then, so the hold does not depend on whether the tenant was
+    /// tracked before.
+    pub fn is_lagging(&self, answer: &Observation, holder: &TenantRecord, now: SystemTime) -> bool {
+        if now >= self.until {
+            return false;
+        }
+        if self.prior_state == TenantState::Unknown && self.prior_endpoint.is_empty() {
+            let confirms_state =
+                holder.state == TenantState::Unknown || answer.state == holder.state;
+            let host = |u: &str| {
+                url::Url::parse(u)
+                    .ok()
+                    .and_then(|u| u.host_str().map(str::to_owned))
+            };
+            let confirms_endpoint =
+                holder.endpoint.is_empty() || host(&answer.endpoint) == host(&holder.endpoint);
+            return !(confirms_state && confirms_endpoint);
+        }
+        answer.state == self.prior_state && answer.endpoint == self.prior_endpoint
     }
 }
 

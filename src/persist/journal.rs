@@ -25,9 +25,12 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::millis;
+use super::{Cause, Durability, millis};
 
-use crate::core::tenant::{ChangeType, ContextId, NotificationInfo, TenantRecord};
+use crate::{
+    core::tenant::{ChangeType, ContextId, NotificationInfo, TenantRecord},
+    token::Remembered,
+};
 
 /// One accepted notification, as written: a JSON line.
 #[derive(Serialize, Deserialize)]
@@ -45,11 +48,19 @@ struct Entry {
     /// written before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     token: Option<(u64, u64)>,
+    /// The notification's fingerprint, so that a retry of it after a
+    /// restart is answered as applied, and the token with another
+    /// notification refused. Absent in entries written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    note: Option<u64>,
 }
 
 pub struct Journal {
     /// The state file's path; generations are named after it.
     base: PathBuf,
+    /// Whether entries can be made durable now; shared with the state
+    /// file's saver and readiness.
+    durability: Arc<Durability>,
     /// Appends hold the read side from write to apply; a rotation holds
     /// the write side.
     gate: tokio::sync::RwLock<()>,
@@ -62,6 +73,9 @@ struct Writer {
     /// Shared with the sync in progress (`&File` writes and syncs).
     file: Arc<File>,
     generation: u64,
+    /// Entries written whole into this generation: an empty one is reused
+    /// by the next rotation rather than followed by another empty file.
+    in_generation: u64,
     /// Entries written, over all generations.
     written: u64,
     /// A write failed part-way: the file may end in a partial line, which
@@ -80,24 +94,26 @@ pub struct Replayed {
 /// lines could not be read.
 pub struct Replay {
     pub notifications: Vec<Replayed>,
-    pub tokens: Vec<(u64, u64)>,
+    pub tokens: Vec<Remembered>,
     pub unreadable: usize,
 }
 
 impl Journal {
     /// Opens a new generation after every one left in the directory (the
     /// caller replays those first with `replay`).
-    pub fn open(state_file: &Path) -> std::io::Result<Self> {
+    pub fn open(state_file: &Path, durability: Arc<Durability>) -> std::io::Result<Self> {
         let next = generations(state_file)?
             .last()
             .map_or(1, |(g, _)| g.saturating_add(1));
         let file = Arc::new(create(&generation_path(state_file, next))?);
         Ok(Self {
             base: state_file.to_owned(),
+            durability,
             gate: tokio::sync::RwLock::new(()),
             writer: Mutex::new(Writer {
                 file,
                 generation: next,
+                in_generation: 0,
                 written: 0,
                 torn: false,
             }),
@@ -105,14 +121,16 @@ impl Journal {
         })
     }
 
-    /// Makes the notification about `ctx` durable, with its token's digest
-    /// and forget-after time, then runs `apply` (which puts it in the
-    /// store) before any rotation can pass it.
+    /// Makes the notification about `ctx` durable, with its token, then
+    /// runs `apply` (which puts it in the store) before any rotation can
+    /// pass it. Refused at once while the journal is known not to work
+    /// (`Durability`): the state file's saver finds out when it works
+    /// again.
     pub async fn record<T>(
         &self,
         ctx: &ContextId,
         info: &NotificationInfo,
-        token: (u64, u64),
+        token: Remembered,
         apply: impl FnOnce() -> T,
     ) -> std::io::Result<T> {
         let mut line = serde_json::to_vec(&Entry {
@@ -122,10 +140,14 @@ impl Journal {
             file_version: info.file_version.clone(),
             public_endpoint: info.public_endpoint.clone(),
             received_at: millis(info.received_at),
-            token: Some(token),
+            token: Some((token.digest, token.forget_after)),
+            note: (token.note != 0).then_some(token.note),
         })?;
         line.push(b'\n');
         let _gate = self.gate.read().await;
+        if let Some(why) = self.durability.journal_broken() {
+            return Err(std::io::Error::other(why.sentence()));
+        }
         let seq = {
             let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
             if w.torn {
@@ -135,44 +157,67 @@ impl Journal {
             // last line, which replay skips.
             if let Err(e) = (&*w.file).write_all(&line) {
                 w.torn = true;
+                drop(w);
+                self.durability.journal_failed(Cause::of(&e));
                 return Err(e);
             }
             w.torn = false;
             w.written += 1;
+            w.in_generation += 1;
             w.written
         };
-        self.sync_through(seq).await?;
+        self.sync_through(seq).await.inspect_err(|e| {
+            self.durability.journal_failed(Cause::of(e));
+        })?;
         Ok(apply())
     }
 
     /// Returns once entry `seq` is durable: one fdatasync for everything
     /// written so far, unless a sync that began after it already covers it.
+    /// Durable means on disk under the journal's name: a file whose name
+    /// was removed (its directory deleted, say) syncs without error and
+    /// would be lost at the next crash, so the file behind the path is
+    /// checked to be the one written, after each sync.
     async fn sync_through(&self, seq: u64) -> std::io::Result<()> {
         let mut synced = self.synced.lock().await;
         if *synced >= seq {
             return Ok(());
         }
-        let (file, through) = {
+        let (file, through, path) = {
             let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-            (Arc::clone(&w.file), w.written)
+            (
+                Arc::clone(&w.file),
+                w.written,
+                generation_path(&self.base, w.generation),
+            )
         };
-        tokio::task::spawn_blocking(move || file.sync_data())
-            .await
-            .map_err(std::io::Error::other)??;
+        tokio::task::spawn_blocking(move || {
+            file.sync_data()?;
+            still_named(&file, &path)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
         *synced = through;
         Ok(())
     }
 
     /// Starts a new generation and returns the last one to remove once a
     /// snapshot taken after this call is durable. Waits for appends under
-    /// way to be applied.
+    /// way to be applied. A generation that holds no entry and is still on
+    /// disk is kept as the current one, so failing saves do not leave a
+    /// trail of empty files.
     pub async fn rotate(&self) -> std::io::Result<u64> {
         let _gate = self.gate.write().await;
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let current = generation_path(&self.base, w.generation);
+        if w.in_generation == 0 && still_named(&w.file, &current).is_ok() {
+            return Ok(w.generation - 1);
+        }
         let next = w.generation + 1;
         w.file = Arc::new(create(&generation_path(&self.base, next))?);
         let old = w.generation;
         w.generation = next;
+        w.in_generation = 0;
         w.torn = false;
         Ok(old)
     }
@@ -203,7 +248,7 @@ pub fn replay(
     for (_, path) in generations(state_file)? {
         let text = std::fs::read(&path)?;
         for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let Some((ctx, info, token)) =
+            let Some((ctx, info, token, note)) =
                 serde_json::from_slice::<Entry>(line).ok().and_then(|e| {
                     let ctx = ContextId::parse(&e.ctx).ok()?;
                     let info = NotificationInfo {
@@ -213,13 +258,17 @@ pub fn replay(
                         public_endpoint: e.public_endpoint,
                         received_at: UNIX_EPOCH + Duration::from_millis(e.received_at),
                     };
-                    Some((ctx, info, e.token))
+                    Some((ctx, info, e.token, e.note))
                 })
             else {
                 skipped += 1;
                 continue;
             };
-            tokens.extend(token);
+            tokens.extend(token.map(|(digest, forget_after)| Remembered {
+                digest,
+                forget_after,
+                note: note.unwrap_or(0),
+            }));
             // The state file holds it when its record names this
             // notification or a later one (polls keep last_notification).
             // Times of observation say nothing: a poll may land between a
@@ -282,6 +331,29 @@ fn generations(base: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     Ok(found)
 }
 
+/// Whether `file` is still the file named `path`: the same device and
+/// inode, and not unlinked.
+fn still_named(file: &File, path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let open = file.metadata()?;
+    let named = std::fs::metadata(path).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("the journal {} is gone from disk: {e}", path.display()),
+        )
+    })?;
+    if open.nlink() == 0 || open.dev() != named.dev() || open.ino() != named.ino() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "the journal {} was removed or replaced while open",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Creates a generation's file and makes its name durable.
 fn create(path: &Path) -> std::io::Result<File> {
     let file = OpenOptions::new().create(true).append(true).open(path)?;
@@ -317,16 +389,24 @@ mod tests {
         ContextId::parse(s).unwrap()
     }
 
+    fn tok(digest: u64) -> Remembered {
+        Remembered {
+            digest,
+            forget_after: u64::MAX,
+            note: 7,
+        }
+    }
+
     #[tokio::test]
     async fn entries_survive_until_a_snapshot_holds_them() {
         let d = dir("rotate");
         let state = d.join("state.json");
-        let j = Journal::open(&state).unwrap();
+        let j = Journal::open(&state, Arc::new(Durability::default())).unwrap();
         let applied = j
             .record(
                 &ctx("Cust1"),
                 &info(ChangeType::Suspend, 1_000),
-                (1, u64::MAX),
+                tok(1),
                 || 7,
             )
             .await
@@ -335,7 +415,7 @@ mod tests {
         j.record(
             &ctx("Cust2"),
             &info(ChangeType::Upgrade, 2_000),
-            (1, u64::MAX),
+            tok(1),
             || (),
         )
         .await
@@ -356,7 +436,7 @@ mod tests {
         j.record(
             &ctx("Cust3"),
             &info(ChangeType::Delete, 3_000),
-            (1, u64::MAX),
+            tok(1),
             || (),
         )
         .await
@@ -367,7 +447,7 @@ mod tests {
         assert_eq!(names, ["Cust3"]);
         // A new process opens after the generations left.
         drop(j);
-        let j2 = Journal::open(&state).unwrap();
+        let j2 = Journal::open(&state, Arc::new(Durability::default())).unwrap();
         assert_eq!(j2.writer.lock().unwrap().generation, old + 2);
     }
 
@@ -375,16 +455,11 @@ mod tests {
     async fn replay_skips_what_the_state_file_holds_and_torn_lines() {
         let d = dir("replay");
         let state = d.join("state.json");
-        let j = Journal::open(&state).unwrap();
+        let j = Journal::open(&state, Arc::new(Durability::default())).unwrap();
         for (c, at) in [("Cust1", 1_000), ("Cust2", 1_000), ("Cust2", 5_000)] {
-            j.record(
-                &ctx(c),
-                &info(ChangeType::Suspend, at),
-                (1, u64::MAX),
-                || (),
-            )
-            .await
-            .unwrap();
+            j.record(&ctx(c), &info(ChangeType::Suspend, at), tok(1), || ())
+                .await
+                .unwrap();
         }
         // A torn last line, as a crash mid-write would leave.
         let path = generation_path(&state, 1);
@@ -427,7 +502,7 @@ mod tests {
         j.record(
             &ctx("Cust5"),
             &info(ChangeType::Resume, 6_000),
-            (1, u64::MAX),
+            tok(1),
             || (),
         )
         .await
@@ -445,7 +520,7 @@ mod tests {
     async fn a_burst_shares_its_syncs() {
         let d = dir("burst");
         let state = d.join("state.json");
-        let j = Arc::new(Journal::open(&state).unwrap());
+        let j = Arc::new(Journal::open(&state, Arc::new(Durability::default())).unwrap());
         let tasks: Vec<_> = (0..200)
             .map(|i| {
                 let j = Arc::clone(&j);
@@ -453,7 +528,7 @@ mod tests {
                     j.record(
                         &ctx(&format!("Cust{i}")),
                         &info(ChangeType::Resume, i),
-                        (i, u64::MAX),
+                        tok(i),
                         || (),
                     )
                     .await

@@ -4,28 +4,34 @@
 //! re-polled).
 //!
 //! The file format is this module's own (`SavedTenant`), versioned, so the
-//! in-memory types can change without breaking a file written before.
+//! in-memory types can change without breaking a file written before. A
+//! record that cannot be read is skipped (named in the log), not the whole
+//! file; a file of a newer format version stops the start.
+//!
+//! Durability is checked, not assumed (`Durability`): a journal whose file
+//! is gone, a full disk or a failed sync makes the webhook answer 503 and
+//! readiness say why, until a save proves the directory usable again.
 
 pub mod journal;
 
 use std::{
     io::Write,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    admin::metrics::Metrics,
     core::store::{Freshness, Store},
     core::tenant::{
         ChangeSource, ChangeType, ContextId, Hold, NotificationInfo, TenantRecord, TenantState,
     },
     persist::journal::Journal,
-    token::SeenTokens,
+    token::{Remembered, SeenTokens},
 };
 
 const FORMAT_VERSION: u32 = 1;
@@ -42,14 +48,40 @@ struct StateFile {
     /// Absent in files written before they were kept.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     seen_tokens: Vec<(u64, u64)>,
+    /// (digest, notification fingerprint) of the tokens above, so a retry
+    /// after a restart is answered as applied and the token with another
+    /// notification refused. A field of its own, so that a build that does
+    /// not know it still reads the file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    token_notes: Vec<(u64, u64)>,
+}
+
+/// A state file as first read: only its version, so that a newer format is
+/// named as such rather than reported as damage.
+#[derive(Deserialize)]
+struct VersionOnly {
+    version: u32,
+}
+
+/// A state file whose records are read one by one, so one bad record
+/// costs that record only.
+#[derive(Deserialize)]
+struct LenientStateFile {
+    tenants: Vec<serde_json::Value>,
+    #[serde(default)]
+    seen_tokens: Vec<(u64, u64)>,
+    #[serde(default)]
+    token_notes: Vec<(u64, u64)>,
 }
 
 /// What a state file holds.
 #[derive(Debug)]
 pub struct Saved {
     pub records: Vec<TenantRecord>,
-    /// (digest, forget after) of tokens accepted and still usable then.
-    pub seen_tokens: Vec<(u64, u64)>,
+    /// Tokens whose notifications were applied, still usable then.
+    pub seen_tokens: Vec<Remembered>,
+    /// Records that could not be read and were skipped, each with why.
+    pub skipped: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -92,7 +124,7 @@ struct SavedNotification {
     received_at: u64,
 }
 
-pub(super) fn millis(t: SystemTime) -> u64 {
+pub(crate) fn millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
@@ -236,6 +268,14 @@ pub enum LoadError {
     },
     #[error("{path} is not a tenant-status state file: {problem}")]
     Corrupt { path: PathBuf, problem: String },
+    #[error(
+        "{path} is of state file format version {found}, newer than this build reads ({supported}): it was written by a newer tenant-status. Start that version again, or move the file away to start without it"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
 }
 
 /// Reads what was saved in `path`. `Ok(None)` when there is no file (a
@@ -255,22 +295,52 @@ pub fn load(path: &Path) -> Result<Option<Saved>, LoadError> {
         path: path.to_owned(),
         problem,
     };
-    let file: StateFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-    if file.version != FORMAT_VERSION {
+    let VersionOnly { version } =
+        serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    if version > FORMAT_VERSION {
+        return Err(LoadError::TooNew {
+            path: path.to_owned(),
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    if version != FORMAT_VERSION {
         return Err(corrupt(format!(
-            "format version {} (this build reads {FORMAT_VERSION})",
-            file.version
+            "format version {version} (this build reads {FORMAT_VERSION})"
         )));
     }
-    let records = file
-        .tenants
+    let file: LenientStateFile =
+        serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let mut records = Vec::with_capacity(file.tenants.len());
+    let mut skipped = Vec::new();
+    for value in file.tenants {
+        let name = value
+            .get("context_identifier")
+            .and_then(|v| v.as_str())
+            .map(|s| format!("{s:?}"))
+            .unwrap_or_else(|| "a record without an identifier".into());
+        match serde_json::from_value::<SavedTenant>(value)
+            .map_err(|e| format!("{name}: {e}"))
+            .and_then(load_record)
+        {
+            Ok(r) => records.push(r),
+            Err(why) => skipped.push(why),
+        }
+    }
+    let notes: std::collections::HashMap<u64, u64> = file.token_notes.into_iter().collect();
+    let seen_tokens = file
+        .seen_tokens
         .into_iter()
-        .map(load_record)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(corrupt)?;
+        .map(|(digest, forget_after)| Remembered {
+            digest,
+            forget_after,
+            note: notes.get(&digest).copied().unwrap_or(0),
+        })
+        .collect();
     Ok(Some(Saved {
         records,
-        seen_tokens: file.seen_tokens,
+        seen_tokens,
+        skipped,
     }))
 }
 
@@ -294,9 +364,9 @@ pub fn set_aside(path: &Path) -> std::io::Result<PathBuf> {
 /// Returns the revision saved and the number of records.
 pub fn save(
     store: &Store,
-    seen_tokens: Vec<(u64, u64)>,
+    seen_tokens: Vec<Remembered>,
     path: &Path,
-) -> anyhow::Result<(u64, usize)> {
+) -> Result<(u64, usize), SaveError> {
     let revision = store.revision();
     let mut tenants: Vec<SavedTenant> = store.snapshot().iter().map(|r| save_record(r)).collect();
     tenants.sort_by(|a, b| a.context_identifier.cmp(&b.context_identifier));
@@ -306,7 +376,15 @@ pub fn save(
         saved_at: millis(SystemTime::now()),
         revision,
         tenants,
-        seen_tokens,
+        token_notes: seen_tokens
+            .iter()
+            .filter(|t| t.note != 0)
+            .map(|t| (t.digest, t.note))
+            .collect(),
+        seen_tokens: seen_tokens
+            .iter()
+            .map(|t| (t.digest, t.forget_after))
+            .collect(),
     };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
@@ -314,7 +392,10 @@ pub fn save(
     };
     let mut tmp_name = path
         .file_name()
-        .context("the state file path names no file")?
+        .ok_or_else(|| SaveError {
+            path: path.to_owned(),
+            source: std::io::Error::other("the state file path names no file"),
+        })?
         .to_owned();
     tmp_name.push(format!(".tmp-{}", std::process::id()));
     let tmp = dir.join(tmp_name);
@@ -334,13 +415,179 @@ pub fn save(
         .inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
         })
-        .with_context(|| format!("--state-file: cannot write {}", path.display()))?;
+        .map_err(|source| SaveError {
+            path: path.to_owned(),
+            source,
+        })?;
     Ok((revision, count))
 }
 
-/// Saves the store whenever its revision moved, at most once per
-/// `interval`, and a last time when `shutdown` fires. Returns after that
-/// last save.
+/// A save that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("--state-file: cannot write {}: {source}", path.display())]
+pub struct SaveError {
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+impl SaveError {
+    pub fn cause(&self) -> Cause {
+        Cause::of(&self.source)
+    }
+}
+
+/// Why something could not be made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// No space (or quota) left on the device.
+    NoSpace,
+    /// The directory, or the file written, is gone.
+    Gone,
+    /// Any other I/O error (a failed sync, permissions, ...).
+    Io,
+}
+
+impl Cause {
+    pub fn of(e: &std::io::Error) -> Self {
+        match e.kind() {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => Cause::NoSpace,
+            std::io::ErrorKind::NotFound => Cause::Gone,
+            _ if e.raw_os_error() == Some(libc::ENOSPC) => Cause::NoSpace,
+            _ => Cause::Io,
+        }
+    }
+
+    /// The metrics' label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Cause::NoSpace => "no_space",
+            Cause::Gone => "gone",
+            Cause::Io => "io",
+        }
+    }
+
+    /// Why notifications are refused, for readiness and error texts.
+    pub fn sentence(self) -> &'static str {
+        match self {
+            Cause::NoSpace => {
+                "notifications cannot be made durable: no space left for the journal (the webhook answers 503 until a save succeeds)"
+            }
+            Cause::Gone => {
+                "notifications cannot be made durable: the journal or its directory is gone (the webhook answers 503 until a save succeeds)"
+            }
+            Cause::Io => {
+                "notifications cannot be made durable: the journal cannot be written or synced (the webhook answers 503 until a save succeeds)"
+            }
+        }
+    }
+
+    /// Why the state file is not saved, for readiness.
+    fn save_sentence(self) -> &'static str {
+        match self {
+            Cause::NoSpace => "the state file cannot be saved: no space left on its device",
+            Cause::Gone => "the state file cannot be saved: its directory is gone",
+            Cause::Io => "the state file cannot be saved: an I/O error (see the log)",
+        }
+    }
+}
+
+/// Whether what is acknowledged can be made durable now: the journal's
+/// state (a failed write, a failed sync, a file gone from disk stop
+/// notifications until a save proves the directory usable again) and the
+/// last save's. Readiness reads it; the metrics follow it.
+pub struct Durability {
+    journal: Mutex<Option<Cause>>,
+    save: Mutex<Option<Cause>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Default for Durability {
+    fn default() -> Self {
+        Self::new(Arc::new(Metrics::new()))
+    }
+}
+
+impl Durability {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            journal: Mutex::new(None),
+            save: Mutex::new(None),
+            metrics,
+        }
+    }
+
+    /// Why the journal takes no entries now, if it does not.
+    pub fn journal_broken(&self) -> Option<Cause> {
+        *self.journal.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn journal_failed(&self, cause: Cause) {
+        self.metrics.journal_failed(cause.label());
+        self.metrics.set_durable(false);
+        let mut j = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+        if j.is_none() {
+            tracing::error!(
+                cause = cause.label(),
+                "{}; readiness says so",
+                cause.sentence()
+            );
+        }
+        *j = Some(cause);
+    }
+
+    fn saved(&self, outcome: Result<(), Cause>, took: Duration) {
+        self.metrics
+            .state_file_saved(outcome.map_err(Cause::label), took);
+        let mut save = self.save.lock().unwrap_or_else(|e| e.into_inner());
+        *save = outcome.err();
+        if outcome.is_ok() {
+            let mut j = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+            if j.take().is_some() {
+                tracing::info!(
+                    "the state file is saved and the journal works again: notifications are accepted"
+                );
+            }
+            self.metrics.set_durable(true);
+        }
+    }
+
+    /// Whether anything failed that the next save must retry.
+    fn failing(&self) -> bool {
+        self.journal_broken().is_some()
+            || self
+                .save
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
+    }
+
+    /// `Ok` when both work, or why not (for `/readyz`).
+    pub fn check(&self) -> Result<(), &'static str> {
+        if let Some(c) = self.journal_broken() {
+            return Err(c.sentence());
+        }
+        match *self.save.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(c) => Err(c.save_sentence()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// How much of a core saves may take: a save is started no sooner than
+/// this many times its last duration after the previous one began.
+const SAVE_SHARE: u32 = 20;
+
+/// Saves the store when its revision moved, at most once per `interval`
+/// and so that saves take at most 1/`SAVE_SHARE` of a core (a state file of
+/// 500,000 tenants takes seconds to write), and a last time when `shutdown`
+/// fires. Returns after that last save. While something fails (a save, the
+/// journal), it tries again every `interval`: a save that succeeds is what
+/// makes the journal take notifications again.
+///
+/// Spacing saves loses nothing acknowledged: every notification is in the
+/// journal before its 204, and the journal's generations are removed only
+/// once a saved file holds them. What a kill -9 costs is polls' news since
+/// the last save, which the restart polls again.
 ///
 /// With a `journal`, each save first starts a new journal generation, and
 /// once the file is durable removes the older ones: their notifications
@@ -351,49 +598,108 @@ pub async fn run(
     seen: Arc<SeenTokens>,
     path: PathBuf,
     journal: Option<Arc<Journal>>,
+    durability: Arc<Durability>,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
     let mut saved = journal.is_none().then(|| store.revision());
+    let mut next_allowed = tokio::time::Instant::now();
     loop {
         let stop = tokio::select! {
             _ = shutdown.cancelled() => true,
             _ = tokio::time::sleep(interval) => false,
         };
-        if saved != Some(store.revision()) || stop {
-            let rotated = match &journal {
-                Some(j) => j
-                    .rotate()
-                    .await
-                    .inspect_err(
-                        |e| tracing::error!(error = %e, "could not start a new journal generation"),
-                    )
-                    .ok(),
-                None => None,
-            };
-            let (s, p) = (Arc::clone(&store), path.clone());
-            // Read after the rotation: every token the old generations name
-            // is remembered by now, so the file holds them.
-            let tokens = seen.remembered(SystemTime::now());
-            match tokio::task::spawn_blocking(move || save(&s, tokens, &p)).await {
-                Ok(Ok((revision, count))) => {
-                    saved = Some(revision);
-                    tracing::debug!(revision, tenants = count, "state file saved");
-                    if let (Some(j), Some(through)) = (&journal, rotated)
-                        && let Err(e) = j.remove_through(through)
-                    {
-                        tracing::warn!(error = %e, "could not remove journal generations the state file holds");
+        let failing = durability.failing();
+        let moved = saved != Some(store.revision());
+        let due = stop || failing || (moved && tokio::time::Instant::now() >= next_allowed);
+        if !due {
+            continue;
+        }
+        let started = tokio::time::Instant::now();
+        let outcome = save_once(&store, &seen, &path, journal.as_deref()).await;
+        let took = started.elapsed();
+        next_allowed = started + took.saturating_mul(SAVE_SHARE);
+        match outcome {
+            Ok((revision, count)) => {
+                saved = Some(revision);
+                durability.saved(Ok(()), took);
+                tracing::debug!(revision, tenants = count, ?took, "state file saved");
+                if stop {
+                    tracing::info!(path = %path.display(), tenants = count, "state file saved at shutdown");
+                }
+            }
+            Err(e) => {
+                durability.saved(Err(e.cause), took);
+                // Once per failure, not once per interval.
+                if !failing || stop {
+                    tracing::error!(error = %e, "state file not saved");
+                }
+                if stop {
+                    match durability.journal_broken() {
+                        None if journal.is_some() => tracing::error!(
+                            path = %path.display(),
+                            "state file NOT saved at shutdown; the journal beside it keeps every notification acknowledged since the last save, and the next start replays it"
+                        ),
+                        _ => tracing::error!(
+                            path = %path.display(),
+                            "state file NOT saved at shutdown; the next start has the last file saved (and the journal, if any)"
+                        ),
                     }
                 }
-                Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "state file not saved"),
-                Err(e) => tracing::error!(error = %e, "state file writer failed"),
             }
         }
         if stop {
-            tracing::info!(path = %path.display(), "state file saved at shutdown");
             return;
         }
     }
+}
+
+/// Why a save failed, with its cause for the metrics.
+struct SaveFailure {
+    cause: Cause,
+    message: String,
+}
+
+impl std::fmt::Display for SaveFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// One save: rotate the journal, write the file, remove what it holds.
+async fn save_once(
+    store: &Arc<Store>,
+    seen: &SeenTokens,
+    path: &Path,
+    journal: Option<&Journal>,
+) -> Result<(u64, usize), SaveFailure> {
+    let rotated = match journal {
+        Some(j) => Some(j.rotate().await.map_err(|e| SaveFailure {
+            cause: Cause::of(&e),
+            message: format!("could not start a new journal generation: {e}"),
+        })?),
+        None => None,
+    };
+    let (s, p) = (Arc::clone(store), path.to_owned());
+    // Read after the rotation: every token the old generations name is
+    // remembered by now, so the file holds them.
+    let tokens = seen.remembered(SystemTime::now());
+    let (revision, count) = tokio::task::spawn_blocking(move || save(&s, tokens, &p))
+        .await
+        .map_err(|e| SaveFailure {
+            cause: Cause::Io,
+            message: format!("the state file writer failed: {e}"),
+        })?
+        .map_err(|e| SaveFailure {
+            cause: e.cause(),
+            message: e.to_string(),
+        })?;
+    if let (Some(j), Some(through)) = (journal, rotated)
+        && let Err(e) = j.remove_through(through)
+    {
+        tracing::warn!(error = %e, "could not remove journal generations the state file holds");
+    }
+    Ok((revision, count))
 }
 
 #[cfg(test)]
@@ -451,12 +757,29 @@ mod tests {
             now,
         );
         let path = dir().join("state.json");
-        assert_eq!(save(&store, vec![(7, 4_000_000_000)], &path).unwrap().1, 1);
+        let tokens = vec![
+            Remembered {
+                digest: 7,
+                forget_after: 4_000_000_000,
+                note: 9,
+            },
+            Remembered {
+                digest: 8,
+                forget_after: 4_000_000_000,
+                note: 0,
+            },
+        ];
+        assert_eq!(save(&store, tokens.clone(), &path).unwrap().1, 1);
         let Saved {
             records: loaded,
             seen_tokens,
+            skipped,
         } = load(&path).unwrap().unwrap();
-        assert_eq!(seen_tokens, [(7, 4_000_000_000)], "the used tokens too");
+        assert!(skipped.is_empty());
+        assert_eq!(
+            seen_tokens, tokens,
+            "the used tokens too, with what they carried"
+        );
         assert_eq!(loaded.len(), 1);
         let (a, b) = (&loaded[0], store.get("Cust1").unwrap());
         assert_eq!(a.endpoint, "https://sod3.superoffice.com/Cust1");
@@ -503,6 +826,56 @@ mod tests {
             r#"{"version":1,"saved_at":0,"revision":0,"tenants":[{"context_identifier":"../x","state":2,"endpoint":"","api":"","version":"","valid_until":null,"observed_at":0,"changed_at":0,"revision":1,"from_notification":false,"last_notification":null,"stale":false,"last_error":""}]}"#,
         )
         .unwrap();
-        assert!(load(&wrong).unwrap_err().to_string().contains("../x"));
+        // One bad record costs that record only.
+        let saved = load(&wrong).unwrap().unwrap();
+        assert!(saved.records.is_empty());
+        assert_eq!(saved.skipped.len(), 1);
+        assert!(saved.skipped[0].contains("../x"), "{:?}", saved.skipped);
+    }
+
+    #[test]
+    fn a_bad_record_is_skipped_and_a_newer_format_refused() {
+        let d = dir();
+        let store = Store::new();
+        let now = SystemTime::now();
+        for name in ["Cust1", "Cust2", "Cust3"] {
+            store.track_unknown(&ContextId::parse(name).unwrap(), now);
+        }
+        let path = d.join("state.json");
+        let token = Remembered {
+            digest: 5,
+            forget_after: 4_000_000_000,
+            note: 6,
+        };
+        save(&store, vec![token], &path).unwrap();
+        // Damage one record: a state SuperOffice never had, and another
+        // whose fields are of the wrong type.
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        v["tenants"][1]["state"] = serde_json::json!(99);
+        v["tenants"][2]["revision"] = serde_json::json!("not a number");
+        std::fs::write(&path, v.to_string()).unwrap();
+        let saved = load(&path).unwrap().unwrap();
+        let names: Vec<_> = saved
+            .records
+            .iter()
+            .map(|r| r.context_identifier.to_string())
+            .collect();
+        assert_eq!(names, ["Cust1"]);
+        assert_eq!(saved.skipped.len(), 2, "{:?}", saved.skipped);
+        assert!(saved.skipped[0].contains("Cust2"), "{:?}", saved.skipped);
+        assert!(saved.skipped[1].contains("Cust3"), "{:?}", saved.skipped);
+        assert_eq!(saved.seen_tokens, [token], "the tokens are kept too");
+
+        // A newer format: named as such, nothing moved.
+        v["version"] = serde_json::json!(FORMAT_VERSION + 1);
+        std::fs::write(&path, v.to_string()).unwrap();
+        let e = load(&path).unwrap_err();
+        assert!(
+            matches!(e, LoadError::TooNew { found, supported, .. } if found == FORMAT_VERSION + 1 && supported == FORMAT_VERSION),
+            "{e}"
+        );
+        assert!(e.to_string().contains("newer than this build reads"), "{e}");
+        assert!(path.exists());
     }
 }

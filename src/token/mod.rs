@@ -30,7 +30,7 @@ use url::Url;
 
 use jwks::Jwks;
 pub use jwks::{JwksStats, parse_jwks};
-pub use replay::{Seen, SeenTokens, token_digest};
+pub use replay::{Remembered, Seen, SeenTokens, TokenUse, digest64, token_digest};
 
 /// The claim in which SuperOffice's tokens name the tenant.
 pub const CONTEXT_CLAIM: &str = "http://schemes.superoffice.net/identity/ctx";

@@ -257,17 +257,85 @@ fn seen_tokens_are_remembered_until_expiry_within_a_bound() {
     let seen = SeenTokens::new(3);
     let now = SystemTime::now();
     let t = unix_seconds(now);
-    assert_eq!(seen.first_use("a", t + 100, now), Seen::First);
-    assert_eq!(seen.first_use("a", t + 100, now), Seen::Replay);
-    assert_eq!(seen.first_use("b", t + 50, now), Seen::First);
-    assert_eq!(seen.first_use("c", t + 200, now), Seen::First);
+    let used = |token: &str, note: u64, forget_after: u64| TokenUse {
+        digest: token_digest(token),
+        note,
+        forget_after,
+    };
+    assert_eq!(seen.first_use(used("a", 1, t + 100), now), Seen::First(now));
+    assert_eq!(seen.first_use(used("b", 1, t + 50), now), Seen::First(now));
+    assert_eq!(seen.first_use(used("c", 1, t + 200), now), Seen::First(now));
     // Full of usable tokens: nothing is forgotten early.
-    assert_eq!(seen.first_use("d", t + 300, now), Seen::Full);
+    assert_eq!(seen.first_use(used("d", 1, t + 300), now), Seen::Full);
     assert_eq!(seen.len(), 3);
-    assert_eq!(seen.first_use("a", t + 100, now), Seen::Replay);
     // Once "b" and "a" expire there is room again, and they are
     // forgotten (the verifier refuses them as expired by then).
     let later = now + Duration::from_secs(150);
-    assert_eq!(seen.first_use("d", t + 400, later), Seen::First);
-    assert_eq!(seen.first_use("a", t + 500, later), Seen::First);
+    assert_eq!(
+        seen.first_use(used("d", 1, t + 400), later),
+        Seen::First(later)
+    );
+    assert_eq!(
+        seen.first_use(used("a", 1, t + 500), later),
+        Seen::First(later)
+    );
+}
+
+#[test]
+fn a_retry_is_not_a_replay() {
+    let seen = SeenTokens::new(10);
+    let first = SystemTime::now();
+    let later = first + Duration::from_secs(3);
+    let t = unix_seconds(first);
+    let token = TokenUse {
+        digest: token_digest("tok"),
+        note: 42,
+        forget_after: t + 100,
+    };
+    assert_eq!(seen.first_use(token, first), Seen::First(first));
+    // Not applied yet (the first attempt failed, or is still under way):
+    // the same notification goes ahead, as received the first time.
+    assert_eq!(seen.first_use(token, later), Seen::Retry(first));
+    assert!(
+        seen.remembered(later).is_empty(),
+        "pending tokens are not saved"
+    );
+    // Another notification with the same token is a replay, applied or not.
+    let other = TokenUse { note: 43, ..token };
+    assert_eq!(seen.first_use(other, later), Seen::Replay);
+    seen.applied(token.digest);
+    assert_eq!(seen.first_use(token, later), Seen::Applied);
+    assert_eq!(seen.first_use(other, later), Seen::Replay);
+    let kept = seen.remembered(later);
+    assert_eq!(
+        kept,
+        [Remembered {
+            digest: token.digest,
+            forget_after: t + 100,
+            note: 42
+        }]
+    );
+    // Restored in another process: applied, with what it carried.
+    let again = SeenTokens::new(10);
+    assert_eq!(again.restore(kept, later), 1);
+    assert_eq!(again.first_use(token, later), Seen::Applied);
+    assert_eq!(again.first_use(other, later), Seen::Replay);
+    // Kept by a build that did not record the notification: a retry.
+    let old = SeenTokens::new(10);
+    old.restore(
+        [Remembered {
+            digest: token.digest,
+            forget_after: t + 100,
+            note: 0,
+        }],
+        later,
+    );
+    assert_eq!(old.first_use(token, later), Seen::Applied);
+}
+
+#[test]
+fn digests_separate_their_parts() {
+    assert_ne!(digest64(&[b"ab", b"c"]), digest64(&[b"a", b"bc"]));
+    assert_eq!(digest64(&[b"tok"]), token_digest("tok"));
+    assert_ne!(digest64(&[b""]), 0);
 }

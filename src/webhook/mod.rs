@@ -31,12 +31,14 @@ use axum::{
 
 use crate::{
     admin::metrics::Metrics,
-    core::ledger::Ledger,
+    core::ledger::{Claimed, Ledger, TokenClaim},
     core::store::Store,
     core::tenant::NotificationInfo,
     persist::journal::Journal,
     superoffice::poller::PollerHandle,
-    token::{Seen, SeenTokens, TokenError, Verifier, token_digest, unix_seconds},
+    token::{
+        Remembered, Seen, SeenTokens, TokenError, TokenUse, Verifier, token_digest, unix_seconds,
+    },
     webhook::ratelimit::RateLimiter,
 };
 
@@ -65,6 +67,10 @@ pub struct Webhook {
     /// Where notifications are written: `store` itself, or the replicas'
     /// shared log.
     ledger: Arc<dyn Ledger>,
+    /// The accept tasks under way, which the drain waits for.
+    tasks: tokio_util::task::TaskTracker,
+    /// See `WebhookConfig::accept_delay`.
+    accept_delay: Duration,
 }
 
 impl Webhook {
@@ -90,7 +96,15 @@ impl Webhook {
             max_body: DEFAULT_MAX_BODY,
             body_timeout: DEFAULT_BODY_TIMEOUT,
             journal: None,
+            tasks: tokio_util::task::TaskTracker::new(),
+            accept_delay: Duration::ZERO,
         }
+    }
+
+    /// Pauses each accept before its claim (see `WebhookConfig::accept_delay`).
+    pub fn with_accept_delay(mut self, delay: Duration) -> Self {
+        self.accept_delay = delay;
+        self
     }
 
     /// Makes each notification durable in `journal` before it is applied
@@ -133,8 +147,15 @@ impl Webhook {
             .with_state(self)
     }
 
-    /// Verifies and applies a notification. Returns the applied revision.
-    pub async fn accept(&self, body: &[u8]) -> Result<(Notification, u64), Rejection> {
+    /// Verifies and applies a notification. Returns what came of it.
+    ///
+    /// Once the token has verified, the rest (claim, journal, apply) runs in
+    /// a task of its own, to its end whatever the client does: hyper drops
+    /// a request's future when its client hangs up, and a claim made but
+    /// not applied would turn SuperOffice's retry into a "replay". A retry
+    /// of the same notification with the same token is applied once and
+    /// answered as the first attempt was (`Accepted::Retry`).
+    pub async fn accept(self: &Arc<Self>, body: &[u8]) -> Result<Accepted, Rejection> {
         let n = parse_notification(body)?;
         let verified = self
             .verifier
@@ -145,62 +166,107 @@ impl Webhook {
         if forget_after < unix_seconds(now) {
             return Err(TokenError::Expired.into());
         }
-        match self.seen.first_use(&n.token, forget_after, now) {
-            Seen::First => {}
+        let token = TokenUse {
+            digest: token_digest(&n.token),
+            note: n.fingerprint(),
+            forget_after,
+        };
+        let hook = Arc::clone(self);
+        let task = self
+            .tasks
+            .spawn(async move { hook.commit(n, token, now).await });
+        task.await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "the notification's accept task failed");
+            Err(Rejection::NotStored)
+        })
+    }
+
+    /// Claims the token and applies its notification (see `accept`).
+    async fn commit(
+        &self,
+        n: Notification,
+        token: TokenUse,
+        now: SystemTime,
+    ) -> Result<Accepted, Rejection> {
+        if !self.accept_delay.is_zero() {
+            tokio::time::sleep(self.accept_delay).await;
+        }
+        let received_at = match self.seen.first_use(token, now) {
+            Seen::First(at) | Seen::Retry(at) => at,
+            Seen::Applied => return Ok(Accepted::Retry(n)),
             Seen::Replay => return Err(TokenError::Replayed.into()),
             Seen::Full => return Err(Rejection::Busy),
-        }
+        };
+        let claim = TokenClaim {
+            digest: token.digest,
+            note: token.note,
+            forget_after: token.forget_after,
+            received_at,
+        };
+        // A claim that fails leaves the token pending here: SuperOffice's
+        // retry of it is applied, as received the first time.
+        let received_at = match self.ledger.claim_token(claim).await {
+            Ok(Claimed::Mine(at)) => at,
+            Ok(Claimed::Applied) => {
+                // Applied by another replica: this one remembers it too.
+                self.seen.applied(token.digest);
+                return Ok(Accepted::Retry(n));
+            }
+            Ok(Claimed::Replay) => return Err(TokenError::Replayed.into()),
+            Err(e) => {
+                tracing::error!(error = %e, tenant = %n.context_identifier, "could not claim the token's use in the shared store");
+                return Err(Rejection::NotStored);
+            }
+        };
         let info = NotificationInfo {
             change_type: n.change_type,
             version_name: n.version_name.clone(),
             file_version: n.file_version.clone(),
             public_endpoint: n.public_endpoint.clone(),
-            received_at: now,
+            received_at,
         };
-        let digest = token_digest(&n.token);
-        match self.ledger.claim_token(digest, forget_after).await {
-            Ok(true) => {}
-            // Used on another replica: this one remembers it too.
-            Ok(false) => return Err(TokenError::Replayed.into()),
-            Err(e) => {
-                tracing::error!(error = %e, tenant = %n.context_identifier, "could not claim the token's first use in the shared store");
-                self.seen.forget(&n.token);
-                return Err(Rejection::NotStored);
-            }
-        }
         let applied = match &self.journal {
             None => match self
                 .ledger
                 .apply_notification(n.context_identifier.clone(), info, now)
                 .await
             {
-                Ok(applied) => applied,
+                Ok(applied) => {
+                    self.seen.applied(token.digest);
+                    // The record is written: a failure here only means a
+                    // retry applies it again, which changes nothing.
+                    if let Err(e) = self.ledger.token_applied(claim).await {
+                        tracing::warn!(error = %e, tenant = %n.context_identifier, "could not record the token as applied in the shared store; a retry of it will be applied again, changing nothing");
+                    }
+                    applied
+                }
                 Err(e) => {
                     tracing::error!(error = %e, tenant = %n.context_identifier, "could not store the notification");
-                    // Not kept: SuperOffice's retry of this token, here or
-                    // on another replica, is welcome.
-                    self.seen.forget(&n.token);
-                    if let Err(e) = self.ledger.release_token(digest).await {
-                        tracing::warn!(error = %e, "could not give the token back in the shared store; its retry may be refused as a replay");
-                    }
                     return Err(Rejection::NotStored);
                 }
             },
             Some(journal) => {
+                // Applied, and its token marked applied, before a rotation
+                // of the journal can pass it: a saved state file holds both.
                 let apply = || {
-                    self.store
-                        .apply_notification(&n.context_identifier, info.clone(), now)
+                    let applied =
+                        self.store
+                            .apply_notification(&n.context_identifier, info.clone(), now);
+                    self.seen.applied(token.digest);
+                    applied
+                };
+                let remembered = Remembered {
+                    digest: token.digest,
+                    forget_after: token.forget_after,
+                    note: token.note,
                 };
                 match journal
-                    .record(&n.context_identifier, &info, (digest, forget_after), apply)
+                    .record(&n.context_identifier, &info, remembered, apply)
                     .await
                 {
                     Ok(applied) => applied,
                     Err(e) => {
                         tracing::error!(error = %e, tenant = %n.context_identifier, "could not write the notification journal");
-                        // Not kept: SuperOffice's retry of this token is
-                        // welcome.
-                        self.seen.forget(&n.token);
                         return Err(Rejection::NotStored);
                     }
                 }
@@ -211,8 +277,25 @@ impl Webhook {
         if self.ledger.polls(&n.context_identifier) {
             self.poller.confirm(n.context_identifier.clone());
         }
-        Ok((n, applied.record.revision))
+        Ok(Accepted::Applied(n, applied.record.revision))
     }
+
+    /// Waits for every notification being accepted to finish (the drain:
+    /// their answers may never be read, but their effects must be in).
+    pub async fn finish_accepting(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// What came of a notification that was not refused.
+#[derive(Debug)]
+pub enum Accepted {
+    /// Applied, at this revision (unchanged if it was older news).
+    Applied(Notification, u64),
+    /// The same notification with the same token again, applied already:
+    /// answered as then, nothing applied.
+    Retry(Notification),
 }
 
 async fn notify(
@@ -261,7 +344,7 @@ async fn notify(
     }
     .await;
     match result {
-        Ok((n, revision)) => {
+        Ok(Accepted::Applied(n, revision)) => {
             hook.metrics.notification(true, "none");
             tracing::info!(
                 tenant = %n.context_identifier,
@@ -269,6 +352,16 @@ async fn notify(
                 revision,
                 %peer,
                 "applied a state-change notification"
+            );
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(Accepted::Retry(n)) => {
+            hook.metrics.notification(true, "retry");
+            tracing::info!(
+                tenant = %n.context_identifier,
+                change = n.change_type.name(),
+                %peer,
+                "a retry of a notification applied already; answered as then"
             );
             StatusCode::NO_CONTENT.into_response()
         }

@@ -47,6 +47,21 @@ pub struct Notification {
     pub token: String,
 }
 
+impl Notification {
+    /// What the notification says, as a 64-bit digest (never the token):
+    /// the same notification sent again with its token is a retry; the
+    /// token with anything else is a replay.
+    pub fn fingerprint(&self) -> u64 {
+        crate::token::digest64(&[
+            self.context_identifier.as_str().as_bytes(),
+            &(self.change_type as i64).to_be_bytes(),
+            self.version_name.as_bytes(),
+            self.file_version.as_bytes(),
+            self.public_endpoint.as_bytes(),
+        ])
+    }
+}
+
 impl std::fmt::Debug for Notification {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the token.

@@ -15,15 +15,15 @@ use tenant_status::{
 
 use crate::{
     helpers::{
-        TestApp, eventually, kind, next, next_matching, parse_metrics, running, spawn_with_config,
-        start_binary_full, state, test_config,
+        TestApp, eventually, kind, next, next_matching, parse_metrics, replayed_as, running,
+        spawn_with_config, start_binary_full, state, test_config,
     },
     nats::{self, Nats},
 };
 
 const TTL: Duration = Duration::from_secs(2);
 
-fn clustered(fake: &FakeSuperOffice, urls: &[String], id: &str) -> Config {
+pub(crate) fn clustered(fake: &FakeSuperOffice, urls: &[String], id: &str) -> Config {
     let mut config = test_config(&fake.url());
     let mut cluster = ClusterConfig::new(urls.to_vec(), id);
     cluster.lease_ttl = TTL;
@@ -119,10 +119,17 @@ async fn a_notification_posted_to_one_replica_reaches_a_watcher_on_another() {
     assert_eq!(b.get("Cust1").await.unwrap().revision, t.revision);
     assert_eq!(a.get("Cust1").await.unwrap().revision, t.revision);
 
-    // The token, accepted by A, is refused by B.
+    // The token, accepted by A, is known to B: the same notification is a
+    // retry, answered as applied and applied nothing; on another one it is
+    // a replay.
     let (status, json) = b.post_notification(&body).await;
+    assert_eq!(status, 204, "{json}");
+    let (status, json) = b
+        .post_notification(&replayed_as(&body, ChangeType::Resume))
+        .await;
     assert_eq!(status, 401, "{json}");
     assert_eq!(json["reason"], "token_replayed");
+    assert_eq!(b.get("Cust1").await.unwrap().revision, t.revision);
 }
 
 #[tokio::test]

@@ -421,3 +421,11 @@ pub async fn start_binary_full(args: &[String], envs: &[(&str, &str)]) -> Starte
         admin: admin.unwrap_or_default(),
     }
 }
+
+/// `body`'s token on another notification (its ChangeType changed): a
+/// replay, which a retry of `body` itself is not.
+pub fn replayed_as(body: &serde_json::Value, change: ChangeType) -> serde_json::Value {
+    let mut other = body.clone();
+    other["ChangeType"] = serde_json::json!(change as i64);
+    other
+}

@@ -6,6 +6,7 @@ mod client_watch;
 mod cluster;
 mod configuration;
 mod dashboard;
+mod durability;
 mod get;
 mod helpers;
 mod limits;

@@ -175,6 +175,19 @@ impl Nats {
         }
     }
 
+    /// Sends the server `signal` (`STOP`, `CONT`): a pause keeps its
+    /// sockets open, so its clients see a silent stall, not a reset.
+    pub fn signal(&self, signal: &str) {
+        if let Some(c) = &self.child {
+            let status = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(c.id().to_string())
+                .status()
+                .expect("kill runs");
+            assert!(status.success(), "kill -{signal} nats-server");
+        }
+    }
+
     /// Starts it again on the same port, with the same store.
     pub async fn restart(&mut self) {
         self.kill();

@@ -191,15 +191,19 @@ async fn every_acknowledged_notification_survives_a_kill_9() {
     );
 
     let (_child, grpc, webhook) = start_binary(&args).await;
-    // The journal remembers the token too: a replay after the restart is
-    // refused, as one before it would have been.
-    let again = client
-        .post(format!("http://{webhook}/NotifyCustomerStateChange"))
-        .header("content-type", "application/json")
-        .body(kept.to_string())
-        .send()
-        .await
-        .unwrap();
+    // The journal remembers the token too, with what it carried: its retry
+    // after the restart is answered as applied, and the token on another
+    // notification refused, as either would have been before it.
+    let post = |body: serde_json::Value| {
+        client
+            .post(format!("http://{webhook}/NotifyCustomerStateChange"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let retry = post(kept.clone()).await.unwrap();
+    assert_eq!(retry.status().as_u16(), 204);
+    let again = post(replayed_as(&kept, ChangeType::Resume)).await.unwrap();
     assert_eq!(again.status().as_u16(), 401);
     let (_, json) = json_response(again).await;
     assert_eq!(json["reason"], "token_replayed", "{json}");
@@ -223,7 +227,7 @@ async fn every_acknowledged_notification_survives_a_kill_9() {
 }
 
 #[tokio::test]
-async fn a_token_used_before_a_clean_restart_is_refused_after_it() {
+async fn a_token_used_before_a_clean_restart_is_known_after_it() {
     let dir = temp_dir("replay");
     let state_file = dir.join("state.json");
     let (fake, _) = tenant_status::sim::superoffice::FakeSuperOffice::start()
@@ -252,9 +256,17 @@ async fn a_token_used_before_a_clean_restart_is_refused_after_it() {
     assert_eq!(saved.seen_tokens.len(), 1, "the used token is saved");
 
     let app = spawn_with_config(fake.clone(), config()).await;
+    let revision = app.get("Cust1").await.unwrap().revision;
+    // Its retry is answered as applied and applies nothing; the token on
+    // another notification is a replay.
     let (status, json) = app.post_notification(&body).await;
+    assert_eq!(status.as_u16(), 204, "{json}");
+    let (status, json) = app
+        .post_notification(&replayed_as(&body, ChangeType::Resume))
+        .await;
     assert_eq!(status.as_u16(), 401, "{json}");
     assert_eq!(json["reason"], "token_replayed");
+    assert_eq!(app.get("Cust1").await.unwrap().revision, revision);
     assert_eq!(
         state(&app.get("Cust1").await.unwrap()),
         pb::TenantState::Suspended,

@@ -284,10 +284,29 @@ async fn the_same_notification_delivered_twice_is_applied_once() {
     let (status, _) = app.post_notification(&body).await;
     assert_eq!(status, reqwest::StatusCode::NO_CONTENT);
     let revision = app.store.revision();
+    // Delivered again (a sender that gave up waiting retries): answered as
+    // the first time, applied once.
     let (status, json) = app.post_notification(&body).await;
+    assert_eq!(status, reqwest::StatusCode::NO_CONTENT, "{json}");
+    assert_eq!(app.store.revision(), revision, "a retry changes nothing");
+    // The token on another notification is a replay.
+    let (status, json) = app
+        .post_notification(&replayed_as(&body, ChangeType::Suspend))
+        .await;
     assert_eq!(status, reqwest::StatusCode::UNAUTHORIZED);
     assert_eq!(json["reason"], "token_replayed");
     assert_eq!(app.store.revision(), revision, "a replay changes nothing");
+    assert_eq!(
+        state(&app.get("Cust1").await.unwrap()),
+        pb::TenantState::Running
+    );
+    let (_, text) = app.admin_get("/metrics").await;
+    let m = parse_metrics(&text);
+    assert_eq!(
+        m.get(r#"tenant_status_notifications_total{outcome="accepted",reason="retry"}"#),
+        Some(&1.0),
+        "{text}"
+    );
 }
 
 /// The claims of a token the fake would sign for `ctx`.

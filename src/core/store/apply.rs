@@ -3,7 +3,10 @@
 //! state, a notification's implied change holds against a lagging state
 //! API), each a closure handed to the store's one update path.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use super::{Applied, PollApplied, PollResult, Store};
 use crate::core::tenant::{
@@ -61,10 +64,18 @@ impl Store {
         now: SystemTime,
     ) -> Applied {
         let hold = self.notification_hold;
-        self.update(ctx, now, |old| {
-            Some(notification_rule(old, ctx, &note, now, hold))
-        })
-        .expect("a notification always makes a record")
+        match self.update_stamped(ctx, Some(now), |old| {
+            notification_rule(old, ctx, &note, now, hold)
+        }) {
+            Ok(applied) => applied,
+            // Older news than the record holds, or this very notification
+            // again (a retry): the record stands. (The rule declines only
+            // against a record, so it is always there.)
+            Err(record) => Applied {
+                record: record.unwrap_or_else(|| Arc::new(TenantRecord::unknown(ctx, now))),
+                changed: false,
+            },
+        }
     }
 }
 
@@ -96,9 +107,7 @@ pub(crate) fn poll_rule(
         // Lagging news: the notification holds; only the record's
         // freshness moves.
         PollResult::Observed(o)
-            if old
-                .and_then(|r| r.hold.as_ref())
-                .is_some_and(|h| h.is_lagging(o, now)) =>
+            if old.is_some_and(|r| r.hold.as_ref().is_some_and(|h| h.is_lagging(o, r, now))) =>
         {
             let old = old?;
             Some(TenantRecord {
@@ -147,13 +156,24 @@ pub(crate) fn poll_rule(
 /// The record a verified notification leaves: it records it, and sets the
 /// state it implies at once (see `Store::apply_notification`); `hold` is
 /// the longest the implied change holds against lagging polls.
+///
+/// `None` when the record already holds this notification or a later one
+/// (by the time it was received): a retry of a notification that was
+/// applied, or older news, changes nothing. So applying a notification
+/// twice is applying it once.
 pub(crate) fn notification_rule(
     old: Option<&TenantRecord>,
     ctx: &ContextId,
     note: &NotificationInfo,
     now: SystemTime,
     hold: Duration,
-) -> TenantRecord {
+) -> Option<TenantRecord> {
+    if old
+        .and_then(|o| o.last_notification.as_ref())
+        .is_some_and(|n| n.received_at >= note.received_at)
+    {
+        return None;
+    }
     let mut r = old
         .cloned()
         .unwrap_or_else(|| TenantRecord::unknown(ctx, now));
@@ -192,7 +212,7 @@ pub(crate) fn notification_rule(
         .filter(|_| !hold.is_zero());
     r.source = ChangeSource::Notification;
     r.last_notification = Some(note.clone());
-    r
+    Some(r)
 }
 
 /// Finishes a rule's record against the one it replaces: a meaningful
