@@ -502,6 +502,10 @@ fn spawn_polling(
 /// fatal; a file of a newer format version stops the start (a rollback
 /// must not start blind and overwrite it).
 fn restore(store: &Store, seen: &SeenTokens, path: &std::path::Path) -> anyhow::Result<()> {
+    let leftovers = persist::remove_leftovers(path);
+    if leftovers > 0 {
+        tracing::info!(path = %path.display(), leftovers, "removed temporary files of saves cut short");
+    }
     match persist::load(path) {
         Ok(None) => {
             tracing::info!(path = %path.display(), "no state file yet; a first start");

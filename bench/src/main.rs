@@ -17,6 +17,7 @@ mod fanout;
 mod lookups;
 mod notifications;
 mod polling;
+mod outage;
 mod soak;
 mod start;
 mod storm;
@@ -65,6 +66,9 @@ enum Cmd {
     /// they change 10,000 times a second; every stream must end on the
     /// latest.
     Burst(Opts),
+    /// SuperOffice down with 500,000 tenants: the state file's cost and
+    /// SIGTERM to exit.
+    Outage(Opts),
     /// Three replicas through a real nats-server: cross-replica latency,
     /// accepted/s, polls fleet-wide, takeover after kill -9.
     Cluster(Opts),
@@ -137,6 +141,7 @@ fn main() -> ExitCode {
                     "start",
                     "storm",
                     "burst",
+                    "outage",
                     "cluster",
                 ],
             ),
@@ -147,6 +152,7 @@ fn main() -> ExitCode {
             Cmd::Start(o) => (o, vec!["start"]),
             Cmd::Storm(o) => (o, vec!["storm"]),
             Cmd::Burst(o) => (o, vec!["burst"]),
+            Cmd::Outage(o) => (o, vec!["outage"]),
             Cmd::Cluster(o) => (o, vec!["cluster"]),
             Cmd::Soak(o) => (o, vec!["soak"]),
         };
@@ -175,6 +181,7 @@ fn main() -> ExitCode {
                 "cluster" => cluster::run(opts.quick).await,
                 "storm" => storm::run(opts.quick).await,
                 "burst" => burst::run(opts.quick).await,
+                "outage" => outage::run(opts.quick).await,
                 _ => start::run(opts.quick).await,
             };
             match result {

@@ -344,6 +344,31 @@ pub fn load(path: &Path) -> Result<Option<Saved>, LoadError> {
     }))
 }
 
+/// Removes temporary files a save left beside `path` when it was cut
+/// short (a shutdown deadline, a crash mid-write): they were never renamed
+/// over the file, so nothing reads them. Returns how many.
+pub fn remove_leftovers(path: &Path) -> usize {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let Some(prefix) = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(|n| format!("{n}.tmp-"))
+    else {
+        return 0;
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(&prefix)))
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
 /// Moves an unusable state file aside (`PATH.corrupt-<unix seconds>`) so
 /// that the next save does not overwrite what an operator may want to see.
 pub fn set_aside(path: &Path) -> std::io::Result<PathBuf> {

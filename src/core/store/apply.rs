@@ -142,7 +142,9 @@ pub(crate) fn poll_rule(
         }),
         PollResult::Failed(error) => {
             let old = old?;
-            let stale = old.valid_until.is_none_or(|v| v <= now);
+            // A failure never makes a record fresher: one already stale (a
+            // restored record, not yet re-polled) stays so.
+            let stale = old.stale || old.valid_until.is_none_or(|v| v <= now);
             Some(TenantRecord {
                 stale,
                 last_error: error.clone(),
