@@ -175,6 +175,27 @@ impl Nats {
         }
     }
 
+    /// Pauses the server (SIGSTOP): its sockets stay open and nothing
+    /// answers, as in a VM freeze or a long stall.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the server runs");
+        let sent = Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill {signal} {}", child.id());
+    }
+
     /// Starts it again on the same port, with the same store.
     pub async fn restart(&mut self) {
         self.kill();
