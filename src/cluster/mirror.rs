@@ -204,6 +204,22 @@ impl Mirror {
                                 self.apply(entry, &poller);
                                 self.applied.send_replace(revision);
                                 reached = reached || revision >= end || pending == 0;
+                                // A gapped read at the end it knew of: the
+                                // log's end again (nats-server 2.9 does not
+                                // always say nothing is pending); read to
+                                // it, the store holds all of it.
+                                if prefix.gap && revision >= end {
+                                    match self.end().await {
+                                        Ok(e) => {
+                                            if !prefix.at_end(e) {
+                                                end = e;
+                                            }
+                                        }
+                                        Err(e) => {
+                                            tracing::debug!(error = %e, "cannot read the log's end yet")
+                                        }
+                                    }
+                                }
                                 self.settle(&prefix, reached, lost);
                             }
                             Some(Err(e)) => {

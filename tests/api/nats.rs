@@ -46,6 +46,30 @@ pub fn required(test: &str) -> Option<PathBuf> {
     }
 }
 
+/// Whether `binary` can carry replicated buckets (a cluster with
+/// `--nats-bucket-replicas` above 1): 2.10 or later, which the replicas
+/// insist on; `false` after saying why the test is skipped.
+pub fn serves_clusters(binary: &Path, test: &str) -> bool {
+    let out = Command::new(binary)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    // "nats-server: v2.9.10"
+    let version = out.trim().rsplit('v').next().unwrap_or_default().to_owned();
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if (major, minor) < (2, 10) {
+        eprintln!(
+            "skipped {test}: a NATS cluster needs nats-server 2.10 or later, and {} is {}",
+            binary.display(),
+            out.trim()
+        );
+        return false;
+    }
+    true
+}
+
 /// A port free now, below the kernel's ephemeral range (32768-60999 on
 /// Linux), so no outgoing connection can be handed it before nats-server
 /// binds it.
