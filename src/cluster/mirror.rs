@@ -13,7 +13,8 @@
 //! re-creating its consumer after a lost message) skips the versions
 //! overwritten meanwhile: revisions arrive with a gap. Until the read has
 //! reached the log's end, the store may then hold a tenant older than the
-//! revision it is at (the Cust00052 at 3828 while 4294 existed).
+//! revision it is at (one was measured holding a tenant at 3828, sending SYNCED at
+//! 4398, while the log held that tenant at 4294).
 //! From a gap until a record arrives with nothing after it in the log, the
 //! store is marked not consistent: no heartbeat, no SYNCED, not ready.
 
@@ -345,5 +346,37 @@ impl ObservedMirror {
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Prefix;
+
+    #[test]
+    fn a_gapped_read_is_consistent_again_only_at_the_logs_end() {
+        let mut p = Prefix::default();
+        // 1, 2, 3 in order, more to come: consistent all along.
+        assert!(p.read(1, 2) && p.consistent());
+        assert!(p.read(2, 1) && p.consistent());
+        assert!(p.read(3, 0) && p.consistent());
+        // 4 and 5 overwritten before they were read: a gap.
+        assert!(p.read(6, 3));
+        assert!(!p.consistent(), "a tenant written at 4 may be held older");
+        assert!(p.read(7, 1));
+        assert!(!p.consistent());
+        // Read again a step back: skipped, nothing moves.
+        assert!(!p.read(7, 0));
+        assert!(!p.consistent());
+        // Nothing after 8: whatever was skipped was overwritten at or
+        // below it, and has been read.
+        assert!(p.read(8, 0));
+        assert!(p.consistent());
+        // A re-opened read that finds the log ended where it stood.
+        assert!(p.read(12, 5));
+        assert!(!p.at_end(20));
+        assert!(!p.consistent());
+        assert!(p.at_end(12));
+        assert!(p.consistent());
     }
 }

@@ -88,22 +88,78 @@ impl Sweep {
         }
     }
 
-    /// Whether `r` should have been polled again long ago: its next poll
-    /// (at ValidUntil, within the poller's bounds) plus a takeover (two
-    /// TTLs) and the spread of a new holder's overdue polls (one TTL),
-    /// twice over. DELETED tenants wait to be forgotten and unknown ones
-    /// take a small share of the polls: neither is judged.
     fn overdue(&self, r: &TenantRecord, now: SystemTime) -> bool {
-        if r.stale || matches!(r.state, TenantState::Deleted | TenantState::Unknown) {
-            return false;
+        overdue(
+            r,
+            now,
+            (self.min_interval, self.max_interval),
+            self.lease_ttl,
+        )
+    }
+}
+
+/// Whether `r` should have been polled again long ago: its next poll (at
+/// ValidUntil, within the poller's `bounds`) plus a takeover (two TTLs)
+/// and the spread of a new holder's overdue polls (one TTL), twice over.
+/// DELETED tenants wait to be forgotten and unknown ones take a small
+/// share of the polls: neither is judged.
+fn overdue(
+    r: &TenantRecord,
+    now: SystemTime,
+    (min, max): (Duration, Duration),
+    ttl: Duration,
+) -> bool {
+    if r.stale || matches!(r.state, TenantState::Deleted | TenantState::Unknown) {
+        return false;
+    }
+    let interval = r
+        .valid_until
+        .and_then(|v| v.duration_since(r.observed_at).ok())
+        .unwrap_or(min)
+        .clamp(min, max.max(min));
+    now.duration_since(r.observed_at)
+        .is_ok_and(|since| since > interval + ttl * 6)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::tenant::ContextId;
+
+    #[test]
+    fn a_record_is_overdue_past_its_next_poll_and_six_ttls() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let ttl = Duration::from_secs(10);
+        let bounds = (Duration::from_secs(5), Duration::from_secs(900));
+        let ctx = ContextId::parse("Cust1").unwrap();
+        let r = TenantRecord {
+            state: TenantState::Running,
+            valid_until: Some(t0 + Duration::from_secs(60)),
+            ..TenantRecord::unknown(&ctx, t0)
+        };
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // Next poll at 60 s; a takeover and its spread allowed, twice.
+        assert!(!overdue(&r, at(60 + 60), bounds, ttl));
+        assert!(overdue(&r, at(60 + 61), bounds, ttl));
+        // A ValidUntil a day away: polled within the poller's bound anyway.
+        let far = TenantRecord {
+            valid_until: Some(at(86_400)),
+            ..r.clone()
+        };
+        assert!(overdue(&far, at(900 + 61), bounds, ttl));
+        // Stale already, DELETED, or unknown to SuperOffice: not judged.
+        for quiet in [
+            TenantRecord {
+                stale: true,
+                ..r.clone()
+            },
+            TenantRecord {
+                state: TenantState::Deleted,
+                ..r.clone()
+            },
+            TenantRecord::unknown(&ctx, t0),
+        ] {
+            assert!(!overdue(&quiet, at(100_000), bounds, ttl));
         }
-        let interval = r
-            .valid_until
-            .and_then(|v| v.duration_since(r.observed_at).ok())
-            .unwrap_or(self.min_interval)
-            .clamp(self.min_interval, self.max_interval.max(self.min_interval));
-        let allowance = self.lease_ttl * 6;
-        now.duration_since(r.observed_at)
-            .is_ok_and(|since| since > interval + allowance)
     }
 }
