@@ -256,8 +256,9 @@ impl Application {
                 let handle = tracker.poller().clone();
                 let polling = Background::spawn(|stop| poller.run(stop));
                 let configured = config.tenants.clone();
+                let bounds = (config.policy.min_interval, config.policy.max_interval);
                 let sharing = Background::spawn(|stop| async move {
-                    let _ = cluster.start(handle, &configured, stop).await;
+                    let _ = cluster.start(handle, &configured, bounds, stop).await;
                 });
                 // The configured tenants are tracked fleet-wide; their
                 // pollers are the holders of their partitions.

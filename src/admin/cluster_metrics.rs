@@ -1,17 +1,38 @@
 //! The replicas' figures: partitions held, lease renewals and losses, the
 //! shared store's write latency and conflicts, how far behind the log this
-//! replica reads, and whether it is connected to NATS.
+//! replica reads, whether it is connected to NATS, and the faults the
+//! replicas guard against: poll answers fenced off, stalls of NATS,
+//! partitions nobody holds, records marked stale because nobody polled
+//! them.
 
 use std::{sync::atomic::AtomicU64, time::Duration};
 
 use prometheus_client::{
+    encoding::EncodeLabelSet,
     metrics::{
         counter::Counter,
+        family::Family,
         gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
     },
     registry::{Registry, Unit},
 };
+
+/// Why a poll's answer was not written.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FenceLabels {
+    reason: &'static str,
+}
+
+/// Why a poll's answer was dropped at the write (see `cluster::ledger`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fenced {
+    /// This replica's own clock says it no longer holds the partition's
+    /// lease, or the answer was asked for before its current tenure.
+    Lease,
+    /// The answer was asked for before the record's last observation.
+    Older,
+}
 
 /// Updated by the cluster module; read at scrape time.
 #[derive(Debug, Clone)]
@@ -26,6 +47,11 @@ pub struct ClusterMetrics {
     watch_lag: Gauge<f64, AtomicU64>,
     applied_revision: Gauge,
     connected: Gauge,
+    polls_fenced: Family<FenceLabels, Counter>,
+    stalls: Counter,
+    stalled: Gauge,
+    partitions_unheld: Gauge,
+    marked_overdue: Counter,
 }
 
 impl Default for ClusterMetrics {
@@ -42,6 +68,11 @@ impl Default for ClusterMetrics {
             watch_lag: Gauge::default(),
             applied_revision: Gauge::default(),
             connected: Gauge::default(),
+            polls_fenced: Family::default(),
+            stalls: Counter::default(),
+            stalled: Gauge::default(),
+            partitions_unheld: Gauge::default(),
+            marked_overdue: Counter::default(),
         }
     }
 }
@@ -100,6 +131,31 @@ impl ClusterMetrics {
             "1 while this replica is connected to NATS, else 0",
             self.connected.clone(),
         );
+        r.register(
+            "poll_answers_fenced",
+            "Poll answers dropped at the write: the lease was no longer this replica's (reason lease), or the answer was asked for before the record's last observation (reason older)",
+            self.polls_fenced.clone(),
+        );
+        r.register(
+            "stalls",
+            "Times this replica could neither renew nor read through NATS for longer than the lease TTL",
+            self.stalls.clone(),
+        );
+        r.register(
+            "stalled",
+            "1 while this replica has had no answer from NATS for longer than the lease TTL (it serves stale and is not ready), else 0",
+            self.stalled.clone(),
+        );
+        r.register(
+            "partitions_unheld",
+            "Poll partitions this replica has seen held by nobody for two lease TTLs or more: their tenants are not polled",
+            self.partitions_unheld.clone(),
+        );
+        r.register(
+            "records_marked_overdue",
+            "Records this replica marked stale because their next poll was overdue by more than the schedule allows",
+            self.marked_overdue.clone(),
+        );
     }
 
     pub fn partitions_held(&self, n: usize) {
@@ -131,5 +187,28 @@ impl ClusterMetrics {
     }
     pub fn connected(&self, yes: bool) {
         self.connected.set(i64::from(yes));
+    }
+    pub fn poll_fenced(&self, why: Fenced) {
+        let reason = match why {
+            Fenced::Lease => "lease",
+            Fenced::Older => "older",
+        };
+        self.polls_fenced
+            .get_or_create(&FenceLabels { reason })
+            .inc();
+    }
+    /// The replica's stall state; a move into a stall is counted.
+    pub fn stalled(&self, yes: bool) {
+        if yes && self.stalled.get() == 0 {
+            self.stalls.inc();
+        }
+        self.stalled.set(i64::from(yes));
+    }
+    pub fn partitions_unheld(&self, n: usize) {
+        self.partitions_unheld
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    pub fn marked_overdue(&self) {
+        self.marked_overdue.inc();
     }
 }

@@ -23,7 +23,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-pub use crate::admin::cluster_metrics::ClusterMetrics;
+pub use crate::admin::cluster_metrics::{ClusterMetrics, Fenced};
 use crate::{admin::process::ProcessCollector, core::store::Store, token::JwksStats};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

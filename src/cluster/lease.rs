@@ -13,20 +13,27 @@
 //!
 //! Balance: each replica keeps a membership key (`m.<id>`) alive the same
 //! way, and holds at most ⌈PARTITIONS / members⌉ partitions, giving back
-//! the rest, so the load spreads as replicas come and go.
+//! the rest, so the load spreads as replicas come and go. Members are
+//! counted by distinct key: nats-server 2.9 lists a key of a busy bucket
+//! more than once, and a miscount moved leases when nothing had failed.
+//!
+//! Watching for loss: every replica notes when it last saw each partition
+//! held (its own, or a key in the bucket); one nobody has held for two
+//! TTLs is counted (`partitions_unheld`), and alerted on.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
-use futures_util::TryStreamExt;
+use futures_util::{TryStreamExt, future::join_all};
 use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
 
+use super::health::Contact;
 use crate::{
     admin::metrics::ClusterMetrics,
     core::{ledger::Removal, store::Store, tenant::ContextId},
@@ -57,6 +64,10 @@ struct Held {
     revision: u64,
     /// Until when this replica may act on the lease, by its own clock.
     until: Instant,
+    /// When this tenure began (taken, or taken again after lapsing): an
+    /// answer to a request sent before it belongs to an earlier tenure,
+    /// between which another replica may have polled.
+    since: SystemTime,
 }
 
 /// The leases this replica holds.
@@ -80,6 +91,16 @@ impl Leases {
         let p = partition_of(ctx);
         let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         held.get(&p).is_some_and(|h| Instant::now() < h.until)
+    }
+
+    /// Whether this replica may write a poll's answer for `ctx` now, for a
+    /// request sent at `asked_at`: it holds the lease by its own clock, and
+    /// held it, without a lapse, since before the request went out.
+    pub(crate) fn owns_since(&self, ctx: &ContextId, asked_at: SystemTime) -> bool {
+        let p = partition_of(ctx);
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.get(&p)
+            .is_some_and(|h| Instant::now() < h.until && asked_at >= h.since)
     }
 
     fn snapshot(&self) -> BTreeMap<u16, Held> {
@@ -122,6 +143,19 @@ pub(super) struct LeaseKeeper {
     pub(super) store: Arc<Store>,
     pub(super) caught_up: watch::Receiver<bool>,
     pub(super) metrics: Arc<ClusterMetrics>,
+    pub(super) contact: Arc<Contact>,
+    /// When this replica last saw each partition held, by anyone.
+    pub(super) seen_held: Mutex<BTreeMap<u16, Instant>>,
+}
+
+/// How many replicas the leases bucket names: distinct membership keys,
+/// however many times a listing repeats one.
+fn count_members(keys: &[String]) -> usize {
+    keys.iter()
+        .filter(|k| k.starts_with("m."))
+        .collect::<HashSet<_>>()
+        .len()
+        .max(1)
 }
 
 impl LeaseKeeper {
@@ -149,8 +183,9 @@ impl LeaseKeeper {
 
     async fn round(&self, poller: &PollerHandle) {
         let id = Bytes::from(self.leases.id.clone());
-        if let Err(e) = self.kv.put(self.member_key(), id.clone()).await {
-            tracing::warn!(error = %e, "could not renew this replica's membership");
+        match self.kv.put(self.member_key(), id.clone()).await {
+            Ok(_) => self.contact.touch(),
+            Err(e) => tracing::warn!(error = %e, "could not renew this replica's membership"),
         }
         self.share_interest().await;
         // Renew what is held; a refusal or no answer is a loss. A lease
@@ -158,11 +193,27 @@ impl LeaseKeeper {
         // machine) but that is still its own is taken again: its poller
         // dropped those tenants meanwhile and must schedule them anew.
         let mut taken = Vec::new();
-        for (p, h) in self.leases.snapshot() {
-            let sent = Instant::now();
+        // All at once: one at a time, a stalled server made a round last a
+        // request timeout per lease, far past the TTL.
+        let renewals = self.leases.snapshot().into_iter().map(|(p, h)| {
+            let id = id.clone();
+            async move {
+                let sent = Instant::now();
+                let at = SystemTime::now();
+                (
+                    p,
+                    h,
+                    sent,
+                    at,
+                    self.kv.update(lease_key(p), id, h.revision).await,
+                )
+            }
+        });
+        for (p, h, sent, at, result) in join_all(renewals).await {
             let lapsed = sent >= h.until;
-            match self.kv.update(lease_key(p), id.clone(), h.revision).await {
+            match result {
                 Ok(revision) => {
+                    self.contact.touch();
                     self.metrics.lease_renewed();
                     if lapsed {
                         taken.push(p);
@@ -172,6 +223,7 @@ impl LeaseKeeper {
                         Some(Held {
                             revision,
                             until: self.leases.until(sent),
+                            since: if lapsed { at } else { h.since },
                         }),
                     );
                 }
@@ -184,13 +236,21 @@ impl LeaseKeeper {
         }
         // How many replicas there are now, and so how many partitions are
         // this one's share.
-        let members = match self.kv.keys().await {
-            Ok(keys) => match keys.try_collect::<Vec<String>>().await {
-                Ok(keys) => keys.iter().filter(|k| k.starts_with("m.")).count().max(1),
-                Err(_) => return self.finish(&taken, poller),
-            },
-            Err(_) => return self.finish(&taken, poller),
+        let listed = tokio::time::timeout(self.leases.ttl, async {
+            self.kv
+                .keys()
+                .await
+                .ok()?
+                .try_collect::<Vec<String>>()
+                .await
+                .ok()
+        });
+        let Ok(Some(keys)) = listed.await else {
+            return self.finish(&taken, poller);
         };
+        self.contact.touch();
+        self.note_held(&keys);
+        let members = count_members(&keys);
         let share = usize::from(PARTITIONS).div_ceil(members);
         // Give back more than the share, so that a new replica finds some.
         let held = self.leases.snapshot();
@@ -222,6 +282,7 @@ impl LeaseKeeper {
                 continue;
             }
             let sent = Instant::now();
+            let at = SystemTime::now();
             match self.kv.create(lease_key(p), id.clone()).await {
                 Ok(revision) => {
                     self.metrics.lease_taken();
@@ -230,6 +291,7 @@ impl LeaseKeeper {
                         Some(Held {
                             revision,
                             until: self.leases.until(sent),
+                            since: at,
                         }),
                     );
                     taken.push(p);
@@ -285,12 +347,45 @@ impl LeaseKeeper {
         }
     }
 
+    /// Notes which partitions the bucket's keys say are held now.
+    fn note_held(&self, keys: &[String]) {
+        let now = Instant::now();
+        let mut seen = self.seen_held.lock().unwrap_or_else(|e| e.into_inner());
+        for p in keys
+            .iter()
+            .filter_map(|k| k.strip_prefix("p."))
+            .filter_map(|p| p.parse::<u16>().ok())
+        {
+            seen.insert(p, now);
+        }
+    }
+
+    /// The partitions nobody has been seen holding for two TTLs (this
+    /// replica's own held ones excepted; a listing that fails, as on a
+    /// stuck NATS, sees none held).
+    fn unheld(&self) -> usize {
+        let now = Instant::now();
+        let mut seen = self.seen_held.lock().unwrap_or_else(|e| e.into_inner());
+        for (p, h) in self.leases.snapshot() {
+            if now < h.until {
+                seen.insert(p, now);
+            }
+        }
+        (0..PARTITIONS)
+            .filter(|p| {
+                let since = *seen.entry(*p).or_insert(now);
+                now.duration_since(since) >= self.leases.ttl * 2
+            })
+            .count()
+    }
+
     /// The end of a round: the tenants of partitions taken are scheduled.
     fn finish(&self, taken: &[u16], poller: &PollerHandle) {
         if !taken.is_empty() {
             self.schedule(taken, poller);
         }
         self.metrics.partitions_held(self.leases.count());
+        self.metrics.partitions_unheld(self.unheld());
     }
 
     /// Schedules the tenants of partitions just taken from the records
@@ -337,5 +432,18 @@ mod tests {
             counts.iter().all(|&c| (667..=1333).contains(&c)),
             "{counts:?}"
         );
+    }
+
+    #[test]
+    fn members_listed_twice_are_counted_once() {
+        // What nats-server 2.9 listed for a busy leases bucket of three
+        // replicas: membership keys repeated among the partitions'.
+        let keys: Vec<String> = [
+            "m.r1", "p.00", "m.r2", "m.r1", "p.01", "m.r3", "m.r2", "m.r1", "p.02",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(count_members(&keys), 3);
+        assert_eq!(count_members(&[]), 1, "this replica, at least");
     }
 }

@@ -9,6 +9,14 @@
 //! A write returns once JetStream acknowledged it and this replica's store
 //! has read it back from the log (briefly awaited), so a caller that reads
 //! its own write sees it, in revision order with every other change.
+//!
+//! A poll's answer over a tracked tenant is fenced: it is written only if,
+//! at the moment of the write, this replica's own clock says it holds the
+//! partition's lease and held it when the request went out, and only if
+//! the request went out after the record's last observation. A replica
+//! that wakes from a pause with answers fetched before it finds its lease
+//! gone, and a record its successor observed since: the answers are
+//! dropped (and counted), never written over newer ones.
 
 use std::{
     sync::Arc,
@@ -20,9 +28,9 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use tokio::sync::watch;
 
-use super::lease::Leases;
+use super::{health::Contact, lease::Leases};
 use crate::{
-    admin::metrics::ClusterMetrics,
+    admin::metrics::{ClusterMetrics, Fenced},
     core::{
         ledger::{Claimed, Ledger, Removal, TokenClaim, Write, WriteError},
         store::{
@@ -61,6 +69,11 @@ pub(crate) struct SharedLedger {
     /// Unknown tenants some replica's stream watches by name, as the lease
     /// keeper last read them from the `interest` bucket.
     pub(super) interest: Arc<std::sync::RwLock<std::collections::HashSet<ContextId>>>,
+    /// When NATS last answered (see `health`).
+    pub(super) contact: Arc<Contact>,
+    /// The records bucket's stream, for the log's end.
+    pub(super) js: async_nats::jetstream::Context,
+    pub(super) stream: String,
 }
 
 /// What one attempt of a compare-and-set came to.
@@ -78,7 +91,7 @@ impl SharedLedger {
     }
 
     fn connected(&self) -> Result<(), WriteError> {
-        if super::is_connected(&self.client) {
+        if super::is_connected(&self.client) && !self.contact.stalled() {
             Ok(())
         } else {
             Err(self.unavailable("this replica is not connected to NATS"))
@@ -99,6 +112,16 @@ impl SharedLedger {
                     ))
                 })?;
                 r.revision = e.revision;
+                self.contact.touch();
+                // A confirming poll moves only the observed bucket, which
+                // this replica's store follows: the freshest of the two.
+                if let Some(mine) = self.store.get(ctx)
+                    && mine.observed_at > r.observed_at
+                {
+                    r.observed_at = mine.observed_at;
+                    r.valid_until = mine.valid_until;
+                    r.last_error = mine.last_error.clone();
+                }
                 Ok(Some((r, e.value)))
             }
             _ => Ok(None),
@@ -127,7 +150,10 @@ impl SharedLedger {
         };
         self.metrics.write(started.elapsed());
         match result {
-            Ok(rev) => Attempt::Written(rev),
+            Ok(rev) => {
+                self.contact.touch();
+                Attempt::Written(rev)
+            }
             Err((true, _)) => Attempt::Conflict,
             Err((false, e)) => Attempt::Failed(e),
         }
@@ -140,14 +166,35 @@ impl SharedLedger {
         let _ = tokio::time::timeout(READ_BACK, applied.wait_for(|r| *r >= revision)).await;
     }
 
+    /// Why a poll's answer asked for at `asked_at` may not be written over
+    /// `current` now, if it may not (see the module comment). A tenant not
+    /// tracked yet is anyone's to add (a lookup on any replica).
+    fn fenced(
+        &self,
+        ctx: &ContextId,
+        current: Option<&TenantRecord>,
+        asked_at: SystemTime,
+    ) -> Option<Fenced> {
+        let current = current?;
+        if !self.leases.owns_since(ctx, asked_at) {
+            Some(Fenced::Lease)
+        } else if asked_at < current.observed_at {
+            Some(Fenced::Older)
+        } else {
+            None
+        }
+    }
+
     /// The one write path: `rule` makes the new record from the current
     /// one (or declines with `None`); a meaningful change is written with
     /// compare-and-set, a refresh to the `observed` bucket. `Ok(Err(r))`:
-    /// declined, `r` stands.
-    async fn write(
+    /// declined, `r` stands. `asked_at`: a poll's answer, fenced (see the
+    /// module comment) right before each write, after every wait.
+    pub(super) async fn write(
         &self,
         ctx: &ContextId,
         now: SystemTime,
+        asked_at: Option<SystemTime>,
         rule: impl Fn(Option<&TenantRecord>) -> Option<TenantRecord>,
     ) -> Result<Result<Applied, Option<Arc<TenantRecord>>>, WriteError> {
         self.connected()?;
@@ -159,6 +206,11 @@ impl SharedLedger {
                 return Ok(Err(current));
             };
             let (mut new, changed) = settle(current.as_deref(), new, Some(now));
+            if let Some(why) = asked_at.and_then(|at| self.fenced(ctx, current.as_deref(), at)) {
+                self.metrics.poll_fenced(why);
+                tracing::debug!(tenant = %ctx, reason = ?why, "a poll's answer fenced off: not written");
+                return Ok(Err(current));
+            }
             if !changed {
                 let seen = Freshness {
                     observed_at: new.observed_at,
@@ -345,6 +397,24 @@ impl TokenValue {
     }
 }
 
+/// Whether a watch may resume from `since` on a replica that has read
+/// the log to `read`, the log ending at `end`: a revision the log never
+/// issued goes on (the watch starts with RESET); one issued but not read
+/// here yet is refused, so that the client resumes on a replica further
+/// along. Err: the sentence for UNAVAILABLE.
+fn resume_from(read: u64, since: u64, end: Result<u64, String>) -> Result<(), String> {
+    match end {
+        _ if since <= read => Ok(()),
+        Ok(end) if end < since => Ok(()),
+        Ok(_) => Err(format!(
+            "this replica has read the shared store to revision {read}, not yet to since_revision {since}"
+        )),
+        Err(e) => Err(format!(
+            "this replica has read the shared store to revision {read}, and cannot tell whether since_revision {since} was issued: {e}"
+        )),
+    }
+}
+
 impl Ledger for SharedLedger {
     fn apply_poll(
         &self,
@@ -355,7 +425,7 @@ impl Ledger for SharedLedger {
     ) -> Write<'_, PollApplied> {
         async move {
             let outcome = self
-                .write(&ctx, now, |old| {
+                .write(&ctx, now, Some(asked_at), |old| {
                     poll_rule(old, &ctx, &result, asked_at, now)
                 })
                 .await?;
@@ -377,7 +447,7 @@ impl Ledger for SharedLedger {
         async move {
             let hold = self.notification_hold;
             let outcome = self
-                .write(&ctx, now, |old| {
+                .write(&ctx, now, None, |old| {
                     notification_rule(old, &ctx, &note, now, hold)
                 })
                 .await?;
@@ -400,7 +470,7 @@ impl Ledger for SharedLedger {
     fn track_unknown(&self, ctx: ContextId, now: SystemTime) -> Write<'_, Option<Applied>> {
         async move {
             let outcome = self
-                .write(&ctx, now, |old| {
+                .write(&ctx, now, None, |old| {
                     old.is_none().then(|| TenantRecord::unknown(&ctx, now))
                 })
                 .await?;
@@ -470,10 +540,17 @@ impl Ledger for SharedLedger {
         .boxed()
     }
 
+    /// A resume from a revision this replica has not read yet waits for
+    /// it (up to `READ_BACK`), then, if the log holds that revision, is
+    /// refused UNAVAILABLE so that the client resumes on a replica further
+    /// along (or here, moments later); a revision the log never issued
+    /// goes on, and the watch starts with RESET.
     fn synced(&self, since: u64) -> Write<'static, ()> {
         let client = self.client.clone();
         let mut caught_up = self.caught_up.clone();
         let mut applied = self.applied.clone();
+        let js = self.js.clone();
+        let stream = self.stream.clone();
         async move {
             if !super::is_connected(&client) {
                 return Err(WriteError::Unavailable(
@@ -486,16 +563,29 @@ impl Ledger for SharedLedger {
                     "this replica has not yet read the shared store to its end".into(),
                 ));
             }
-            // A revision from a replica further along: this one reads to
-            // it in moments. One never issued: go on, the watch says RESET.
-            let _ = tokio::time::timeout(READ_BACK, applied.wait_for(|r| *r >= since)).await;
-            Ok(())
+            if tokio::time::timeout(READ_BACK, applied.wait_for(|r| *r >= since))
+                .await
+                .is_ok_and(|r| r.is_ok())
+                && *caught_up.borrow()
+            {
+                return Ok(());
+            }
+            let read = *applied.borrow();
+            let end = js
+                .get_stream(&stream)
+                .await
+                .map(|s| s.cached_info().state.last_sequence)
+                .map_err(|e| e.to_string());
+            resume_from(read, since, end).map_err(WriteError::Unavailable)
         }
         .boxed()
     }
 
+    /// Whether this replica may be behind the truth: not connected, or
+    /// NATS silent for longer than a lease TTL (a stalled server). What it
+    /// serves is then marked stale.
     fn cut_off(&self) -> bool {
-        !super::is_connected(&self.client)
+        !super::is_connected(&self.client) || self.contact.stalled()
     }
 
     fn detached(&self) -> Option<futures_util::future::BoxFuture<'static, ()>> {
@@ -520,5 +610,27 @@ impl Ledger for SharedLedger {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .contains(ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resume_from;
+
+    #[test]
+    fn a_resume_ahead_of_this_replica_is_refused_unless_never_issued() {
+        // Read that far: served here.
+        assert!(resume_from(120, 120, Ok(150)).is_ok());
+        // Issued (the log ends at 150) but read only to 100: UNAVAILABLE,
+        // naming both revisions, so the client tries another replica.
+        let refused = resume_from(100, 120, Ok(150)).unwrap_err();
+        assert!(
+            refused.contains("100") && refused.contains("120"),
+            "{refused}"
+        );
+        // Never issued anywhere: the watch goes on and starts with RESET.
+        assert!(resume_from(100, 9_999, Ok(150)).is_ok());
+        // The log's end unknown (NATS not answering): refused, not guessed.
+        assert!(resume_from(100, 120, Err("timed out".into())).is_err());
     }
 }

@@ -7,6 +7,16 @@
 //! and nothing is read twice. The replica has caught up once it has read
 //! to the log's last revision as of its start (`caught_up`); readiness and
 //! SYNCED wait for that.
+//!
+//! A consistent prefix: the bucket keeps one version per key, so a read
+//! that falls behind the log (a re-read after a reconnect, or async-nats
+//! re-creating its consumer after a lost message) skips the versions
+//! overwritten meanwhile: revisions arrive with a gap. Until the read has
+//! reached the log's end, the store may then hold a tenant older than the
+//! revision it is at (one was measured holding a tenant at 3828, sending SYNCED at
+//! 4398, while the log held that tenant at 4294).
+//! From a gap until a record arrives with nothing after it in the log, the
+//! store is marked not consistent: no heartbeat, no SYNCED, not ready.
 
 use std::{sync::Arc, time::Duration};
 
@@ -15,7 +25,7 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::lease::Leases;
+use super::{health::Contact, lease::Leases};
 use crate::{
     admin::metrics::ClusterMetrics,
     core::{
@@ -46,6 +56,54 @@ pub(super) struct Mirror {
     pub(super) metrics: Arc<ClusterMetrics>,
     /// Over how long a new tenant's first poll may be spread.
     pub(super) spread: Duration,
+    pub(super) contact: Arc<Contact>,
+}
+
+/// Where the read of the log stands, for a consistent prefix (see the
+/// module comment).
+#[derive(Debug, Default)]
+struct Prefix {
+    /// The last revision read.
+    last: u64,
+    /// Revisions were skipped since the store last held a consistent
+    /// prefix of the log.
+    gap: bool,
+}
+
+impl Prefix {
+    /// Takes in an entry at `revision` with `pending` more after it in the
+    /// log when it was sent. `false`: an old one again (a consumer
+    /// re-created a step back), to be skipped.
+    fn read(&mut self, revision: u64, pending: u64) -> bool {
+        if revision <= self.last {
+            return false;
+        }
+        if revision != self.last + 1 {
+            self.gap = true;
+        }
+        self.last = revision;
+        // Nothing after it: every version skipped was overwritten by one
+        // at or below this revision, which has been read.
+        if pending == 0 {
+            self.gap = false;
+        }
+        true
+    }
+
+    /// The log ends at `end`: read to it, the store holds all of it.
+    fn at_end(&mut self, end: u64) -> bool {
+        if self.last >= end {
+            self.gap = false;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The store holds the log's prefix up to `last`, whole.
+    fn consistent(&self) -> bool {
+        !self.gap
+    }
 }
 
 impl Mirror {
@@ -59,8 +117,24 @@ impl Mirror {
         Ok(stream.cached_info().state.last_sequence)
     }
 
+    /// Says whether the store holds a consistent prefix, and whether this
+    /// replica has caught up (read to `end`, consistently, connected).
+    fn settle(&self, prefix: &Prefix, reached_end: bool, lost: bool) {
+        self.store.set_consistent(prefix.consistent());
+        let caught = reached_end && prefix.consistent() && !lost;
+        if caught && !*self.caught_up.borrow() {
+            tracing::info!(
+                revision = prefix.last,
+                tenants = self.store.len(),
+                "read the shared store to its end"
+            );
+        }
+        self.caught_up
+            .send_if_modified(|c| std::mem::replace(c, caught) != caught);
+    }
+
     pub(super) async fn run(self, poller: PollerHandle, stop: CancellationToken) {
-        let mut last = 0u64;
+        let mut prefix = Prefix::default();
         let mut backoff = BACKOFF_MIN;
         loop {
             let end = tokio::select! {
@@ -69,11 +143,11 @@ impl Mirror {
             };
             let opened = match end {
                 Ok(end) => {
-                    if last >= end {
-                        self.caught_up.send_replace(true);
-                    }
+                    self.contact.touch();
+                    let reached = prefix.at_end(end);
+                    self.settle(&prefix, reached, false);
                     self.records
-                        .watch_all_from_revision(last + 1)
+                        .watch_all_from_revision(prefix.last + 1)
                         .await
                         .map(|w| (w, end))
                         .map_err(|e| e.to_string())
@@ -83,6 +157,7 @@ impl Mirror {
             match opened {
                 Ok((mut watch, mut end)) => {
                     let mut lost = false;
+                    let mut reached = prefix.last >= end;
                     let mut check = tokio::time::interval(CONNECTION_CHECK);
                     loop {
                         let next = tokio::select! {
@@ -92,17 +167,17 @@ impl Mirror {
                                 let connected = super::is_connected(&self.client);
                                 if !connected {
                                     lost = true;
-                                    self.caught_up.send_replace(false);
+                                    self.settle(&prefix, reached, lost);
                                 } else if lost {
                                     // Back: caught up again once read to the
                                     // log's end as of now.
                                     match self.end().await {
                                         Ok(e) => {
+                                            self.contact.touch();
                                             lost = false;
                                             end = e;
-                                            if last >= end {
-                                                self.caught_up.send_replace(true);
-                                            }
+                                            reached = prefix.at_end(end);
+                                            self.settle(&prefix, reached, lost);
                                         }
                                         Err(e) => tracing::debug!(error = %e, "cannot read the log's end yet"),
                                     }
@@ -113,28 +188,49 @@ impl Mirror {
                         match next {
                             Some(Ok(entry)) => {
                                 backoff = BACKOFF_MIN;
-                                let revision = entry.revision;
-                                let current = entry.delta == 0 || revision >= end;
-                                self.apply(entry, &poller);
-                                last = revision;
-                                self.applied.send_replace(revision);
-                                if current && !lost && !*self.caught_up.borrow() {
-                                    tracing::info!(
-                                        revision,
-                                        tenants = self.store.len(),
-                                        "read the shared store to its end"
-                                    );
-                                    self.caught_up.send_replace(true);
+                                self.contact.touch();
+                                let (revision, pending) = (entry.revision, entry.delta);
+                                if !prefix.read(revision, pending) {
+                                    continue;
                                 }
+                                if prefix.gap && !*self.caught_up.borrow() {
+                                    tracing::debug!(
+                                        revision,
+                                        "revisions skipped: withholding SYNCED and heartbeats until the log's end"
+                                    );
+                                }
+                                // Marked before the store moves: a heartbeat
+                                // never names a revision of a gapped read.
+                                self.store.set_consistent(prefix.consistent());
+                                self.apply(entry, &poller);
+                                self.applied.send_replace(revision);
+                                reached = reached || revision >= end || pending == 0;
+                                // A gapped read at the end it knew of: the
+                                // log's end again (nats-server 2.9 does not
+                                // always say nothing is pending); read to
+                                // it, the store holds all of it.
+                                if prefix.gap && revision >= end {
+                                    match self.end().await {
+                                        Ok(e) => {
+                                            if !prefix.at_end(e) {
+                                                end = e;
+                                            }
+                                        }
+                                        Err(e) => {
+                                            tracing::debug!(error = %e, "cannot read the log's end yet")
+                                        }
+                                    }
+                                }
+                                self.settle(&prefix, reached, lost);
                             }
                             Some(Err(e)) => {
-                                tracing::warn!(error = %e, last, "the shared store's watch failed; opening it again");
+                                tracing::warn!(error = %e, last = prefix.last, "the shared store's watch failed; opening it again");
                                 self.caught_up.send_replace(false);
                                 break;
                             }
                             None => {
                                 tracing::warn!(
-                                    last,
+                                    last = prefix.last,
                                     "the shared store's watch ended; opening it again"
                                 );
                                 self.caught_up.send_replace(false);
@@ -208,6 +304,7 @@ impl Mirror {
 pub(super) struct ObservedMirror {
     pub(super) observed: kv::Store,
     pub(super) store: Arc<Store>,
+    pub(super) contact: Arc<Contact>,
 }
 
 impl ObservedMirror {
@@ -224,6 +321,7 @@ impl ObservedMirror {
                     match next {
                         Some(Ok(entry)) => {
                             backoff = BACKOFF_MIN;
+                            self.contact.touch();
                             last = entry.revision;
                             if entry.operation != kv::Operation::Put {
                                 continue;
@@ -248,5 +346,37 @@ impl ObservedMirror {
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Prefix;
+
+    #[test]
+    fn a_gapped_read_is_consistent_again_only_at_the_logs_end() {
+        let mut p = Prefix::default();
+        // 1, 2, 3 in order, more to come: consistent all along.
+        assert!(p.read(1, 2) && p.consistent());
+        assert!(p.read(2, 1) && p.consistent());
+        assert!(p.read(3, 0) && p.consistent());
+        // 4 and 5 overwritten before they were read: a gap.
+        assert!(p.read(6, 3));
+        assert!(!p.consistent(), "a tenant written at 4 may be held older");
+        assert!(p.read(7, 1));
+        assert!(!p.consistent());
+        // Read again a step back: skipped, nothing moves.
+        assert!(!p.read(7, 0));
+        assert!(!p.consistent());
+        // Nothing after 8: whatever was skipped was overwritten at or
+        // below it, and has been read.
+        assert!(p.read(8, 0));
+        assert!(p.consistent());
+        // A re-opened read that finds the log ended where it stood.
+        assert!(p.read(12, 5));
+        assert!(!p.at_end(20));
+        assert!(!p.consistent());
+        assert!(p.at_end(12));
+        assert!(p.consistent());
     }
 }

@@ -40,9 +40,11 @@ use crate::{
     superoffice::poller::PollerHandle,
 };
 
+mod health;
 mod lease;
 mod ledger;
 mod mirror;
+mod overdue;
 
 pub use lease::{PARTITIONS, partition_of};
 pub(crate) use ledger::SharedLedger;
@@ -101,10 +103,6 @@ impl std::fmt::Debug for ClusterConfig {
     }
 }
 
-/// How long one request to JetStream may take before the write is given
-/// up (and, when its outcome is unknown, read back).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
-
 /// A replica's connection to the fleet: its ledger, and the tasks that
 /// follow the shared log and hold leases.
 pub struct Cluster {
@@ -113,6 +111,8 @@ pub struct Cluster {
     caught_up: watch::Receiver<bool>,
     detached: watch::Sender<bool>,
     lease_ttl: Duration,
+    contact: Arc<health::Contact>,
+    metrics: Arc<ClusterMetrics>,
     mirror: mirror::Mirror,
     observed_mirror: mirror::ObservedMirror,
     leases: lease::LeaseKeeper,
@@ -128,8 +128,11 @@ impl Cluster {
         notification_hold: Duration,
     ) -> anyhow::Result<Self> {
         let client = connect(config, Arc::clone(&metrics)).await?;
+        let server = client.server_info().version;
+        health::check_server_version(&server, config.bucket_replicas)
+            .map_err(|why| anyhow::anyhow!(why))?;
         let mut js = jetstream::new(client.clone());
-        js.set_timeout(REQUEST_TIMEOUT);
+        js.set_timeout(health::request_timeout(config.lease_ttl));
         let prefix = &config.bucket;
         let file = |name: &str, max_age: Duration| kv::Config {
             bucket: format!("{prefix}-{name}"),
@@ -167,6 +170,8 @@ impl Cluster {
         let (applied_tx, applied_rx) = watch::channel(0u64);
         let (caught_tx, caught_rx) = watch::channel(false);
         let leases = Arc::new(lease::Leases::new(config.replica_id.clone(), lease_ttl));
+        let contact = Arc::new(health::Contact::new(lease_ttl));
+        contact.touch();
         let (detached_tx, detached_rx) = watch::channel(false);
         let ledger = Arc::new(SharedLedger {
             replica: config.replica_id.clone(),
@@ -182,6 +187,9 @@ impl Cluster {
             notification_hold,
             detached: detached_rx,
             interest: Arc::clone(&interest),
+            contact: Arc::clone(&contact),
+            js: js.clone(),
+            stream: records_stream.clone(),
         });
         Ok(Self {
             ledger,
@@ -189,6 +197,8 @@ impl Cluster {
             caught_up: caught_rx.clone(),
             detached: detached_tx,
             lease_ttl,
+            contact: Arc::clone(&contact),
+            metrics: Arc::clone(&metrics),
             mirror: mirror::Mirror {
                 client: client.clone(),
                 js: js.clone(),
@@ -200,10 +210,12 @@ impl Cluster {
                 caught_up: caught_tx,
                 metrics: Arc::clone(&metrics),
                 spread: lease_ttl,
+                contact: Arc::clone(&contact),
             },
             observed_mirror: mirror::ObservedMirror {
                 observed,
                 store: Arc::clone(&store),
+                contact: Arc::clone(&contact),
             },
             leases: lease::LeaseKeeper {
                 kv: leases_kv,
@@ -214,6 +226,8 @@ impl Cluster {
                 store,
                 caught_up: caught_rx,
                 metrics,
+                contact,
+                seen_held: Default::default(),
             },
         })
     }
@@ -223,14 +237,18 @@ impl Cluster {
         Arc::clone(&self.ledger)
     }
 
-    /// Why this replica is not ready, if it is not: it lost NATS, or it has
-    /// not read the shared log to its end.
+    /// Why this replica is not ready, if it is not: it lost NATS, NATS has
+    /// not answered it for longer than a lease TTL, or it has not read the
+    /// shared log to its end (or, after a re-read, to a consistent point).
     pub fn readiness(&self) -> Arc<dyn Fn() -> Result<(), &'static str> + Send + Sync> {
         let client = self.client.clone();
         let caught_up = self.caught_up.clone();
+        let contact = Arc::clone(&self.contact);
         Arc::new(move || {
             if !is_connected(&client) {
                 Err("not connected to NATS: the webhook answers 503 and reads may be out of date")
+            } else if contact.stalled() {
+                Err("NATS has not answered for longer than the lease TTL: records are served stale")
             } else if !*caught_up.borrow() {
                 Err("has not yet read the shared store to its end")
             } else {
@@ -246,6 +264,7 @@ impl Cluster {
         self,
         poller: PollerHandle,
         configured: &[ContextId],
+        poll_bounds: (Duration, Duration),
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let Self {
@@ -255,15 +274,27 @@ impl Cluster {
             client,
             detached,
             lease_ttl,
+            contact,
+            metrics,
+            ledger,
+            caught_up,
             ..
         } = self;
         leases.configured = configured.iter().cloned().collect();
+        let sweep = overdue::Sweep {
+            ledger,
+            caught_up,
+            lease_ttl,
+            max_interval: poll_bounds.1,
+            min_interval: poll_bounds.0,
+        };
         tokio::spawn(async move {
             let _ = tokio::join!(
                 mirror.run(poller.clone(), stop.clone()),
                 observed_mirror.run(stop.clone()),
                 leases.run(poller, stop.clone()),
-                watch_connection(client, detached, lease_ttl, stop),
+                watch_connection(client, contact, metrics, detached, lease_ttl, stop.clone()),
+                sweep.run(stop),
             );
         })
     }
@@ -277,15 +308,33 @@ fn is_connected(client: &async_nats::Client) -> bool {
 /// Marks the replica detached once it has been cut off from NATS for
 /// longer than a lease TTL (by then its partitions are another's, and what
 /// it holds may be behind); back to attached when the connection returns.
+/// A stalled server (connected, but silent for longer than a lease TTL)
+/// counts as cut off.
 async fn watch_connection(
     client: async_nats::Client,
+    contact: Arc<health::Contact>,
+    metrics: Arc<ClusterMetrics>,
     detached: watch::Sender<bool>,
     grace: Duration,
     stop: CancellationToken,
 ) {
     let mut lost_at: Option<Instant> = None;
+    let mut was_stalled = false;
     loop {
-        let connected = is_connected(&client);
+        let stalled = contact.stalled();
+        if stalled != was_stalled {
+            if stalled {
+                tracing::warn!(
+                    silent_for = ?contact.silent_for(),
+                    "NATS has not answered for longer than the lease TTL: serving records stale, not ready"
+                );
+            } else {
+                tracing::info!("NATS answers again");
+            }
+            metrics.stalled(stalled);
+            was_stalled = stalled;
+        }
+        let connected = is_connected(&client) && !stalled;
         lost_at = if connected {
             None
         } else {
@@ -328,7 +377,8 @@ async fn connect(
     options = options
         .name(format!("tenant-status {}", config.replica_id))
         .connection_timeout(Duration::from_secs(5))
-        .request_timeout(Some(REQUEST_TIMEOUT))
+        .ping_interval(health::ping_interval(config.lease_ttl))
+        .request_timeout(Some(health::request_timeout(config.lease_ttl)))
         .event_callback(move |event| {
             let metrics = Arc::clone(&metrics);
             let replica = replica.clone();

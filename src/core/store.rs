@@ -119,6 +119,11 @@ pub struct Store {
     snapshot_turns: Arc<Turns>,
     /// How long a notification's implied change holds at most.
     notification_hold: Duration,
+    /// Among replicas: false while the store may hold a tenant older than
+    /// its revision says (a re-read of the shared log that skipped
+    /// overwritten versions), so no heartbeat vouches for the revision.
+    /// Alone, always true.
+    consistent: std::sync::atomic::AtomicBool,
 }
 
 /// How long a notification's implied change holds against lagging polls
@@ -149,6 +154,7 @@ impl Store {
             closing: CancellationToken::new(),
             snapshot_turns: Arc::new(Turns::per_core()),
             notification_hold: DEFAULT_NOTIFICATION_HOLD,
+            consistent: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -179,6 +185,19 @@ impl Store {
 
     pub fn len(&self) -> usize {
         self.tenants.len()
+    }
+
+    /// Whether every tenant's record is its latest at or below
+    /// `revision()`: what a heartbeat vouches for. Among replicas, false
+    /// while a re-read of the shared log has skipped overwritten versions
+    /// and not reached the log's end (`cluster::mirror`).
+    pub fn consistent(&self) -> bool {
+        self.consistent.load(Ordering::Acquire)
+    }
+
+    /// Set by the replicas' mirror of the shared log.
+    pub fn set_consistent(&self, yes: bool) {
+        self.consistent.store(yes, Ordering::Release);
     }
 
     pub fn is_empty(&self) -> bool {

@@ -217,12 +217,17 @@ impl Stream for WatchStream {
                 // Read first, then take what is marked: every change at
                 // or below the store's revision is in the inbox by now,
                 // so it goes out before the heartbeat, and a client may
-                // resume from it.
+                // resume from it. A store that may hold a tenant older
+                // than its revision (a replica re-reading the shared log)
+                // vouches for nothing: no heartbeat until it does.
                 let revision = st.watcher.store().revision();
+                let consistent = st.watcher.store().consistent();
                 st.watcher.take_now(&mut st.marks);
                 st.queue_marked();
-                st.pending
-                    .push_back(WatchEvent::Heartbeat(revision.max(st.covered)));
+                if consistent && st.watcher.store().consistent() {
+                    st.pending
+                        .push_back(WatchEvent::Heartbeat(revision.max(st.covered)));
+                }
                 continue;
             }
             return Poll::Pending;

@@ -6,11 +6,11 @@
 use std::time::{Duration, Instant};
 
 use tenant_status::{
-    cluster::{ClusterConfig, PARTITIONS},
+    cluster::{ClusterConfig, PARTITIONS, partition_of},
     config::Config,
     core::tenant::ChangeType,
     pb,
-    sim::superoffice::FakeSuperOffice,
+    sim::superoffice::{Failure, FakeSuperOffice},
 };
 
 use crate::{
@@ -472,6 +472,10 @@ async fn a_three_node_nats_cluster_loses_a_node_under_load_and_nothing_acknowled
     let Some(bin) = nats::required("a_three_node_nats_cluster_loses_a_node") else {
         return;
     };
+    // Three copies of each bucket: refused on nats-server 2.9.
+    if !nats::serves_clusters(&bin, "a_three_node_nats_cluster_loses_a_node") {
+        return;
+    }
     let mut nodes = Nats::cluster(&bin, "trio").await;
     let urls: Vec<String> = nodes.iter().map(Nats::url).collect();
     let (fake, _) = FakeSuperOffice::start().await.unwrap();
@@ -658,4 +662,161 @@ async fn an_unknown_tenant_watched_on_one_replica_is_kept_by_whichever_polls_it(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Waits for `/readyz` to answer `status`, failing after `within`; how
+/// long it took.
+async fn readiness_becomes(app: &TestApp, status: u16, within: Duration) -> (Duration, String) {
+    let started = Instant::now();
+    loop {
+        let (s, body) = app.admin_get("/readyz").await;
+        if s == status {
+            return (started.elapsed(), body);
+        }
+        assert!(
+            started.elapsed() < within,
+            "/readyz still {s} after {within:?}, not {status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_paused_nats_server_turns_its_replica_stale_and_not_ready_within_a_lease_ttl() {
+    let Some(bin) = nats::required("a_paused_nats_server") else {
+        return;
+    };
+    let server = Nats::start(&bin, "pause").await;
+    let (fake, _) = FakeSuperOffice::start().await.unwrap();
+    fake.set(
+        "Cust1",
+        running("Cust1", "sod2.superoffice.com", Duration::from_secs(60)),
+    );
+    let apps = replicas(&fake, &[server.url()], 1, |_| {}).await;
+    let a = &apps[0];
+    readiness_becomes(a, 200, Duration::from_secs(10)).await;
+    assert!(!a.get("Cust1").await.unwrap().stale);
+    // Paused, the server keeps its socket open: nothing fails, nothing
+    // answers.
+    server.pause();
+    let (took, why) = readiness_becomes(a, 503, TTL * 4).await;
+    assert!(why.contains("NATS"), "{why}");
+    let t = a.get("Cust1").await.unwrap();
+    assert!(t.stale, "a replica NATS does not answer serves stale");
+    assert_eq!(state(&t), pb::TenantState::Running, "the state is kept");
+    // Counted by the replica's monitor, a quarter second at most later.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while metric(a, "tenant_status_cluster_stalls_total").await < 1.0
+        && metric(a, "tenant_status_cluster_connected").await != 0.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the stall is not counted, and the connection counts as up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("not ready {took:?} after the pause (lease TTL {TTL:?}): {why}");
+    server.resume();
+    readiness_becomes(a, 200, Duration::from_secs(20)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.get("Cust1").await.unwrap().stale {
+        assert!(
+            Instant::now() < deadline,
+            "still stale after NATS came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_poll_answer_whose_lease_moved_away_meanwhile_is_dropped_and_counted() {
+    let Some(bin) = nats::required("a_poll_answer_whose_lease_moved_away") else {
+        return;
+    };
+    let server = Nats::start(&bin, "fence").await;
+    let (fake, _) = FakeSuperOffice::start().await.unwrap();
+    // Alone, A holds every partition; when B joins, A gives back the upper
+    // half (its share is 32): this tenant's partition among them.
+    let name = (0..)
+        .map(|i| format!("Fence{i}"))
+        .find(|n| partition_of(n) >= PARTITIONS / 2)
+        .unwrap();
+    fake.set(
+        &name,
+        running(&name, "sod2.superoffice.com", Duration::from_secs(1)),
+    );
+    let mut config = clustered(&fake, &[server.url()], "r0");
+    config.http_timeout = Duration::from_secs(15);
+    let a = spawn_with_config(fake.clone(), config).await;
+    readiness_becomes(&a, 200, Duration::from_secs(10)).await;
+    a.get(&name).await.unwrap();
+    // A's next poll (at ValidUntil) hangs for 6 s; meanwhile the lease of
+    // its partition moves to B.
+    let asked = fake.requests(&name);
+    fake.fail(Some(&name), Failure::Delay(Duration::from_secs(6)), 1);
+    eventually("A's poll to go out", || fake.requests(&name) > asked).await;
+    let b = spawn_with_config(fake.clone(), clustered(&fake, &[server.url()], "r1")).await;
+    balanced(&[&a, &b]).await;
+    let fenced = r#"tenant_status_cluster_poll_answers_fenced_total{reason="lease"}"#;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while metric(&a, fenced).await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "A's answer, asked while it held the lease and answered after it moved, was not fenced"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_resume_from_a_revision_no_replica_issued_starts_over_with_reset() {
+    let Some(bin) = nats::required("a_resume_from_a_revision_no_replica_issued") else {
+        return;
+    };
+    let server = Nats::start(&bin, "ahead").await;
+    let (fake, _) = FakeSuperOffice::start().await.unwrap();
+    fake.set(
+        "Cust1",
+        running("Cust1", "sod2.superoffice.com", Duration::from_secs(60)),
+    );
+    let apps = replicas(&fake, &[server.url()], 1, |_| {}).await;
+    let a = &apps[0];
+    a.get("Cust1").await.unwrap();
+    // A revision ahead of every replica and of the log itself: waited for
+    // briefly, then RESET and a complete snapshot (a revision the log has
+    // issued but this replica not read is UNAVAILABLE instead; see the
+    // unit test of `resume_from`).
+    let mut watch = a.watch(&["Cust1"], 1_000_000).await.unwrap();
+    let first = next(&mut watch).await;
+    assert_eq!(kind(&first), pb::WatchEventType::Reset, "{first:?}");
+    let snapshot = next(&mut watch).await;
+    assert_eq!(kind(&snapshot), pb::WatchEventType::Snapshot);
+    assert_eq!(snapshot.tenant.unwrap().context_identifier, "Cust1");
+}
+
+#[tokio::test]
+async fn several_bucket_copies_on_a_nats_server_older_than_2_10_are_refused_at_start() {
+    let debian = std::path::Path::new("/usr/sbin/nats-server");
+    let version = std::process::Command::new(debian)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if !version.contains("v2.9.") {
+        eprintln!(
+            "skipped: no nats-server 2.9 at {} ({version:?})",
+            debian.display()
+        );
+        return;
+    }
+    let server = Nats::start(debian, "old").await;
+    let (fake, _) = FakeSuperOffice::start().await.unwrap();
+    let mut config = clustered(&fake, &[server.url()], "r0");
+    config.cluster.as_mut().unwrap().bucket_replicas = 3;
+    let refused = match tenant_status::app::Application::build(config).await {
+        Ok(_) => panic!("three copies on nats-server 2.9 were accepted"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(refused.contains("needs nats-server 2.10"), "{refused}");
+    assert!(refused.contains("diverge"), "{refused}");
 }

@@ -108,7 +108,7 @@ async fn a_claim_lost_to_a_stalled_nats_is_applied_on_retry_once() {
     // NATS stalls while the token is claimed: the claim's request times
     // out (3 s) although it may land when NATS wakes, and the sender gives
     // up after 1 s.
-    server.signal("STOP");
+    server.pause();
     let first = post_impatiently(&url(&a), &body, Duration::from_secs(1)).await;
     assert_ne!(
         first,
@@ -116,7 +116,7 @@ async fn a_claim_lost_to_a_stalled_nats_is_applied_on_retry_once() {
         "nothing can be acknowledged while NATS is stalled"
     );
     tokio::time::sleep(Duration::from_secs(4)).await;
-    server.signal("CONT");
+    server.resume();
     // SuperOffice retries the same body and token until it gets a 2xx.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut answers = Vec::new();

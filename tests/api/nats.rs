@@ -46,6 +46,30 @@ pub fn required(test: &str) -> Option<PathBuf> {
     }
 }
 
+/// Whether `binary` can carry replicated buckets (a cluster with
+/// `--nats-bucket-replicas` above 1): 2.10 or later, which the replicas
+/// insist on; `false` after saying why the test is skipped.
+pub fn serves_clusters(binary: &Path, test: &str) -> bool {
+    let out = Command::new(binary)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    // "nats-server: v2.9.10"
+    let version = out.trim().rsplit('v').next().unwrap_or_default().to_owned();
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if (major, minor) < (2, 10) {
+        eprintln!(
+            "skipped {test}: a NATS cluster needs nats-server 2.10 or later, and {} is {}",
+            binary.display(),
+            out.trim()
+        );
+        return false;
+    }
+    true
+}
+
 /// A port free now, below the kernel's ephemeral range (32768-60999 on
 /// Linux), so no outgoing connection can be handed it before nats-server
 /// binds it.
@@ -175,17 +199,25 @@ impl Nats {
         }
     }
 
-    /// Sends the server `signal` (`STOP`, `CONT`): a pause keeps its
-    /// sockets open, so its clients see a silent stall, not a reset.
-    pub fn signal(&self, signal: &str) {
-        if let Some(c) = &self.child {
-            let status = Command::new("kill")
-                .arg(format!("-{signal}"))
-                .arg(c.id().to_string())
-                .status()
-                .expect("kill runs");
-            assert!(status.success(), "kill -{signal} nats-server");
-        }
+    /// Pauses the server (SIGSTOP): its sockets stay open and nothing
+    /// answers, as in a VM freeze or a long stall.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the server runs");
+        let sent = Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill {signal} {}", child.id());
     }
 
     /// Starts it again on the same port, with the same store.

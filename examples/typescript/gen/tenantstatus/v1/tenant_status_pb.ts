@@ -276,7 +276,8 @@ export type WatchTenantRequest = Message<"tenantstatus.v1.WatchTenantRequest"> &
    * (and REMOVED events for tenants forgotten after it): pass the largest
    * revision received on the previous stream to resume after a reconnect.
    * One the server cannot serve without a gap gets RESET and a complete
-   * SNAPSHOT.
+   * SNAPSHOT. Among replicas, one this replica has not read yet is waited
+   * for briefly, then answered UNAVAILABLE (try another replica).
    *
    * @generated from field: uint64 since_revision = 2;
    */
@@ -740,6 +741,16 @@ export const TenantStatusService: GenService<{
    * last 10,000), the stream starts with a RESET event and a complete
    * SNAPSHOT instead: drop what you hold and take the snapshot. Never a
    * silent gap.
+   *
+   * Among replicas (several servers sharing one store through NATS),
+   * revisions are the same on every replica, so a stream resumes on any
+   * of them. A replica that has not yet read as far as `since_revision`
+   * waits for it briefly (about 2 s), then, if the revision was issued,
+   * ends the call with UNAVAILABLE: resume on another replica, or on this
+   * one again shortly. A `since_revision` no replica ever issued gets RESET.
+   * SYNCED and HEARTBEAT vouch for a consistent state: a replica sends
+   * them only while it holds every change up to their revision, and sends
+   * no HEARTBEAT while it re-reads the shared store after a reconnect.
    *
    * Errors are those of GetTenantState for an untracked tenant that has to
    * be fetched, except that a tenant SuperOffice does not know keeps the
