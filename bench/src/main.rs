@@ -14,6 +14,7 @@ mod burst;
 mod cluster;
 mod common;
 mod fanout;
+mod faults;
 mod lookups;
 mod notifications;
 mod polling;
@@ -71,6 +72,11 @@ enum Cmd {
     /// Ten minutes of a realistic mix with SuperOffice failing a tenth of
     /// the time and a kill -9 in the middle (not part of `all`).
     Soak(Opts),
+    /// The replicas' fault suite: three replicas on a three-node NATS
+    /// cluster under notifications, polls and watchers, through five or
+    /// six faults one at a time; every property checked over the recorded
+    /// history (not part of `all`; see RELIABILITY.md).
+    Faults(Opts),
     /// (internal) Runs tenant-status with the arguments after `--`.
     #[command(hide = true)]
     Child {
@@ -149,6 +155,7 @@ fn main() -> ExitCode {
             Cmd::Burst(o) => (o, vec!["burst"]),
             Cmd::Cluster(o) => (o, vec!["cluster"]),
             Cmd::Soak(o) => (o, vec!["soak"]),
+            Cmd::Faults(o) => (o, vec!["faults"]),
         };
         let mut rows: Vec<Row> = Vec::new();
         let all = scenarios.len() > 1;
@@ -172,6 +179,7 @@ fn main() -> ExitCode {
                 "notifications" => notifications::run(opts.quick).await,
                 "polling" => polling::run(opts.quick).await,
                 "soak" => soak::run(opts.quick).await,
+                "faults" => faults::run(opts.quick).await,
                 "cluster" => cluster::run(opts.quick).await,
                 "storm" => storm::run(opts.quick).await,
                 "burst" => burst::run(opts.quick).await,
