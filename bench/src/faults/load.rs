@@ -248,9 +248,10 @@ async fn notify(world: &World, ctx: &str) -> anyhow::Result<()> {
             Ok(r) => {
                 let status = r.status().as_u16();
                 let text = r.text().await.unwrap_or_default();
+                // The webhook's error bodies: {"error": sentence, "reason": code}.
                 let code = serde_json::from_str::<serde_json::Value>(&text)
                     .ok()
-                    .and_then(|v| v["error"].as_str().map(str::to_owned))
+                    .and_then(|v| v["reason"].as_str().map(str::to_owned))
                     .unwrap_or_default();
                 let outcome = match status {
                     204 => "ok",

@@ -297,6 +297,15 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
             .saturating_sub(Duration::from_secs_f64(history.now() - heal));
         tokio::time::sleep(left).await;
         let held_after = held_sum(&fleet.http, &admins).await;
+        let note = match f {
+            Fault::KillReplica(i) | Fault::PauseReplica(i) | Fault::Partition(i) => {
+                match takeover(&history, start, i) {
+                    Some(s) => format!("{note}; the others held all {PARTITIONS} after {s:.1} s"),
+                    None => format!("{note}; the others never held all {PARTITIONS}"),
+                }
+            }
+            _ => note,
+        };
         eprintln!(
             "faults: {:>6.1} s  healed ({note}); all ready and held in {}; {held_after} partitions held",
             history.now(),
@@ -404,7 +413,7 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
         &check::Params {
             partitions: PARTITIONS,
             poll_period: VALID_FOR_SECS,
-            grace: 0.5,
+            grace: 1.0,
             panics,
         },
     );
@@ -466,6 +475,25 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
             )
         })
         .collect())
+}
+
+/// Seconds from `start` until the replicas other than `gone` held every
+/// partition between them, from the sampler's record.
+fn takeover(history: &History, start: f64, gone: usize) -> Option<f64> {
+    history
+        .mem()
+        .held
+        .iter()
+        .filter(|h| h.t >= start)
+        .find(|h| {
+            h.by.iter()
+                .enumerate()
+                .filter(|(i, _)| *i != gone)
+                .map(|(_, v)| v.unwrap_or(0.0))
+                .sum::<f64>()
+                == PARTITIONS
+        })
+        .map(|h| h.t - start)
 }
 
 fn push_phase(history: &History, p: Phase) {
