@@ -393,8 +393,10 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
             heal: end_start,
             end: history.now(),
             held_after: held_end,
-            healed_in: Some(converged_in),
-            note: String::new(),
+            healed_in: None,
+            note: format!(
+                "load stopped; the replicas agreed with the truth after {converged_in:.1} s (or the wait ended)"
+            ),
         },
     );
     let panics = panics(&fleet.replicas);
@@ -438,6 +440,22 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
         mem.events.len(),
         mem.truths.len()
     );
+    let resets = mem
+        .events
+        .iter()
+        .filter(|e| e.kind == tenant_status::pb::WatchEventType::Reset as i32)
+        .count();
+    println!("{resets} RESET events (a resume the replica could not serve without a gap)");
+    for p in mem.phases.iter().skip(1) {
+        println!(
+            "{}: {}; all ready and all held {} after the heal; {} held at the settle's end",
+            p.name,
+            if p.note.is_empty() { "-" } else { &p.note },
+            p.healed_in
+                .map_or("never".to_owned(), |s| format!("{s:.1} s")),
+            p.held_after
+        );
+    }
     for v in &verdicts {
         println!(
             "{} {}: {}",
