@@ -293,6 +293,27 @@ pub async fn meta_leader(http: &reqwest::Client, nodes: &[NatsNode]) -> Option<u
     None
 }
 
+/// Whether the meta leader sees both other nodes as current peers: before
+/// that, an R3 bucket cannot be placed ("no suitable peers").
+pub async fn meta_ready(http: &reqwest::Client, nodes: &[NatsNode]) -> bool {
+    let Some(i) = meta_leader(http, nodes).await else {
+        return false;
+    };
+    let url = format!("http://{}/jsz?leader-only=true", nodes[i].monitor);
+    let Ok(r) = http.get(url).send().await else {
+        return false;
+    };
+    let Ok(body) = r.bytes().await else {
+        return false;
+    };
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    v["meta_cluster"]["replicas"]
+        .as_array()
+        .is_some_and(|peers| {
+            peers.len() + 1 >= nodes.len() && peers.iter().all(|p| p["current"] == true)
+        })
+}
+
 /// The node `replica` ("tenant-status a") is connected to, from each
 /// node's `/connz`.
 pub async fn node_of(http: &reqwest::Client, nodes: &[NatsNode], replica: &str) -> Option<usize> {

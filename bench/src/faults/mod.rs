@@ -149,10 +149,14 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
     for n in &fleet.nats {
         common::wait_listening("a NATS node listening", &n.client, Duration::from_secs(20)).await?;
     }
-    common::wait_until("a JetStream meta leader", Duration::from_secs(30), || {
-        let (http, nodes) = (&fleet.http, &fleet.nats);
-        async move { fleet::meta_leader(http, nodes).await.is_some() }
-    })
+    common::wait_until(
+        "a JetStream meta leader with every peer current",
+        Duration::from_secs(30),
+        || {
+            let (http, nodes) = (&fleet.http, &fleet.nats);
+            async move { fleet::meta_ready(http, nodes).await }
+        },
+    )
     .await?;
 
     // The fake SuperOffice, steered through its control API, behind a
