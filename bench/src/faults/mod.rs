@@ -453,7 +453,8 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
         .filter(|e| e.kind == tenant_status::pb::WatchEventType::Reset as i32)
         .count();
     println!("{resets} RESET events (a resume the replica could not serve without a gap)");
-    for p in mem.phases.iter().skip(1) {
+    let last = mem.phases.len().saturating_sub(1);
+    for p in mem.phases.iter().skip(1).take(last.saturating_sub(1)) {
         println!(
             "{}: {}; all ready and all held {} after the heal; {} held at the settle's end",
             p.name,
@@ -462,6 +463,9 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
                 .map_or("never".to_owned(), |s| format!("{s:.1} s")),
             p.held_after
         );
+    }
+    if let Some(p) = mem.phases.last() {
+        println!("{}: {}; {} held", p.name, p.note, p.held_after);
     }
     for v in &verdicts {
         println!(
