@@ -111,6 +111,15 @@ pub fn check(m: &Mem, p: &Params) -> Vec<Verdict> {
             })
             .then_some("superseded")
     };
+    // A notification's trouble is placed where its first attempt ended:
+    // one sent just before a fault and cut off by it belongs to the fault.
+    let first_end: HashMap<u64, f64> = m
+        .reqs
+        .iter()
+        .filter(|r| r.attempt == 1)
+        .map(|r| (r.seq, r.end))
+        .collect();
+    let when = |n: &super::history::Note| first_end.get(&n.seq).copied().unwrap_or(n.first_start);
     let mut out = Vec::new();
 
     // 1. Acknowledged notifications kept.
@@ -140,7 +149,7 @@ pub fn check(m: &Mem, p: &Params) -> Vec<Verdict> {
                     .map(|n| format!("; e.g. {} on {}", n.marker, n.ctx))
                     .unwrap_or_default()
             ),
-            by_phase: counts(m, lost.iter().map(|n| n.first_start)),
+            by_phase: counts(m, lost.iter().map(|n| when(n))),
         });
     }
 
@@ -169,7 +178,7 @@ pub fn check(m: &Mem, p: &Params) -> Vec<Verdict> {
                     .map(|n| format!("; e.g. {} on {} ({} attempts, last {})", n.marker, n.ctx, n.attempts, n.last_status))
                     .unwrap_or_default()
             ),
-            by_phase: counts(m, lost.iter().map(|n| n.first_start)),
+            by_phase: counts(m, lost.iter().map(|n| when(n))),
         });
     }
 
