@@ -210,13 +210,27 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
             issuer,
             LEASE_TTL,
         );
-        r.start()?;
         // One at a time: three replicas making the R3 buckets at once on a
         // fresh cluster have been seen to fail ("cannot open the JetStream
         // bucket tenant-status-leases just made: stream not found"). That
         // is a start-up race of its own, not one of the faults measured
         // here.
-        common::wait_ready("a replica ready", &r.admin, Duration::from_secs(60)).await?;
+        // A fresh cluster can also refuse the first R3 bucket for a while
+        // after its meta leader says every peer is current ("no suitable
+        // peers for placement, peer offline"): the replica exits, and is
+        // started again.
+        for attempt in 1..=3 {
+            r.start()?;
+            match common::wait_ready("a replica ready", &r.admin, Duration::from_secs(30)).await {
+                Ok(()) => break,
+                Err(e) if attempt == 3 => return Err(e),
+                Err(_) => {
+                    eprintln!("faults: replica {id} not ready in 30 s; starting it again");
+                    r.kill();
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        }
         fleet.replicas.push(r);
     }
     let admins: Vec<String> = fleet.replicas.iter().map(|r| r.admin.clone()).collect();
