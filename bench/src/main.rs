@@ -14,6 +14,7 @@ mod burst;
 mod cluster;
 mod common;
 mod fanout;
+mod faults;
 mod lookups;
 mod notifications;
 mod polling;
@@ -75,6 +76,11 @@ enum Cmd {
     /// Ten minutes of a realistic mix with SuperOffice failing a tenth of
     /// the time and a kill -9 in the middle (not part of `all`).
     Soak(Opts),
+    /// The replicas' fault suite: three replicas on a three-node NATS
+    /// cluster under notifications, polls and watchers, through five or
+    /// six faults one at a time; every property checked over the recorded
+    /// history (not part of `all`; see RELIABILITY.md).
+    Faults(Opts),
     /// (internal) Runs tenant-status with the arguments after `--`.
     #[command(hide = true)]
     Child {
@@ -155,6 +161,7 @@ fn main() -> ExitCode {
             Cmd::Outage(o) => (o, vec!["outage"]),
             Cmd::Cluster(o) => (o, vec!["cluster"]),
             Cmd::Soak(o) => (o, vec!["soak"]),
+            Cmd::Faults(o) => (o, vec!["faults"]),
         };
         let mut rows: Vec<Row> = Vec::new();
         let all = scenarios.len() > 1;
@@ -178,6 +185,7 @@ fn main() -> ExitCode {
                 "notifications" => notifications::run(opts.quick).await,
                 "polling" => polling::run(opts.quick).await,
                 "soak" => soak::run(opts.quick).await,
+                "faults" => faults::run(opts.quick).await,
                 "cluster" => cluster::run(opts.quick).await,
                 "storm" => storm::run(opts.quick).await,
                 "burst" => burst::run(opts.quick).await,

@@ -1,0 +1,560 @@
+//! The checker: the properties a fleet of replicas must keep under
+//! faults, each judged over the whole history of a run, with its figures
+//! and the fault (phase) each violation happened in.
+
+use std::collections::{BTreeMap, HashMap};
+
+use tenant_status::pb::{self, WatchEventType as W};
+
+use super::{
+    history::{Mem, Rec},
+    load::FIRST_HOST,
+};
+
+/// One property's verdict.
+pub struct Verdict {
+    pub name: &'static str,
+    pub pass: bool,
+    pub figures: String,
+    /// Violations in each phase (the rows of the table); None where the
+    /// property is not judged in that phase.
+    pub by_phase: Vec<Option<usize>>,
+}
+
+pub struct Params {
+    pub partitions: f64,
+    /// One poll period (the fake's ValidUntil): the most a poller leaves
+    /// between two polls of a tenant it owns.
+    pub poll_period: f64,
+    /// Overlap allowed to two pollers' spans: polls crossing at a
+    /// handover.
+    pub grace: f64,
+    /// "panicked" lines in the replicas' logs, each with its file.
+    pub panics: Vec<String>,
+}
+
+fn phase_of(m: &Mem, t: f64) -> usize {
+    m.phases.iter().rposition(|p| p.start <= t).unwrap_or(0)
+}
+
+fn counts(m: &Mem, ts: impl IntoIterator<Item = f64>) -> Vec<Option<usize>> {
+    let mut v = vec![Some(0); m.phases.len()];
+    for t in ts {
+        if let Some(Some(c)) = v.get_mut(phase_of(m, t)) {
+            *c += 1;
+        }
+    }
+    v
+}
+
+/// Only the last row (the end of the run) is judged.
+fn at_end(m: &Mem, n: usize) -> Vec<Option<usize>> {
+    let mut v = vec![None; m.phases.len()];
+    if let Some(last) = v.last_mut() {
+        *last = Some(n);
+    }
+    v
+}
+
+fn host_version(m: &Mem) -> HashMap<String, u64> {
+    let mut hv: HashMap<String, u64> = m.truths.iter().map(|t| (t.host.clone(), t.v)).collect();
+    hv.insert(FIRST_HOST.to_owned(), 0);
+    hv
+}
+
+/// Every record seen anywhere (events and final reads), first sighting
+/// of each (tenant, revision), with when.
+fn all_records(m: &Mem) -> Vec<(f64, &Rec)> {
+    let end = m.phases.last().map(|p| p.end).unwrap_or(0.0);
+    m.events
+        .iter()
+        .filter_map(|e| e.rec.as_ref().map(|r| (e.t, r)))
+        .chain(m.finals.iter().flatten().map(|r| (end, r)))
+        .collect()
+}
+
+pub fn check(m: &Mem, p: &Params) -> Vec<Verdict> {
+    let records = all_records(m);
+    // tenant -> revision -> the record first seen with it.
+    let mut by_tenant: HashMap<&str, BTreeMap<u64, (f64, &Rec)>> = HashMap::new();
+    for (t, r) in &records {
+        by_tenant
+            .entry(r.ctx.as_str())
+            .or_default()
+            .entry(r.rev)
+            .or_insert((*t, r));
+    }
+    let notes_seen: HashMap<&str, f64> = {
+        let mut s: HashMap<&str, f64> = HashMap::new();
+        for (t, r) in &records {
+            if !r.note.is_empty() {
+                let e = s.entry(r.note.as_str()).or_insert(*t);
+                *e = e.min(*t);
+            }
+        }
+        s
+    };
+    // A notification is applied if its marker is on a record seen
+    // anywhere, or a later notification of the same tenant (sent after
+    // this one's last answer) is: watchers may be handed only a tenant's
+    // newest record.
+    let applied = |n: &super::history::Note| -> Option<&'static str> {
+        if notes_seen.contains_key(n.marker.as_str()) {
+            return Some("present");
+        }
+        m.notes
+            .iter()
+            .any(|later| {
+                later.ctx == n.ctx
+                    && later.first_start > n.last_end
+                    && notes_seen.contains_key(later.marker.as_str())
+            })
+            .then_some("superseded")
+    };
+    // A notification's trouble is placed where its first attempt ended:
+    // one sent just before a fault and cut off by it belongs to the fault.
+    let first_end: HashMap<u64, f64> = m
+        .reqs
+        .iter()
+        .filter(|r| r.attempt == 1)
+        .map(|r| (r.seq, r.end))
+        .collect();
+    let when = |n: &super::history::Note| first_end.get(&n.seq).copied().unwrap_or(n.first_start);
+    let mut out = Vec::new();
+
+    // 1. Acknowledged notifications kept.
+    {
+        let acked: Vec<_> = m.notes.iter().filter(|n| n.acked).collect();
+        let mut superseded = 0;
+        let lost: Vec<_> = acked
+            .iter()
+            .filter(|n| match applied(n) {
+                Some("superseded") => {
+                    superseded += 1;
+                    false
+                }
+                Some(_) => false,
+                None => true,
+            })
+            .collect();
+        out.push(Verdict {
+            name: "acknowledged notifications kept",
+            pass: lost.is_empty(),
+            figures: format!(
+                "{} of {} acknowledged lost ({} present, {superseded} superseded){}",
+                lost.len(),
+                acked.len(),
+                acked.len() - lost.len() - superseded,
+                lost.first()
+                    .map(|n| format!("; e.g. {} on {}", n.marker, n.ctx))
+                    .unwrap_or_default()
+            ),
+            by_phase: counts(m, lost.iter().map(|n| when(n))),
+        });
+    }
+
+    // 2. Retried notifications applied.
+    {
+        // Stricter than for acknowledged ones: "superseded" does not
+        // count. A later notification proves nothing about this one, and a
+        // record applied and overwritten before any of the four watchers
+        // read it would take every one of them falling behind at once.
+        let retried: Vec<_> = m.notes.iter().filter(|n| n.attempts > 1).collect();
+        let lost: Vec<_> = retried
+            .iter()
+            .filter(|n| !notes_seen.contains_key(n.marker.as_str()))
+            .collect();
+        let lost_replayed = lost.iter().filter(|n| n.replayed).count();
+        let replayed = retried.iter().filter(|n| n.replayed).count();
+        let gave_up = retried.iter().filter(|n| !n.acked && !n.replayed).count();
+        out.push(Verdict {
+            name: "retried notifications applied",
+            pass: lost.is_empty(),
+            figures: format!(
+                "{} of {} retried never on any record ({lost_replayed} of them answered 401 token_replayed on a retry); {replayed} retried got 401 token_replayed in all, {gave_up} never acknowledged{}",
+                lost.len(),
+                retried.len(),
+                lost.first()
+                    .map(|n| format!("; e.g. {} on {} ({} attempts, last {})", n.marker, n.ctx, n.attempts, n.last_status))
+                    .unwrap_or_default()
+            ),
+            by_phase: counts(m, lost.iter().map(|n| when(n))),
+        });
+    }
+
+    // 3. Replicas agree at the end.
+    {
+        let mut differ = Vec::new();
+        let mut missing = 0;
+        let maps: Vec<HashMap<&str, &Rec>> = m
+            .finals
+            .iter()
+            .map(|f| f.iter().map(|r| (r.ctx.as_str(), r)).collect())
+            .collect();
+        let mut names: Vec<&str> = maps.iter().flat_map(|x| x.keys().copied()).collect();
+        names.sort_unstable();
+        names.dedup();
+        for ctx in &names {
+            let seen: Vec<Option<&&Rec>> = maps.iter().map(|x| x.get(ctx)).collect();
+            if seen.iter().any(Option::is_none) {
+                missing += 1;
+                continue;
+            }
+            let first = seen[0].map(|r| (r.rev, r.fingerprint()));
+            if seen
+                .iter()
+                .any(|r| r.map(|r| (r.rev, r.fingerprint())) != first)
+            {
+                differ.push(*ctx);
+            }
+        }
+        let n = differ.len() + missing;
+        out.push(Verdict {
+            name: "replicas agree at the end",
+            pass: n == 0 && m.finals.len() == 3 && !names.is_empty(),
+            figures: format!(
+                "{} of {} tenants differ in record or revision, {missing} missing on some replica ({} replicas read){}",
+                differ.len(),
+                names.len(),
+                m.finals.len(),
+                differ
+                    .first()
+                    .map(|c| format!("; e.g. {c}: {}", maps
+                        .iter()
+                        .map(|x| x.get(c).map(|r| format!("{}@{}", r.host, r.rev)).unwrap_or_default())
+                        .collect::<Vec<_>>()
+                        .join(" / ")))
+                    .unwrap_or_default()
+            ),
+            by_phase: at_end(m, n),
+        });
+    }
+
+    // 4. One revision, one record.
+    {
+        let mut first: HashMap<u64, (&Rec, f64)> = HashMap::new();
+        let mut bad: BTreeMap<u64, f64> = BTreeMap::new();
+        for (t, r) in &records {
+            match first.get(&r.rev) {
+                None => {
+                    first.insert(r.rev, (r, *t));
+                }
+                Some((f, _)) if f.fingerprint() != r.fingerprint() => {
+                    bad.entry(r.rev).or_insert(*t);
+                }
+                Some(_) => {}
+            }
+        }
+        let example = bad.keys().next().map(|rev| {
+            let a = first[rev].0;
+            let b = records
+                .iter()
+                .find(|(_, r)| r.rev == *rev && r.fingerprint() != a.fingerprint())
+                .map(|(_, r)| format!("{} {}", r.ctx, r.host))
+                .unwrap_or_default();
+            format!("; e.g. revision {rev}: {} {} and {b}", a.ctx, a.host)
+        });
+        out.push(Verdict {
+            name: "one revision means one record",
+            pass: bad.is_empty(),
+            figures: format!(
+                "{} of {} revisions seen name two records{}",
+                bad.len(),
+                first.len(),
+                example.unwrap_or_default()
+            ),
+            by_phase: counts(m, bad.values().copied()),
+        });
+    }
+
+    // 5. Revisions increase within a stream.
+    {
+        let streams: std::collections::HashSet<u32> = m.events.iter().map(|e| e.stream).collect();
+        out.push(Verdict {
+            name: "revisions increase within a stream",
+            pass: m.backwards.is_empty(),
+            figures: format!(
+                "{} went down in {} events on {} streams{}",
+                m.backwards.len(),
+                m.events.len(),
+                streams.len(),
+                m.backwards
+                    .first()
+                    .map(|b| format!(
+                        "; e.g. {} stream {}: {} after {}",
+                        b.watcher, b.stream, b.after, b.before
+                    ))
+                    .unwrap_or_default()
+            ),
+            by_phase: counts(m, m.backwards.iter().map(|b| b.t)),
+        });
+    }
+
+    // 6. SYNCED and HEARTBEAT at R: the watcher holds every tenant's
+    // latest revision up to R, of all the records seen anywhere.
+    {
+        let mut gaps = Vec::new();
+        let mut tenant_gaps = 0usize;
+        let mut example = String::new();
+        for s in &m.syncs {
+            let mut here = 0;
+            for (ctx, revs) in &by_tenant {
+                let Some((latest, _)) = revs.range(..=s.rev).next_back() else {
+                    continue;
+                };
+                let held = s.view.get(*ctx).copied().unwrap_or(0);
+                if held < *latest {
+                    here += 1;
+                    if example.is_empty() {
+                        example = format!(
+                            "; e.g. {} stream {} at {} {}: {ctx} held at {held}, {latest} exists",
+                            s.watcher,
+                            s.stream,
+                            if s.kind == W::Synced as i32 {
+                                "SYNCED"
+                            } else {
+                                "HEARTBEAT"
+                            },
+                            s.rev
+                        );
+                    }
+                }
+            }
+            if here > 0 {
+                gaps.push(s.t);
+                tenant_gaps += here;
+            }
+        }
+        let synced = m
+            .syncs
+            .iter()
+            .filter(|s| s.kind == W::Synced as i32)
+            .count();
+        out.push(Verdict {
+            name: "SYNCED/HEARTBEAT at R holds all up to R",
+            pass: gaps.is_empty(),
+            figures: format!(
+                "{} of {} ({synced} SYNCED) behind, {tenant_gaps} tenant gaps{example}",
+                gaps.len(),
+                m.syncs.len()
+            ),
+            by_phase: counts(m, gaps),
+        });
+    }
+
+    // 7. One poller at a time. A replica polls a tenant it owns once a
+    // poll period; two of its polls of a tenant no further apart than a
+    // period (and a little) mean it was that tenant's poller all along
+    // between them. Two replicas' such spans of one tenant must not
+    // overlap (past a grace for polls crossing at a handover). A replica
+    // that dies or pauses leaves a gap longer than a period, and one that
+    // hands a tenant back stops polling it, so neither makes a span the
+    // next owner's overlaps; one that polls on after its lease ran out
+    // does.
+    {
+        let mut polls: HashMap<&str, Vec<(f64, usize)>> = HashMap::new();
+        for q in m.polls.iter().filter(|q| q.status == 200) {
+            polls
+                .entry(q.ctx.as_str())
+                .or_default()
+                .push((q.start, q.replica));
+        }
+        let span = p.poll_period + 2.0;
+        let mut bad = Vec::new();
+        let mut tenants = std::collections::HashSet::new();
+        let mut worst = (0.0f64, String::new());
+        for (ctx, list) in &mut polls {
+            list.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let spans: Vec<Vec<(f64, f64)>> = (0..3)
+                .map(|r| {
+                    let mine: Vec<f64> = list.iter().filter(|q| q.1 == r).map(|q| q.0).collect();
+                    mine.windows(2)
+                        .filter(|w| w[1] - w[0] <= span)
+                        .map(|w| (w[0], w[1]))
+                        .collect()
+                })
+                .collect();
+            for r1 in 0..3 {
+                for r2 in r1 + 1..3 {
+                    for a in &spans[r1] {
+                        for b in &spans[r2] {
+                            let overlap = a.1.min(b.1) - a.0.max(b.0);
+                            if overlap > p.grace {
+                                let at = a.0.max(b.0);
+                                bad.push(at);
+                                tenants.insert(*ctx);
+                                if overlap > worst.0 {
+                                    worst = (
+                                        overlap,
+                                        format!(
+                                            "{ctx} polled by replicas {r1} and {r2} both for {overlap:.1} s from {at:.1} s"
+                                        ),
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out.push(Verdict {
+            name: "one poller per tenant at a time",
+            pass: bad.is_empty(),
+            figures: format!(
+                "{} overlapping poll spans of two replicas ({} tenants), {} polls in all{}",
+                bad.len(),
+                tenants.len(),
+                m.polls.len(),
+                if worst.1.is_empty() {
+                    String::new()
+                } else {
+                    format!("; worst: {}", worst.1)
+                }
+            ),
+            by_phase: counts(m, bad),
+        });
+    }
+
+    // 8. No poll answer written over a record observed later: every truth
+    // has a host of its own, so a record's host says which truth it came
+    // from; a poll's record must not carry an older truth than a record
+    // of a lower revision, nor an earlier observed_at.
+    {
+        let hv = host_version(m);
+        let mut older = Vec::new();
+        let mut earlier = 0usize;
+        let mut example = String::new();
+        for (ctx, revs) in &by_tenant {
+            let (mut max_v, mut max_obs, mut max_rev) = (0u64, 0i64, 0u64);
+            for (rev, (t, r)) in revs.iter() {
+                let v = hv.get(&r.host).copied();
+                if r.source == pb::ChangeSource::Poll as i32 {
+                    if let Some(v) = v
+                        && v < max_v
+                    {
+                        older.push(*t);
+                        if example.is_empty() {
+                            example = format!(
+                                "; e.g. {ctx} revision {rev} carries truth {v} ({}) over truth {max_v} at revision {max_rev}",
+                                r.host
+                            );
+                        }
+                    } else if r.observed_ms < max_obs {
+                        earlier += 1;
+                        older.push(*t);
+                    }
+                }
+                if let Some(v) = v
+                    && v > max_v
+                {
+                    max_v = v;
+                    max_rev = *rev;
+                }
+                max_obs = max_obs.max(r.observed_ms);
+            }
+        }
+        out.push(Verdict {
+            name: "no poll answer over a newer record",
+            pass: older.is_empty(),
+            figures: format!(
+                "{} poll records older than a record before them ({} by observed_at), {} records checked{example}",
+                older.len(),
+                earlier,
+                records.len()
+            ),
+            by_phase: counts(m, older),
+        });
+    }
+
+    // 9. The fleet converges to SuperOffice's truth.
+    {
+        let mut wrong = 0usize;
+        let mut example = String::new();
+        for (i, f) in m.finals.iter().enumerate() {
+            for r in f {
+                let Some((state, host)) = m.final_truth.get(&r.ctx) else {
+                    continue;
+                };
+                let want = match *state {
+                    "Suspended" => pb::TenantState::Suspended as i32,
+                    _ => pb::TenantState::Running as i32,
+                };
+                if r.state != want || r.host != *host {
+                    wrong += 1;
+                    if example.is_empty() {
+                        example = format!(
+                            "; e.g. {} on replica {i}: {} at {}, truth {state} at {host}",
+                            r.ctx,
+                            pb::TenantState::try_from(r.state)
+                                .map(|s| s.as_str_name())
+                                .unwrap_or("?"),
+                            r.host
+                        );
+                    }
+                }
+            }
+        }
+        let total: usize = m.finals.iter().map(Vec::len).sum();
+        out.push(Verdict {
+            name: "converges to SuperOffice's truth",
+            pass: wrong == 0 && total > 0,
+            figures: format!(
+                "{wrong} of {total} records (all replicas) differ from the truth{example}"
+            ),
+            by_phase: at_end(m, wrong),
+        });
+    }
+
+    // 10. Every partition held after each heal.
+    {
+        let by_phase: Vec<Option<usize>> = m
+            .phases
+            .iter()
+            .map(|ph| Some(usize::from(ph.held_after != p.partitions)))
+            .collect();
+        let short: Vec<String> = m
+            .phases
+            .iter()
+            .filter(|ph| ph.held_after != p.partitions)
+            .map(|ph| format!("{}: {}", ph.name, ph.held_after))
+            .collect();
+        let healed: Vec<String> = m
+            .phases
+            .iter()
+            .filter_map(|ph| ph.healed_in.map(|s| format!("{s:.1}")))
+            .collect();
+        out.push(Verdict {
+            name: "every partition held after healing",
+            pass: short.is_empty(),
+            figures: format!(
+                "{} of {} settles short of {} ({}); healed (all ready, all held) in {} s",
+                short.len(),
+                m.phases.len(),
+                p.partitions,
+                if short.is_empty() {
+                    "none".into()
+                } else {
+                    short.join(", ")
+                },
+                healed.join(" / ")
+            ),
+            by_phase,
+        });
+    }
+
+    // 11. No panics.
+    out.push(Verdict {
+        name: "no panics",
+        pass: p.panics.is_empty(),
+        figures: format!(
+            "{} 'panicked' lines in the replicas' logs{}",
+            p.panics.len(),
+            p.panics
+                .first()
+                .map(|l| format!("; e.g. {l}"))
+                .unwrap_or_default()
+        ),
+        by_phase: at_end(m, p.panics.len()),
+    });
+    out
+}
