@@ -5,8 +5,10 @@
 //! ten minutes ahead), while nothing listens at the state API, so every
 //! re-poll fails at once. Measured over the window: the process's CPU, the
 //! saves' share of a core (from `tenant_status_state_file_save_duration`),
-//! the number of saves, the log lines written; then the time from SIGTERM
-//! to exit with `--shutdown-timeout 10s`, and whether the final save made it.
+//! the number of saves, the log lines written (from the first save after the
+//! start on: that one folds the journal replayed at start); then the time
+//! from SIGTERM to exit with `--shutdown-timeout 10s`, and whether the final
+//! save made it.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -74,6 +76,18 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
         }
     })
     .await?;
+    // The first save after a start folds the journal replayed at start:
+    // a one-off, left out of the window.
+    common::wait_until("the first save", Duration::from_secs(300), || {
+        let a = admin_addr.clone();
+        async move {
+            common::sum(
+                &common::scrape(&a).await,
+                "tenant_status_state_file_save_duration_seconds_count",
+            ) >= 1.0
+        }
+    })
+    .await?;
     let log = common::work_dir().join("logs").join("outage-server.log");
     let lines = || {
         std::fs::read_to_string(&log)
@@ -95,6 +109,8 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
     let cpu_share = (cpu1 - cpu0) / secs;
 
     // SIGTERM, and the time to exit.
+    let mtime = || std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    let saved_before = mtime();
     let pid = server.pid();
     let term = Instant::now();
     std::process::Command::new("kill")
@@ -112,12 +128,12 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
     };
     let stop = term.elapsed();
     let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let final_save = if text.contains("state file saved at shutdown") {
-        "final save made"
-    } else if text.contains("deadline came before the state file was saved") {
+    let final_save = if text.contains("deadline came before the state file was saved") {
         "final save cut by the deadline (the journal holds what was acknowledged)"
+    } else if mtime() != saved_before {
+        "final save made"
     } else {
-        "no final save logged"
+        "no final save"
     };
     anyhow::ensure!(exited.success(), "exited with {exited}");
 
@@ -130,10 +146,7 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
                 size as f64 / 1_048_576.0,
                 secs
             ),
-            format!(
-                "{:.1} % of a core ({saves:.0} saves)",
-                save_share * 100.0
-            ),
+            format!("{:.1} % of a core ({saves:.0} saves)", save_share * 100.0),
             format!(
                 "process {:.1} % of a core; {polls_failed:.0} polls failed; {} log lines",
                 cpu_share * 100.0,

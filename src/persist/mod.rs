@@ -364,7 +364,11 @@ pub fn remove_leftovers(path: &Path) -> usize {
     };
     entries
         .flatten()
-        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(&prefix)))
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
         .filter(|e| std::fs::remove_file(e.path()).is_ok())
         .count()
 }
