@@ -162,7 +162,8 @@ notification at once. The simulated SuperOffice is not really upgrading it
 and goes on answering Running: read as lagging (SuperOffice notifies when a
 tenant is about to be upgraded), so OFFLINE_MAINTENANCE holds, heldUntil
 set, for a minute here (--notification-hold, 10 minutes by default), then
-the poll's RUNNING. Post it twice: the second is refused as a replay.
+the poll's RUNNING. Post it twice: the second is a retry (204, applied once);
+its token with another ChangeType is refused as a replay.
   curl -i {webhook} -H 'content-type: application/json' -d '{by_hand}'
 
 Ctrl-C stops it.

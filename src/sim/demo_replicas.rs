@@ -92,7 +92,8 @@ Watch a tenant on the last replica:
   grpcurl -plaintext -d '{{"context_identifiers":["Cust10001"]}}' {watch_on} tenantstatus.v1.TenantStatusService/WatchTenant
 then post a notification to the first one: the watcher sees it at once.
   curl -i {post_to} -H 'content-type: application/json' -d '{by_hand}'
-Post it again, to any replica: refused as a replay.
+Post it again, to any replica: a retry (204, applied once); its token with
+another ChangeType is refused as a replay.
 Which replica polls what: curl -s http://<admin>/metrics | grep tenant_status_cluster_
 
 Ctrl-C stops them (each gives its leases back).

@@ -491,9 +491,32 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
     }
     print_table(&mem.phases, &verdicts);
     println!("history: {}", history.path.display());
+    // Properties whose fixes are still to come may be named in
+    // TENANT_STATUS_FAULTS_KNOWN (comma-separated starts of their names):
+    // they are still judged and printed, but do not fail the run, so CI
+    // guards every other property meanwhile. One named that passes is said.
+    let known: Vec<String> = std::env::var("TENANT_STATUS_FAULTS_KNOWN")
+        .unwrap_or_default()
+        .split(',')
+        .map(|k| k.trim().to_owned())
+        .filter(|k| !k.is_empty())
+        .collect();
+    let is_known = |name: &str| known.iter().any(|k| name.starts_with(k.as_str()));
+    for v in &verdicts {
+        if is_known(v.name) {
+            if v.pass {
+                println!(
+                    "known failure now passes (take it out of TENANT_STATUS_FAULTS_KNOWN): {}",
+                    v.name
+                );
+            } else {
+                println!("known failure, not failing the run: {}", v.name);
+            }
+        }
+    }
     let failed: Vec<&str> = verdicts
         .iter()
-        .filter(|v| !v.pass)
+        .filter(|v| !v.pass && !is_known(v.name))
         .map(|v| v.name)
         .collect();
     if !failed.is_empty() {
