@@ -523,3 +523,30 @@ pub fn cpu_secs_of_threads(prefixes: &[&str]) -> f64 {
         .map(|t| cpu_secs_of(&format!("self/task/{}", t.file_name().to_string_lossy())))
         .sum()
 }
+
+/// Writes a state file of Cust1..Cust`tenants`, each Running on sod2 with
+/// ValidUntil `valid_for` from now (the start and outage scenarios).
+pub fn running_state_file(tenants: usize, valid_for: Duration, path: &Path) -> anyhow::Result<()> {
+    use tenant_status::{
+        core::store::{PollResult, Store},
+        core::tenant::{ContextId, Observation, TenantState},
+    };
+    let store = Store::new();
+    let now = std::time::SystemTime::now();
+    for i in 1..=tenants {
+        let ctx = ContextId::parse(&format!("Cust{i}"))?;
+        store.apply_poll(
+            &ctx,
+            PollResult::Observed(Observation {
+                state: TenantState::Running,
+                endpoint: format!("https://sod2.superoffice.com/Cust{i}"),
+                api: format!("https://sod2.superoffice.com/Cust{i}/api"),
+                version: "Release_11.10_2026.02.24-02".into(),
+                valid_until: Some(now + valid_for),
+            }),
+            now,
+        );
+    }
+    tenant_status::persist::save(&store, Vec::new(), path)?;
+    Ok(())
+}

@@ -10,13 +10,7 @@
 //! from SIGTERM to exit with `--shutdown-timeout 10s`, and whether the final
 //! save made it.
 
-use std::time::{Duration, Instant, SystemTime};
-
-use tenant_status::{
-    core::store::{PollResult, Store},
-    core::tenant::{ContextId, Observation, TenantState},
-    persist,
-};
+use std::time::{Duration, Instant};
 
 use crate::common::{self, Proc, Row};
 
@@ -30,25 +24,8 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("state.json");
-    let store = Store::new();
-    let now = SystemTime::now();
-    for i in 1..=tenants {
-        let ctx = ContextId::parse(&format!("Cust{i}"))?;
-        store.apply_poll(
-            &ctx,
-            PollResult::Observed(Observation {
-                state: TenantState::Running,
-                endpoint: format!("https://sod2.superoffice.com/Cust{i}"),
-                api: format!("https://sod2.superoffice.com/Cust{i}/api"),
-                version: "Release_11.10_2026.02.24-02".into(),
-                valid_until: Some(now + Duration::from_secs(600)),
-            }),
-            now,
-        );
-    }
-    persist::save(&store, Vec::new(), &path)?;
+    common::running_state_file(tenants, Duration::from_secs(600), &path)?;
     let size = std::fs::metadata(&path)?.len();
-    drop(store);
 
     let admin = common::free_port();
     let admin_addr = format!("127.0.0.1:{admin}");

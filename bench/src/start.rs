@@ -1,13 +1,8 @@
 //! Scenario 5: from process start to SERVING with 100,000 tenants in a
 //! state file, beside the same start with none.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use tenant_status::{
-    core::store::{PollResult, Store},
-    core::tenant::{ContextId, Observation, TenantState},
-    persist,
-};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::common::{self, Proc, Row};
@@ -15,23 +10,7 @@ use crate::common::{self, Proc, Row};
 pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
     let tenants = if quick { 1_000 } else { 100_000 };
     let path = common::work_dir().join(format!("state-{tenants}.json"));
-    let store = Store::new();
-    let now = SystemTime::now();
-    for i in 1..=tenants {
-        let ctx = ContextId::parse(&format!("Cust{i}"))?;
-        store.apply_poll(
-            &ctx,
-            PollResult::Observed(Observation {
-                state: TenantState::Running,
-                endpoint: format!("https://sod2.superoffice.com/Cust{i}"),
-                api: format!("https://sod2.superoffice.com/Cust{i}/api"),
-                version: "Release_11.10_2026.02.24-02".into(),
-                valid_until: Some(now + Duration::from_secs(60)),
-            }),
-            now,
-        );
-    }
-    persist::save(&store, Vec::new(), &path)?;
+    common::running_state_file(tenants, Duration::from_secs(60), &path)?;
     let size = std::fs::metadata(&path)?.len();
 
     let mut best = [f64::MAX; 2];
