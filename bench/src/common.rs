@@ -550,3 +550,14 @@ pub fn running_state_file(tenants: usize, valid_for: Duration, path: &Path) -> a
     tenant_status::persist::save(&store, Vec::new(), path)?;
     Ok(())
 }
+
+/// nats-server from NATS_SERVER, else PATH, else Debian's.
+pub fn nats_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("NATS_SERVER") {
+        return Some(PathBuf::from(p));
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.is_file())
+}

@@ -23,17 +23,6 @@ use axum::{
 use super::history::{History, Poll, host_of};
 use crate::common::{self, Proc};
 
-/// nats-server from NATS_SERVER, else PATH, else Debian's.
-pub fn nats_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("NATS_SERVER") {
-        return Some(PathBuf::from(p));
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|d| d.join("nats-server"))
-        .find(|p| p.is_file())
-}
-
 pub fn nats_version(bin: &std::path::Path) -> String {
     Command::new(bin)
         .arg("--version")

