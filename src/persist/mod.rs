@@ -221,8 +221,9 @@ pub(crate) fn encode_record(r: &TenantRecord) -> Vec<u8> {
     serde_json::to_vec(&save_record(r)).unwrap_or_default()
 }
 
-/// Reads a record the shared store keeps (see `encode_record`).
-pub(crate) fn decode_record(bytes: &[u8]) -> Result<TenantRecord, String> {
+/// Reads a record the shared store keeps (see `encode_record`). Public
+/// for the fault suite, which reads every version the store kept.
+pub fn decode_record(bytes: &[u8]) -> Result<TenantRecord, String> {
     let saved: SavedTenant = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     load_record(saved)
 }

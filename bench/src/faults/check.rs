@@ -84,12 +84,24 @@ pub fn check(m: &Mem, p: &Params) -> Vec<Verdict> {
             .entry(r.rev)
             .or_insert((*t, r));
     }
+    // Add the shared store's own versions (`stored.rs`): revisions no
+    // watcher was handed, because they were overwritten while the
+    // watchers' replicas were reading on after a broken watch.
+    let end = m.phases.last().map(|p| p.end).unwrap_or(0.0);
+    for r in &m.stored {
+        by_tenant
+            .entry(r.ctx.as_str())
+            .or_default()
+            .entry(r.rev)
+            .or_insert((end, r));
+    }
     let notes_seen: HashMap<&str, f64> = {
         let mut s: HashMap<&str, f64> = HashMap::new();
-        for (t, r) in &records {
+        let stored = m.stored.iter().map(|r| (end, r));
+        for (t, r) in records.iter().map(|(t, r)| (*t, *r)).chain(stored) {
             if !r.note.is_empty() {
-                let e = s.entry(r.note.as_str()).or_insert(*t);
-                *e = e.min(*t);
+                let e = s.entry(r.note.as_str()).or_insert(t);
+                *e = e.min(t);
             }
         }
         s
@@ -156,9 +168,9 @@ pub fn check(m: &Mem, p: &Params) -> Vec<Verdict> {
     // 2. Retried notifications applied.
     {
         // Stricter than for acknowledged ones: "superseded" does not
-        // count. A later notification proves nothing about this one, and a
-        // record applied and overwritten before any of the four watchers
-        // read it would take every one of them falling behind at once.
+        // count. A later notification proves nothing about this one; its
+        // marker must be on a record a watcher saw or on a version the
+        // shared store kept.
         let retried: Vec<_> = m.notes.iter().filter(|n| n.attempts > 1).collect();
         let lost: Vec<_> = retried
             .iter()
@@ -234,7 +246,13 @@ pub fn check(m: &Mem, p: &Params) -> Vec<Verdict> {
     {
         let mut first: HashMap<u64, (&Rec, f64)> = HashMap::new();
         let mut bad: BTreeMap<u64, f64> = BTreeMap::new();
-        for (t, r) in &records {
+        // The store's own version of a revision is compared as well.
+        let with_stored: Vec<(f64, &Rec)> = records
+            .iter()
+            .copied()
+            .chain(m.stored.iter().map(|r| (end, r)))
+            .collect();
+        for (t, r) in &with_stored {
             match first.get(&r.rev) {
                 None => {
                     first.insert(r.rev, (r, *t));
@@ -247,7 +265,7 @@ pub fn check(m: &Mem, p: &Params) -> Vec<Verdict> {
         }
         let example = bad.keys().next().map(|rev| {
             let a = first[rev].0;
-            let b = records
+            let b = with_stored
                 .iter()
                 .find(|(_, r)| r.rev == *rev && r.fingerprint() != a.fingerprint())
                 .map(|(_, r)| format!("{} {}", r.ctx, r.host))

@@ -208,6 +208,9 @@ pub struct Mem {
     pub phases: Vec<Phase>,
     /// replica -> its final ListTenants.
     pub finals: Vec<Vec<Rec>>,
+    /// Every version of every record the shared store kept
+    /// (`stored.rs`).
+    pub stored: Vec<Rec>,
     /// tenant -> (state name, host) at the end.
     pub final_truth: HashMap<String, (&'static str, String)>,
 }

@@ -17,6 +17,7 @@ mod check;
 mod fleet;
 mod history;
 mod load;
+mod stored;
 
 use std::{sync::Arc, time::Duration};
 
@@ -158,6 +159,7 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
         },
     )
     .await?;
+    stored::prepare(&format!("nats://{}", fleet.nats[0].client)).await?;
 
     // The fake SuperOffice, steered through its control API, behind a
     // recording proxy per replica.
@@ -420,10 +422,17 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
             ),
         },
     );
+    let mut names: Vec<String> = truth.keys().cloned().collect();
+    names.sort_unstable();
+    let stored = stored::read(&format!("nats://{}", fleet.nats[0].client), &names).await?;
+    for r in &stored {
+        history.line("stored", &serde_json::json!({"rec": r}));
+    }
     let panics = panics(&fleet.replicas);
     drop(fleet);
     {
         let mut mem = history.mem();
+        mem.stored = stored;
         mem.finals = finals;
         mem.final_truth = truth;
     }
