@@ -28,7 +28,7 @@ use crate::{
     serve::server::{Health, grpc_server},
     superoffice::poller::Poller,
     superoffice::tracker::Tracker,
-    superoffice::{SingleFlight, StateSource, SuperOfficeClient},
+    superoffice::{SingleFlight, StateSource, SuperOfficeClient, budget::Budget},
     token::{SeenTokens, Verifier},
     webhook::Webhook,
 };
@@ -124,6 +124,13 @@ impl Application {
             None => Arc::clone(&store) as Arc<dyn Ledger>,
             Some(c) => c.ledger(),
         };
+        // One budget for everything sent to SuperOffice: polls, lookups, a
+        // watch's new names, JWKS fetches. Among replicas, each takes its
+        // share of the fleet's figure as members come and go.
+        let budget = Budget::with_metrics(config.budget.clone(), Arc::clone(&metrics));
+        if let Some(c) = &cluster {
+            c.share_budget(Arc::clone(&budget));
+        }
         // The poller never has two requests for one tenant in flight, and
         // must know when its own request went out (an answer older than a
         // notification does not undo it), so it does not share flights;
@@ -132,8 +139,9 @@ impl Application {
             Arc::clone(&store),
             Arc::clone(&source),
             config.policy.clone(),
+            Arc::clone(&budget),
         );
-        let source: Arc<dyn StateSource> = Arc::new(SingleFlight::new(source));
+        let source = Arc::new(SingleFlight::new(source, Arc::clone(&budget)));
         let poller = poller
             .with_metrics(Arc::clone(&metrics))
             .with_ledger(Arc::clone(&ledger));
@@ -141,6 +149,7 @@ impl Application {
             Verifier::new(config.webhook.verifier.clone())
                 .context("could not build the notification token verifier")?,
         );
+        verifier.use_budget(Arc::clone(&budget));
         let webhook = Webhook::new(
             Arc::clone(&verifier),
             Arc::clone(&seen),
@@ -266,7 +275,7 @@ impl Application {
                 tokio::spawn(async move {
                     for t in tenants {
                         let now = std::time::SystemTime::now();
-                        if let Err(e) = ledger.track_unknown(t.clone(), now).await {
+                        if let Err(e) = ledger.track_unknown(t.clone(), now, None).await {
                             tracing::warn!(tenant = %t, error = %e, "could not track a configured tenant in the shared store");
                         }
                     }

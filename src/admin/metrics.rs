@@ -89,6 +89,12 @@ pub struct Metrics {
     save_duration: Histogram,
     last_save_ok: Gauge,
     durable: Gauge,
+    budget_in_force: Gauge,
+    budget_in_flight: Gauge,
+    budget_wait: Histogram,
+    budget_refused: Counter,
+    budget_rate_limited: Counter,
+    budget_paused: Counter<f64, std::sync::atomic::AtomicU64>,
     /// The replicas' figures: registered only by `with_cluster`.
     cluster: Arc<ClusterMetrics>,
     /// Scrape-time figures are cleared and set under this lock.
@@ -255,7 +261,51 @@ impl Metrics {
             durable.clone(),
         );
         durable.set(1);
+        let budget_in_force = Gauge::default();
+        registry.register(
+            "superoffice_budget_in_force",
+            "Requests to SuperOffice this process may have in flight now: its share of --superoffice-max-in-flight, less after 429s",
+            budget_in_force.clone(),
+        );
+        let budget_in_flight = Gauge::default();
+        registry.register(
+            "superoffice_requests_in_flight",
+            "Requests to SuperOffice in flight now (polls, lookups, JWKS)",
+            budget_in_flight.clone(),
+        );
+        let budget_wait = latency_buckets();
+        registry.register_with_unit(
+            "superoffice_budget_wait",
+            "How long a request to SuperOffice waited for the budget before it went out (those that did not wait are not counted)",
+            Unit::Seconds,
+            budget_wait.clone(),
+        );
+        let budget_refused = Counter::default();
+        registry.register(
+            "superoffice_budget_refused",
+            "Lookups answered UNAVAILABLE because the budget stayed full for --superoffice-max-wait",
+            budget_refused.clone(),
+        );
+        let budget_rate_limited = Counter::default();
+        registry.register(
+            "superoffice_rate_limited",
+            "Times SuperOffice answered 429 and every request was paused",
+            budget_rate_limited.clone(),
+        );
+        let budget_paused = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register_with_unit(
+            "superoffice_paused",
+            "Time every request to SuperOffice was paused for its 429s",
+            Unit::Seconds,
+            budget_paused.clone(),
+        );
         Self {
+            budget_in_force,
+            budget_in_flight,
+            budget_wait,
+            budget_refused,
+            budget_rate_limited,
+            budget_paused,
             registry: root,
             journal_failures,
             saves,
@@ -399,6 +449,28 @@ impl Metrics {
         if forgotten > counted {
             self.unknown_forgotten.inc_by(forgotten - counted);
         }
+    }
+
+    /// The SuperOffice budget's bound in force and its requests in flight.
+    pub fn budget_state(&self, in_force: usize, in_flight: usize) {
+        self.budget_in_force.set(in_force as i64);
+        self.budget_in_flight.set(in_flight as i64);
+    }
+
+    /// A request waited `waited` for the SuperOffice budget.
+    pub fn budget_waited(&self, waited: Duration) {
+        self.budget_wait.observe(waited.as_secs_f64());
+    }
+
+    /// A lookup gave up waiting for the SuperOffice budget.
+    pub fn budget_refused(&self) {
+        self.budget_refused.inc();
+    }
+
+    /// SuperOffice answered 429: every request pauses for `pause`.
+    pub fn budget_rate_limited(&self, pause: Duration) {
+        self.budget_rate_limited.inc();
+        self.budget_paused.inc_by(pause.as_secs_f64());
     }
 
     pub fn event_sent(&self) {

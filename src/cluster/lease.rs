@@ -37,7 +37,7 @@ use super::health::Contact;
 use crate::{
     admin::metrics::ClusterMetrics,
     core::{ledger::Removal, store::Store, tenant::ContextId},
-    superoffice::poller::PollerHandle,
+    superoffice::{budget::Budget, poller::PollerHandle},
 };
 
 /// How many partitions the tenants are split into: enough to spread over
@@ -146,6 +146,9 @@ pub(super) struct LeaseKeeper {
     pub(super) contact: Arc<Contact>,
     /// When this replica last saw each partition held, by anyone.
     pub(super) seen_held: Mutex<BTreeMap<u16, Instant>>,
+    /// The budget toward SuperOffice: its share follows the members
+    /// counted here.
+    pub(super) budget: std::sync::OnceLock<Arc<Budget>>,
 }
 
 /// How many replicas the leases bucket names: distinct membership keys,
@@ -251,6 +254,9 @@ impl LeaseKeeper {
         self.contact.touch();
         self.note_held(&keys);
         let members = count_members(&keys);
+        if let Some(b) = self.budget.get() {
+            b.set_members(members);
+        }
         let share = usize::from(PARTITIONS).div_ceil(members);
         // Give back more than the share, so that a new replica finds some.
         let held = self.leases.snapshot();

@@ -467,11 +467,22 @@ impl Ledger for SharedLedger {
         .boxed()
     }
 
-    fn track_unknown(&self, ctx: ContextId, now: SystemTime) -> Write<'_, Option<Applied>> {
+    fn track_unknown(
+        &self,
+        ctx: ContextId,
+        now: SystemTime,
+        failure: Option<String>,
+    ) -> Write<'_, Option<Applied>> {
         async move {
             let outcome = self
                 .write(&ctx, now, None, |old| {
-                    old.is_none().then(|| TenantRecord::unknown(&ctx, now))
+                    old.is_none().then(|| {
+                        let r = TenantRecord::unknown(&ctx, now);
+                        match &failure {
+                            Some(error) => r.failed(error.clone()),
+                            None => r,
+                        }
+                    })
                 })
                 .await?;
             Ok(outcome.ok())

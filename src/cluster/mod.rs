@@ -228,8 +228,15 @@ impl Cluster {
                 metrics,
                 contact,
                 seen_held: Default::default(),
+                budget: Default::default(),
             },
         })
+    }
+
+    /// Makes the budget toward SuperOffice this replica's share of the
+    /// fleet's: the figure divided by the members the leases count.
+    pub(crate) fn share_budget(&self, budget: Arc<crate::superoffice::budget::Budget>) {
+        let _ = self.leases.budget.set(budget);
     }
 
     /// The ledger every writer uses among replicas.

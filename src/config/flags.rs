@@ -192,9 +192,27 @@ pub struct ServeArgs {
     /// Longest wait between retries while SuperOffice fails (backoff cap).
     #[arg(long, env = "TENANT_STATUS_POLL_BACKOFF_MAX", value_parser = duration, default_value = "5m")]
     pub poll_backoff_max: Duration,
-    /// Most state API requests in flight at once.
-    #[arg(long, env = "TENANT_STATUS_POLL_CONCURRENCY", default_value_t = 32)]
-    pub poll_concurrency: usize,
+    /// The most requests to SuperOffice in flight at once: polls, first
+    /// lookups, a watch's new names and JWKS fetches all share it. Among
+    /// replicas it is the fleet's figure, each taking its share (the
+    /// figure divided by the live members). Halved after a 429, grown back
+    /// as answers come. `--poll-concurrency` is its old name.
+    #[arg(
+        long,
+        alias = "poll-concurrency",
+        env = "TENANT_STATUS_SUPEROFFICE_MAX_IN_FLIGHT",
+        default_value_t = 32
+    )]
+    pub superoffice_max_in_flight: usize,
+    /// The most requests to SuperOffice a second (fleet-wide among
+    /// replicas, as --superoffice-max-in-flight); unset: no rate, only the
+    /// bound in flight.
+    #[arg(long, env = "TENANT_STATUS_SUPEROFFICE_MAX_RATE")]
+    pub superoffice_max_rate: Option<f64>,
+    /// How long a lookup of an untracked tenant waits for the budget
+    /// toward SuperOffice before it is answered UNAVAILABLE.
+    #[arg(long, env = "TENANT_STATUS_SUPEROFFICE_MAX_WAIT", value_parser = duration, default_value = "5s")]
+    pub superoffice_max_wait: Duration,
     /// Timeout of one state API request.
     #[arg(long, env = "TENANT_STATUS_HTTP_TIMEOUT", value_parser = duration, default_value = "10s")]
     pub http_timeout: Duration,

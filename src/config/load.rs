@@ -54,6 +54,20 @@ pub fn parse_cli_from(args: Vec<OsString>) -> Result<Cli, CliError> {
             });
         }
     }
+    // `--superoffice-max-in-flight` was `--poll-concurrency`, with its
+    // variable; the old variable still counts, below the new one.
+    if std::env::var_os("TENANT_STATUS_SUPEROFFICE_MAX_IN_FLIGHT").is_none()
+        && let Some(old) = std::env::var_os("TENANT_STATUS_POLL_CONCURRENCY")
+    {
+        let old = old.to_string_lossy().into_owned();
+        for sub in ["serve", "check-config"] {
+            cmd = cmd.mut_subcommand(sub, |c| {
+                c.mut_arg("superoffice_max_in_flight", |a| {
+                    a.default_value(old.clone())
+                })
+            });
+        }
+    }
     let matches = cmd.try_get_matches_from(args)?;
     Ok(Cli::from_arg_matches(&matches)?)
 }
@@ -93,7 +107,12 @@ fn read_config_file(path: &Path) -> Result<Vec<(String, Vec<String>)>, ConfigErr
         let long = key.replace('_', "-");
         let arg = serve
             .get_arguments()
-            .find(|a| a.get_long() == Some(long.as_str()) && long != "config" && long != "help")
+            .find(|a| {
+                let named = a.get_long() == Some(long.as_str())
+                    || a.get_all_aliases()
+                        .is_some_and(|old| old.contains(&long.as_str()));
+                named && long != "config" && long != "help"
+            })
             .ok_or_else(|| {
                 bad(
                     "--config",

@@ -20,7 +20,7 @@ use crate::{
     core::tenant::ContextId,
     serve::{dashboard::DashboardConfig, grpc::BearerTokens},
     superoffice::environment_base_url,
-    superoffice::poller::PollPolicy,
+    superoffice::{budget::Limits, poller::PollPolicy},
     token::{JWKS_REFETCH_INTERVAL, VerifierSettings, load_keys},
 };
 
@@ -44,6 +44,8 @@ pub struct Config {
     pub state_api_base_url: Url,
     pub tenants: Vec<ContextId>,
     pub policy: PollPolicy,
+    /// The budget of requests toward SuperOffice.
+    pub budget: Limits,
     pub http_timeout: Duration,
     pub heartbeat_interval: Duration,
     pub max_concurrent_streams: u32,
@@ -217,8 +219,19 @@ impl ServeArgs {
                 ),
             ));
         }
-        if self.poll_concurrency == 0 {
-            return Err(bad("--poll-concurrency", "must be at least 1"));
+        if self.superoffice_max_in_flight == 0 {
+            return Err(bad("--superoffice-max-in-flight", "must be at least 1"));
+        }
+        if let Some(rate) = self.superoffice_max_rate
+            && !(rate.is_finite() && rate > 0.0)
+        {
+            return Err(bad(
+                "--superoffice-max-rate",
+                "must be a number of requests a second above zero",
+            ));
+        }
+        if self.superoffice_max_wait.is_zero() {
+            return Err(bad("--superoffice-max-wait", "must be more than zero"));
         }
         if self.http_timeout.is_zero() {
             return Err(bad("--http-timeout", "must be more than zero"));
@@ -311,11 +324,15 @@ impl ServeArgs {
                 min_interval: self.poll_min_interval,
                 max_interval: self.poll_max_interval,
                 backoff_max: self.poll_backoff_max,
-                concurrency: self.poll_concurrency,
                 deleted_retention: self.deleted_retention,
                 max_unknown: self.max_unknown_tenants,
                 forget_unknown_after: self.forget_unknown_after,
                 ..PollPolicy::default()
+            },
+            budget: Limits {
+                max_in_flight: self.superoffice_max_in_flight,
+                max_rate: self.superoffice_max_rate,
+                max_wait: self.superoffice_max_wait,
             },
             http_timeout: self.http_timeout,
             heartbeat_interval: self.heartbeat_interval,

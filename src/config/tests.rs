@@ -172,13 +172,13 @@ poll-min-interval = "2s"
     let c = parse(&["serve", "--config", f]).unwrap();
     assert_eq!(c.grpc_addr, "127.0.0.1:7000");
     assert_eq!(c.tenants.len(), 2);
-    assert_eq!(c.policy.concurrency, 8);
+    assert_eq!(c.budget.max_in_flight, 8);
     assert_eq!(c.policy.min_interval, Duration::from_secs(2));
     assert_eq!(c.webhook.verifier.issuer, "https://online.superoffice.com");
     let c = parse(&["serve", "--config", f, "--grpc-addr", "127.0.0.1:7001"]).unwrap();
     assert_eq!(c.grpc_addr, "127.0.0.1:7001");
     let c = parse(&["check-config", &format!("--config={f}")]).unwrap();
-    assert_eq!(c.policy.concurrency, 8);
+    assert_eq!(c.budget.max_in_flight, 8);
 
     let unknown = dir.join("unknown.toml");
     std::fs::write(&unknown, "grpc-adress = \"x\"\n").unwrap();

@@ -47,18 +47,17 @@ pub trait Tenants: Send + Sync + 'static {
         ctx: &ContextId,
     ) -> impl Future<Output = Result<Arc<TenantRecord>, LookupError>> + Send;
 
-    /// Makes sure every tenant in `names` is tracked, for a watcher: one
-    /// SuperOffice does not know is tracked as UNKNOWN, so the watcher sees
-    /// it when it appears. Among replicas, it first waits (briefly) for
-    /// this replica to have read the shared log to its end and to `since`.
-    fn track_for_watch(
-        &self,
-        names: &[ContextId],
-        since: u64,
-    ) -> impl Future<Output = Result<(), LookupError>> + Send;
+    /// Resolves once a watch after `since` may open here: among replicas,
+    /// it waits (briefly) for this replica to have read the shared log to
+    /// its end and to `since`; alone, at once.
+    fn synced(&self, since: u64) -> impl Future<Output = Result<(), LookupError>> + Send;
 
     /// A watch of `names` (every tenant when empty) after `since`: see
-    /// `core::watch`.
+    /// `core::watch`. It opens at once: names not tracked yet are learned
+    /// (one SuperOffice does not know is tracked as UNKNOWN, so the watcher
+    /// sees it when it appears; one whose fetch fails, stale with the
+    /// failure) and arrive in the snapshot as they are; SYNCED follows
+    /// when every name has an answer or a failure.
     fn watch(
         &self,
         names: Vec<ContextId>,

@@ -96,8 +96,14 @@ pub trait Ledger: Send + Sync + 'static {
         now: SystemTime,
     ) -> Write<'_, Applied>;
 
-    /// Tracks `ctx` as UNKNOWN unless it is tracked already.
-    fn track_unknown(&self, ctx: ContextId, now: SystemTime) -> Write<'_, Option<Applied>>;
+    /// Tracks `ctx` as UNKNOWN unless it is tracked already; with
+    /// `failure`, as not known yet: stale, with why its first fetch failed.
+    fn track_unknown(
+        &self,
+        ctx: ContextId,
+        now: SystemTime,
+        failure: Option<String>,
+    ) -> Write<'_, Option<Applied>>;
 
     /// Forgets `ctx` if `which` applies to its record. Returns whether it
     /// was forgotten.
@@ -174,8 +180,16 @@ impl Ledger for Store {
         futures_util::future::ready(Ok(applied)).boxed()
     }
 
-    fn track_unknown(&self, ctx: ContextId, now: SystemTime) -> Write<'_, Option<Applied>> {
-        let applied = Store::track_unknown(self, &ctx, now);
+    fn track_unknown(
+        &self,
+        ctx: ContextId,
+        now: SystemTime,
+        failure: Option<String>,
+    ) -> Write<'_, Option<Applied>> {
+        let applied = match failure {
+            None => Store::track_unknown(self, &ctx, now),
+            Some(error) => Store::track_failed(self, &ctx, now, error),
+        };
         futures_util::future::ready(Ok(applied)).boxed()
     }
 

@@ -447,6 +447,15 @@ impl Store {
         })
     }
 
+    /// As `track_unknown`, for a tenant not known yet because its first
+    /// fetch failed: stale, with the failure.
+    pub fn track_failed(&self, ctx: &ContextId, now: SystemTime, error: String) -> Option<Applied> {
+        self.update(ctx, now, |old| match old {
+            Some(_) => None,
+            None => Some(TenantRecord::unknown(ctx, now).failed(error)),
+        })
+    }
+
     /// Every record whose revision is in `(since, through]`, in revision
     /// order: what tests compare snapshots and the index with.
     #[cfg(test)]

@@ -345,6 +345,16 @@ impl TenantRecord {
         }
     }
 
+    /// This record, stale with why it could not be refreshed: a tenant
+    /// tracked for a watcher whose first fetch failed.
+    pub fn failed(self, error: String) -> Self {
+        Self {
+            stale: true,
+            last_error: error,
+            ..self
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         self.state.is_running()
     }

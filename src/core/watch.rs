@@ -18,6 +18,7 @@ use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::{
+    core::backend::LookupError,
     core::tenant::{ContextId, TenantRecord},
     core::{
         fanout::{Slot, Watcher},
@@ -45,7 +46,14 @@ pub enum WatchEvent {
     /// long to vouch for what it streams; the last event of the stream
     /// (the client resumes, on another replica, with `since_revision`).
     Detached,
+    /// The watched names could not all be tracked (too many unknown ones,
+    /// or the shared store refused a write); the last event of the stream.
+    Refused(LookupError),
 }
+
+/// The learning of a watch's untracked names: resolves when each has an
+/// answer or a recorded failure (`core::backend::Tenants::watch`).
+pub type Learning = Pin<Box<dyn Future<Output = Result<(), LookupError>> + Send>>;
 
 struct State {
     watcher: Watcher,
@@ -55,6 +63,9 @@ struct State {
     /// A watch of every tenant's snapshot, still being read out; SYNCED
     /// follows it.
     snapshot: Option<Snapshot>,
+    /// Names still being learned: until this resolves, what the inbox
+    /// brings goes out as snapshot, and SYNCED waits.
+    learning: Option<Learning>,
     heartbeat: Interval,
     closing: Pin<Box<WaitForCancellationFutureOwned>>,
     /// Every change of the watched tenants at or below this revision has
@@ -72,10 +83,25 @@ struct State {
 /// So any revision the client has seen is a safe `since` to resume from.
 pub fn watch(
     store: Arc<Store>,
-    mut names: Vec<ContextId>,
+    names: Vec<ContextId>,
     since: u64,
     heartbeat: Duration,
 ) -> impl Stream<Item = WatchEvent> + Send + 'static {
+    watch_learning(store, names, since, heartbeat, None)
+}
+
+/// As `watch`, while `learning` tracks names of `names` that were not
+/// tracked yet: the stream opens at once, each learned name's record goes
+/// out as part of the snapshot, and SYNCED comes once `learning` resolves.
+pub fn watch_learning(
+    store: Arc<Store>,
+    mut names: Vec<ContextId>,
+    since: u64,
+    heartbeat: Duration,
+    learning: Option<Learning>,
+) -> impl Stream<Item = WatchEvent> + Send + 'static {
+    // Learning is for names; a watch of every tenant has none to learn.
+    let learning = learning.filter(|_| !names.is_empty());
     names.sort();
     names.dedup();
     let watcher = store.register_watcher(names);
@@ -132,7 +158,9 @@ pub fn watch(
             }
         }
         sort_by_revision(&mut pending);
-        pending.push_back(WatchEvent::Synced(floor));
+        if learning.is_none() {
+            pending.push_back(WatchEvent::Synced(floor));
+        }
         None
     };
     let mut hb = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
@@ -143,6 +171,7 @@ pub fn watch(
         marks: HashMap::new(),
         pending,
         snapshot,
+        learning,
         heartbeat: hb,
         covered: floor,
         done: false,
@@ -200,17 +229,53 @@ impl Stream for WatchStream {
                     }
                 }
             }
+            if let Some(learning) = &mut st.learning {
+                // Learning the names: the close first, then what was
+                // learned, then whether all is.
+                if st.closing.as_mut().poll(cx).is_ready() {
+                    // Cut short, as a snapshot is: no SYNCED.
+                    st.learning = None;
+                    st.watcher.take_now(&mut st.marks);
+                    st.queue_marked(true);
+                    st.done = true;
+                    st.pending.push_back(WatchEvent::Closing);
+                    continue;
+                }
+                if st.watcher.poll_changed(cx, &mut st.marks).is_ready() {
+                    st.queue_marked(true);
+                    continue;
+                }
+                match learning.as_mut().poll(cx) {
+                    Poll::Ready(learned) => {
+                        st.learning = None;
+                        // Every learned record is in the store, so in the
+                        // inbox: taken now, it goes out before SYNCED.
+                        st.watcher.take_now(&mut st.marks);
+                        st.queue_marked(true);
+                        match learned {
+                            Ok(()) => st.pending.push_back(WatchEvent::Synced(st.covered)),
+                            Err(e) => {
+                                st.done = true;
+                                st.pending.push_back(WatchEvent::Refused(e));
+                            }
+                        }
+                        continue;
+                    }
+                    // No heartbeat before SYNCED.
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
             // In this order, as a biased select: the close first.
             if st.closing.as_mut().poll(cx).is_ready() {
                 // What changed before the close is still sent.
                 st.watcher.take_now(&mut st.marks);
-                st.queue_marked();
+                st.queue_marked(false);
                 st.done = true;
                 st.pending.push_back(WatchEvent::Closing);
                 continue;
             }
             if st.watcher.poll_changed(cx, &mut st.marks).is_ready() {
-                st.queue_marked();
+                st.queue_marked(false);
                 continue;
             }
             if st.heartbeat.poll_tick(cx).is_ready() {
@@ -223,7 +288,7 @@ impl Stream for WatchStream {
                 let revision = st.watcher.store().revision();
                 let consistent = st.watcher.store().consistent();
                 st.watcher.take_now(&mut st.marks);
-                st.queue_marked();
+                st.queue_marked(false);
                 if consistent && st.watcher.store().consistent() {
                     st.pending
                         .push_back(WatchEvent::Heartbeat(revision.max(st.covered)));
@@ -236,17 +301,19 @@ impl Stream for WatchStream {
 }
 
 impl State {
-    /// Queues what was marked, in revision order, and empties `marks`.
+    /// Queues what was marked, in revision order, and empties `marks`;
+    /// as part of the snapshot while names are still being learned.
     ///
     /// The inbox is marked in revision order, so the marks hold, for every
     /// watched tenant, its latest change up to the highest revision marked:
     /// sorted, they continue the stream in order, and everything the next
     /// round takes is newer.
-    fn queue_marked(&mut self) {
+    fn queue_marked(&mut self, snapshot: bool) {
         // Called only when everything queued before has gone out.
         debug_assert!(self.pending.is_empty());
         self.pending
             .extend(self.marks.drain().map(|(ctx, slot)| match slot {
+                Slot::Present(r) if snapshot => WatchEvent::Snapshot(r),
                 Slot::Present(r) => WatchEvent::Changed(r),
                 Slot::Removed(rev) => WatchEvent::Removed(ctx, rev),
             }));
@@ -317,7 +384,7 @@ fn event_revision(e: &WatchEvent) -> u64 {
         WatchEvent::Removed(_, rev) | WatchEvent::Synced(rev) | WatchEvent::Heartbeat(rev) => *rev,
         // Sorted with the snapshot, but always first: see `watch`.
         WatchEvent::Reset => 0,
-        WatchEvent::Closing | WatchEvent::Detached => u64::MAX,
+        WatchEvent::Closing | WatchEvent::Detached | WatchEvent::Refused(_) => u64::MAX,
     }
 }
 

@@ -127,7 +127,9 @@ impl WatchReply {
             WatchEvent::Synced(rev) => marker(T::Synced, None, rev),
             WatchEvent::Heartbeat(rev) => marker(T::Heartbeat, None, rev),
             WatchEvent::Removed(ctx, rev) => marker(T::Removed, Some(ctx), rev),
-            WatchEvent::Closing | WatchEvent::Detached => marker(T::Unspecified, None, 0),
+            WatchEvent::Closing | WatchEvent::Detached | WatchEvent::Refused(_) => {
+                marker(T::Unspecified, None, 0)
+            }
         }
     }
 

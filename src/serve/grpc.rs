@@ -298,7 +298,7 @@ impl<B: Tenants> GrpcService<B> {
                 ))
             })?;
         self.tenants
-            .track_for_watch(&names, req.since_revision)
+            .synced(req.since_revision)
             .await
             .map_err(lookup_status)?;
         let open = self.metrics.stream_opened();
@@ -315,6 +315,7 @@ impl<B: Tenants> GrpcService<B> {
                     WatchEvent::Detached => Err(Status::unavailable(
                         "this replica has lost its connection to the shared store (NATS); reconnect, to another replica, with since_revision set to the last revision seen",
                     )),
+                    WatchEvent::Refused(e) => Err(lookup_status(e)),
                     other => {
                         metrics.event_sent();
                         Ok(WatchReply::new(other))
@@ -469,7 +470,9 @@ pub(crate) fn event_to_pb(e: WatchEvent) -> pb::WatchTenantResponse {
         WatchEvent::Synced(rev) => marker(T::Synced, String::new(), rev),
         WatchEvent::Heartbeat(rev) => marker(T::Heartbeat, String::new(), rev),
         WatchEvent::Removed(ctx, rev) => marker(T::Removed, ctx.to_string(), rev),
-        WatchEvent::Closing | WatchEvent::Detached => marker(T::Unspecified, String::new(), 0),
+        WatchEvent::Closing | WatchEvent::Detached | WatchEvent::Refused(_) => {
+            marker(T::Unspecified, String::new(), 0)
+        }
     }
 }
 

@@ -127,6 +127,40 @@ struct Inner {
     unknown_as_200: bool,
     /// This fraction of answers, at random, is a 503.
     fail_ratio: f64,
+    /// Every request (state and JWKS) waits this long before its answer.
+    latency: Option<Duration>,
+    /// Requests being answered now, and the most there ever were at once.
+    in_flight: usize,
+    peak_in_flight: usize,
+    /// When each request arrived (state and JWKS), up to `MAX_LOGGED`.
+    arrivals: Vec<Instant>,
+}
+
+/// The most arrival times the fake keeps.
+const MAX_LOGGED: usize = 1_000_000;
+
+impl Inner {
+    /// A request arrived: counted in flight until the guard is dropped
+    /// (answered, or the client hung up).
+    fn arrived(inner: &Arc<Mutex<Inner>>) -> (InFlight, Option<Duration>) {
+        let mut g = inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.in_flight += 1;
+        g.peak_in_flight = g.peak_in_flight.max(g.in_flight);
+        if g.arrivals.len() < MAX_LOGGED {
+            g.arrivals.push(Instant::now());
+        }
+        (InFlight(Arc::clone(inner)), g.latency)
+    }
+}
+
+/// Counts a request in flight while it lives.
+struct InFlight(Arc<Mutex<Inner>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.in_flight = g.in_flight.saturating_sub(1);
+    }
 }
 
 /// A handle to a running fake; cheap to clone.
@@ -151,8 +185,12 @@ impl FakeSuperOffice {
             .route("/api/state/{ctx}", get(state))
             .route(
                 "/login/.well-known/jwks",
-                get(move |State(inner): State<Arc<Mutex<Inner>>>| async move {
-                    let mut inner = inner.lock().unwrap_or_else(|e| e.into_inner());
+                get(move |State(shared): State<Arc<Mutex<Inner>>>| async move {
+                    let (_in_flight, latency) = Inner::arrived(&shared);
+                    if let Some(d) = latency {
+                        tokio::time::sleep(d).await;
+                    }
+                    let mut inner = shared.lock().unwrap_or_else(|e| e.into_inner());
                     inner.jwks_requests += 1;
                     let mut set = jwks.clone();
                     if inner.own_key_withdrawn {
@@ -320,6 +358,27 @@ impl FakeSuperOffice {
     pub fn total_requests(&self) -> u64 {
         self.lock().total
     }
+
+    /// Makes every request (state and JWKS) wait `latency` before its
+    /// answer, as a busy SuperOffice would (`None`: answer at once).
+    pub fn set_latency(&self, latency: Option<Duration>) {
+        self.lock().latency = latency;
+    }
+
+    /// Requests (state and JWKS) being answered now.
+    pub fn in_flight(&self) -> usize {
+        self.lock().in_flight
+    }
+
+    /// The most requests (state and JWKS) ever in flight at once.
+    pub fn peak_in_flight(&self) -> usize {
+        self.lock().peak_in_flight
+    }
+
+    /// When each request (state and JWKS) arrived, in order.
+    pub fn arrivals(&self) -> Vec<Instant> {
+        self.lock().arrivals.clone()
+    }
 }
 
 /// ValidUntil as SuperOffice writes it: 7 fractional digits and a Z.
@@ -329,6 +388,10 @@ pub fn format_valid_until(t: SystemTime) -> String {
 }
 
 async fn state(State(inner): State<Arc<Mutex<Inner>>>, Path(ctx): Path<String>) -> Response {
+    let (_in_flight, latency) = Inner::arrived(&inner);
+    if let Some(d) = latency {
+        tokio::time::sleep(d).await;
+    }
     let (failure, answer) = {
         let mut g = inner.lock().unwrap_or_else(|e| e.into_inner());
         g.total += 1;

@@ -39,6 +39,9 @@ pub enum FetchError {
     RateLimited(Option<Duration>),
     #[error("SuperOffice's state API sent an unusable response: {0}")]
     BadResponse(String),
+    /// Not sent: the budget toward SuperOffice stayed full too long.
+    #[error("{0}")]
+    BudgetFull(String),
 }
 
 impl FetchError {
@@ -51,6 +54,7 @@ impl FetchError {
             Self::Status(_) => "http_status",
             Self::RateLimited(_) => "rate_limited",
             Self::BadResponse(_) => "bad_response",
+            Self::BudgetFull(_) => "budget_full",
         }
     }
 }
@@ -207,7 +211,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// Retry-After in seconds or as an HTTP date.
-fn parse_retry_after(v: &str) -> Option<Duration> {
+pub(crate) fn parse_retry_after(v: &str) -> Option<Duration> {
     let v = v.trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));

@@ -3,10 +3,16 @@
 //! A tenant is polled again at its ValidUntil, clamped to
 //! `[min_interval, max_interval]` and pulled a little earlier by jitter, so
 //! that tenants which came due together (a restart) drift apart. Failures
-//! back off exponentially up to a cap; a 429's Retry-After is honoured. At
-//! most `concurrency` requests are in flight; the rest wait their turn in
-//! due order. A DELETED tenant is no longer polled and is forgotten after
-//! `deleted_retention`.
+//! back off exponentially up to a cap; a 429's Retry-After is honoured.
+//! Every request takes a permit from the budget toward SuperOffice
+//! (`budget`), shared with the lookups; the rest wait their turn in due
+//! order. A DELETED tenant is no longer polled and is forgotten after
+//! `deleted_retention`. An unknown tenant no stream watches is not polled,
+//! and is forgotten by a timer once `--forget-unknown-after` has passed.
+//!
+//! Failures are logged in proportion: a line when a tenant starts failing
+//! and one when it recovers (at most `LOG_LINES` of them a minute), and a
+//! summary a minute of how many fail, by cause; the metrics count the rest.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -26,9 +32,20 @@ use crate::{
     core::tenant::{ContextId, TenantState},
     superoffice::{
         FetchError, FetchOutcome, FetchResult, StateSource,
+        budget::{Budget, Class},
         unknowns::{Unknowns, Verdict},
     },
 };
+
+/// Lines a minute, at most, saying that one tenant started failing or
+/// recovered; the minute's summary counts the rest.
+const LOG_LINES: u32 = 20;
+
+/// How often the failures are summed up in the log while any fail and
+/// something changed; while nothing changes, the interval doubles up to
+/// `SUMMARY_MAX`.
+const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+const SUMMARY_MAX: Duration = Duration::from_secs(3600);
 
 mod policy;
 
@@ -103,6 +120,19 @@ enum PollFailure {
     Fetch(FetchError),
     /// The answer could not be written (the replicas' shared store).
     Write(WriteError),
+    /// Among replicas: the tenant's partition was lost while the request
+    /// waited for its permit, so it was not sent; its new poller has it.
+    NotOurs,
+}
+
+impl PollFailure {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Fetch(e) => e.kind(),
+            Self::Write(_) => "not_stored",
+            Self::NotOurs => "not_ours",
+        }
+    }
 }
 
 type Polled = (ContextId, Result<Answer, PollFailure>, Duration);
@@ -153,6 +183,16 @@ pub struct Poller {
     removing: FuturesUnordered<BoxFuture<'static, Removed>>,
     rng: rand::rngs::SmallRng,
     metrics: Option<Arc<Metrics>>,
+    /// The budget toward SuperOffice, shared with the lookups.
+    budget: Arc<Budget>,
+    /// Tenants whose last poll failed, with the cause.
+    failing: HashMap<ContextId, &'static str>,
+    /// Lines logged about single tenants this minute, and those left out.
+    logged: (u32, u32),
+    /// Whether a tenant started failing or recovered since the last
+    /// summary, and the interval of summaries now.
+    failing_changed: bool,
+    summary_every: Duration,
     /// Tenants SuperOffice does not know, tracked only for watchers.
     unknowns: Arc<Unknowns>,
     /// Those of them with a request in flight.
@@ -167,6 +207,7 @@ impl Poller {
         store: Arc<Store>,
         source: Arc<dyn StateSource>,
         policy: PollPolicy,
+        budget: Arc<Budget>,
     ) -> (Self, PollerHandle) {
         let (tx, rx) = mpsc::unbounded_channel();
         let unknowns = Arc::new(Unknowns::new(
@@ -186,6 +227,11 @@ impl Poller {
             removing: FuturesUnordered::new(),
             rng: rand::SeedableRng::from_rng(&mut rand::rng()),
             metrics: None,
+            budget,
+            failing: HashMap::new(),
+            logged: (0, 0),
+            failing_changed: false,
+            summary_every: SUMMARY_EVERY,
             unknowns,
             unknown_polling: HashSet::new(),
             first_round: HashSet::new(),
@@ -195,9 +241,9 @@ impl Poller {
     }
 
     /// How many requests for unknown tenants may be in flight at once: an
-    /// eighth of `concurrency`, at least one.
-    fn unknown_share(&self) -> usize {
-        (self.policy.concurrency / 8).max(1)
+    /// eighth of the budget in force, at least one.
+    fn unknown_share(&self, in_force: usize) -> usize {
+        (in_force / 8).max(1)
     }
 
     /// The unknown tenants tracked for watchers, shared with the tracker
@@ -234,8 +280,19 @@ impl Poller {
 
     /// Runs until `shutdown` fires.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        // Unknown tenants nobody watches stop being polled, and are
+        // forgotten, by this timer: never by asking SuperOffice again.
+        let every = (self.policy.forget_unknown_after / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let mut sweep = tokio::time::interval(every);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let summary = tokio::time::sleep(SUMMARY_EVERY);
+        tokio::pin!(summary);
         loop {
-            while self.inflight.len() < self.policy.concurrency.max(1) {
+            // As many in flight (or waiting for a permit) as the budget
+            // lets this process send: the lookups share it, and come first.
+            let in_force = self.budget.in_force();
+            while self.inflight.len() < in_force {
                 let Some((ctx, due)) = self.ready.pop_front() else {
                     break;
                 };
@@ -243,14 +300,22 @@ impl Poller {
                 // holds (or that this one lost) is not ours to poll: drop it
                 // from the schedule; its new poller has it.
                 if !self.ledger.polls(&ctx) {
-                    self.entries.remove(&ctx);
-                    self.unknowns.remove(&ctx);
+                    self.drop_tenant(&ctx);
                     continue;
                 }
                 // Tenants nobody knows get at most an eighth of the
                 // requests in flight; the rest of theirs wait a moment.
                 if self.unknowns.contains(&ctx) {
-                    if self.unknown_polling.len() >= self.unknown_share() {
+                    // Asked for only while a stream watches it: one that
+                    // nobody watches is parked until the sweep forgets it
+                    // (or finds it watched again).
+                    if !self.store.watched_by_name(&ctx) && !self.ledger.watched_elsewhere(&ctx) {
+                        if let Some(e) = self.entries.get_mut(&ctx) {
+                            e.busy = false;
+                        }
+                        continue;
+                    }
+                    if self.unknown_polling.len() >= self.unknown_share(in_force) {
                         if let Some(e) = self.entries.get_mut(&ctx) {
                             e.busy = false;
                         }
@@ -262,7 +327,8 @@ impl Poller {
                 if let (Some(m), Some(due)) = (&self.metrics, due) {
                     m.poll_lateness(due.elapsed());
                 }
-                self.start(ctx);
+                let class = self.class_of(&ctx, due.is_none());
+                self.start(ctx, class);
             }
             tokio::select! {
                 biased;
@@ -272,10 +338,12 @@ impl Poller {
                         let outcome = match &result {
                             Ok(Answer::Found { .. }) => "found",
                             Ok(Answer::NotFound { .. }) => "not_found",
-                            Err(PollFailure::Fetch(e)) => e.kind(),
-                            Err(PollFailure::Write(_)) => "not_stored",
+                            Err(f) => f.kind(),
                         };
-                        m.poll(outcome, took);
+                        // Not sent at all: no poll to count.
+                        if outcome != "not_ours" {
+                            m.poll(outcome, took);
+                        }
                     }
                     self.unknown_polling.remove(&ctx);
                     if self.first_round.remove(&ctx) && self.first_round.is_empty()
@@ -288,6 +356,11 @@ impl Poller {
                     self.removed(ctx, which, result);
                 }
                 Some(cmd) = self.rx.recv() => self.command(cmd),
+                _ = sweep.tick(), if !self.unknowns.is_empty() => self.sweep_unknowns(),
+                () = &mut summary, if !self.failing.is_empty() || self.logged.1 > 0 => {
+                    self.summarise();
+                    summary.as_mut().reset(tokio::time::Instant::now() + self.summary_every);
+                }
                 Some(expired) = self.queue.next(), if !self.queue.is_empty() => {
                     let deadline = expired.deadline();
                     let (ctx, due) = expired.into_inner();
@@ -372,6 +445,111 @@ impl Poller {
         }
     }
 
+    /// Drops a tenant from this poller's books (its new poller has it).
+    fn drop_tenant(&mut self, ctx: &ContextId) {
+        if let Some(k) = self.entries.remove(ctx).and_then(|e| e.key) {
+            self.queue.remove(&k);
+        }
+        self.unknowns.remove(ctx);
+        self.failing.remove(ctx);
+    }
+
+    /// Which of the budget's lines a poll waits in: behind lookups, and
+    /// ahead of polls on schedule when its answer is overdue (a record
+    /// run out, a notification to confirm, a tenant never answered).
+    fn class_of(&self, ctx: &ContextId, unscheduled: bool) -> Class {
+        if self.unknowns.contains(ctx) {
+            return Class::Routine;
+        }
+        if unscheduled {
+            return Class::Learn;
+        }
+        let now = SystemTime::now();
+        match self.store.get(ctx) {
+            Some(r) if !r.stale && r.valid_until.is_some_and(|v| v > now) => Class::Routine,
+            _ => Class::Learn,
+        }
+    }
+
+    /// The timer that keeps unknown tenants free: one no stream watches is
+    /// not polled any more, and is forgotten once the grace has passed; one
+    /// watched again is polled again.
+    fn sweep_unknowns(&mut self) {
+        let now = std::time::Instant::now();
+        for ctx in self.unknowns.list() {
+            let watched = self.store.watched_by_name(&ctx) || self.ledger.watched_elsewhere(&ctx);
+            let Some(e) = self.entries.get_mut(&ctx) else {
+                // Not polled here (another replica's, or just dropped):
+                // only the books to keep.
+                if self.unknowns.verdict(&ctx, watched, now) == Verdict::Forget {
+                    self.unknowns.remove(&ctx);
+                }
+                continue;
+            };
+            if e.busy {
+                // In flight or being forgotten: decided when it is back.
+                continue;
+            }
+            let parked = e.key.is_none();
+            match self.unknowns.verdict(&ctx, watched, now) {
+                Verdict::NotJunk => {}
+                Verdict::Keep(_) if watched => {
+                    if parked {
+                        self.schedule(ctx, Duration::ZERO, Due::Poll);
+                    }
+                }
+                Verdict::Keep(_) => {
+                    if let Some(k) = e.key.take() {
+                        self.queue.remove(&k);
+                    }
+                }
+                Verdict::Forget => self.forget_unknown(&ctx),
+            }
+        }
+        if let Some(m) = &self.metrics {
+            m.unknown_tenants(self.unknowns.counts());
+        }
+    }
+
+    /// Whether a line about one tenant may go to the log this minute.
+    fn may_log(&mut self) -> bool {
+        if self.logged.0 < LOG_LINES {
+            self.logged.0 += 1;
+            true
+        } else {
+            self.logged.1 += 1;
+            false
+        }
+    }
+
+    /// The minute's summary of failing polls.
+    fn summarise(&mut self) {
+        let (_, left_out) = std::mem::take(&mut self.logged);
+        self.summary_every = if std::mem::take(&mut self.failing_changed) {
+            SUMMARY_EVERY
+        } else {
+            (self.summary_every * 2).min(SUMMARY_MAX)
+        };
+        if self.failing.is_empty() && left_out == 0 {
+            return;
+        }
+        let mut by_cause = std::collections::BTreeMap::<&str, usize>::new();
+        for cause in self.failing.values() {
+            *by_cause.entry(cause).or_default() += 1;
+        }
+        let causes = by_cause
+            .iter()
+            .map(|(c, n)| format!("{c}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        tracing::warn!(
+            failing = self.failing.len(),
+            causes = %causes,
+            lines_left_out = left_out,
+            "tenants whose polls are failing now; each keeps its last known state, marked stale once its ValidUntil passes"
+        );
+    }
+
     fn schedule(&mut self, ctx: ContextId, delay: Duration, due: Due) {
         // DelayQueue panics past about two years; nothing here should wait
         // longer than a year, whatever a server or a flag says.
@@ -422,6 +600,7 @@ impl Poller {
         match (which, result) {
             (Removal::Deleted, Ok(true)) => {
                 self.entries.remove(&ctx);
+                self.failing.remove(&ctx);
                 tracing::info!(tenant = %ctx, "forgot a deleted tenant after its retention");
             }
             // No longer deleted (restored, say): never drop a tracked
@@ -434,6 +613,7 @@ impl Poller {
             }
             (Removal::UnknownUnnamed, Ok(true)) => {
                 self.entries.remove(&ctx);
+                self.failing.remove(&ctx);
                 self.unknowns.forgot(&ctx);
                 tracing::info!(tenant = %ctx, "forgot a tenant SuperOffice does not know and nobody watches");
             }
@@ -461,13 +641,30 @@ impl Poller {
     /// meanwhile. An answer to a request sent before a notification
     /// arrived does not undo that notification, so the write says when the
     /// request went out.
-    fn start(&mut self, ctx: ContextId) {
+    fn start(&mut self, ctx: ContextId, class: Class) {
         let source = Arc::clone(&self.source);
         let ledger = Arc::clone(&self.ledger);
+        let budget = Arc::clone(&self.budget);
         self.inflight.push(Box::pin(async move {
+            // Its turn in the budget; without a deadline it is never
+            // refused.
+            let permit = match budget.acquire(class, None).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let e = FetchError::BudgetFull(e.to_string());
+                    return (ctx, Err(PollFailure::Fetch(e)), Duration::ZERO);
+                }
+            };
+            // Among replicas, the wait may have outlasted the lease: a
+            // request sent now would be a second poller's.
+            if !ledger.polls(&ctx) {
+                return (ctx, Err(PollFailure::NotOurs), Duration::ZERO);
+            }
             let started = std::time::Instant::now();
             let result: FetchResult = source.fetch(&ctx).await;
             let took = started.elapsed();
+            permit.report(&result);
+            drop(permit);
             let now = SystemTime::now();
             let asked_at = now.checked_sub(took).unwrap_or(now);
             let answer = match result {
@@ -507,6 +704,10 @@ impl Poller {
     fn forget_unknown(&mut self, ctx: &ContextId) {
         if let Some(e) = self.entries.get_mut(ctx) {
             e.busy = true;
+            // Its scheduled polls are cancelled now, not answered later.
+            if let Some(k) = e.key.take() {
+                self.queue.remove(&k);
+            }
         }
         self.remove(ctx.clone(), Removal::UnknownUnnamed);
     }
@@ -532,7 +733,48 @@ impl Poller {
         }
     }
 
+    /// Logs a tenant starting to fail or recovering (within the minute's
+    /// allowance); the summary counts the rest.
+    fn note_outcome(&mut self, ctx: &ContextId, result: &Result<Answer, PollFailure>) {
+        match result {
+            Ok(_) => {
+                let Some(cause) = self.failing.remove(ctx) else {
+                    return;
+                };
+                self.failing_changed = true;
+                if self.may_log() {
+                    tracing::info!(tenant = %ctx, was = cause, "polls of this tenant are answered again");
+                }
+            }
+            Err(failure) => {
+                if self.failing.insert(ctx.clone(), failure.kind()).is_some() {
+                    return;
+                }
+                self.failing_changed = true;
+                if self.may_log() {
+                    match failure {
+                        PollFailure::Fetch(err) => {
+                            tracing::warn!(tenant = %ctx, error = %err, "polls of this tenant started failing; keeping its last known state")
+                        }
+                        PollFailure::Write(err) => {
+                            tracing::warn!(tenant = %ctx, error = %err, "could not write a poll's answer; asking again later")
+                        }
+                        PollFailure::NotOurs => {}
+                    }
+                }
+            }
+        }
+    }
+
     fn finish(&mut self, ctx: ContextId, result: Result<Answer, PollFailure>) {
+        if matches!(result, Err(PollFailure::NotOurs)) {
+            self.drop_tenant(&ctx);
+            return;
+        }
+        if !self.entries.contains_key(&ctx) {
+            return;
+        }
+        self.note_outcome(&ctx, &result);
         let now = SystemTime::now();
         let Some(e) = self.entries.get_mut(&ctx) else {
             return;
@@ -592,14 +834,7 @@ impl Poller {
                     PollFailure::Fetch(FetchError::RateLimited(r)) => *r,
                     _ => None,
                 };
-                match &failure {
-                    PollFailure::Fetch(err) => {
-                        tracing::warn!(tenant = %ctx, failures, error = %err, "poll failed; keeping the last known state")
-                    }
-                    PollFailure::Write(err) => {
-                        tracing::warn!(tenant = %ctx, failures, error = %err, "could not write a poll's answer; asking again later")
-                    }
-                }
+                tracing::debug!(tenant = %ctx, failures, cause = failure.kind(), "poll failed");
                 (
                     self.policy
                         .after_failure(failures, retry_after, &mut self.rng),

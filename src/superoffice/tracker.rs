@@ -1,41 +1,44 @@
 //! Lookups: answer from the store, or fetch an untracked tenant once and
-//! track it from then on.
+//! track it from then on; and a watch's untracked names, learned while its
+//! stream is already open.
 
 use std::{
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 
 use crate::{
     core::backend::{LookupError, Page, Tenants},
     core::ledger::Ledger,
     core::store::{PollResult, Store},
     core::tenant::{ContextId, TenantRecord, TenantState},
-    core::watch::{WatchEvent, watch},
+    core::watch::{Learning, WatchEvent, watch_learning},
     superoffice::poller::PollerHandle,
     superoffice::unknowns::Unknowns,
-    superoffice::{FetchOutcome, StateSource},
+    superoffice::{FetchOutcome, SingleFlight, StateSource, budget::Class},
 };
 
-/// The store, the (single-flight) state source and the poller, together.
+/// The store, the (single-flight, budgeted) state source and the poller,
+/// together. Cheap to clone: a watch's learning takes a clone along.
+#[derive(Clone)]
 pub struct Tracker {
     store: Arc<Store>,
     /// Where answers are written: `store` itself, or the replicas' log.
     ledger: Arc<dyn Ledger>,
-    source: Arc<dyn StateSource>,
+    source: Arc<SingleFlight>,
     poller: PollerHandle,
     /// Tenants SuperOffice does not know, tracked for watchers (bounded).
     unknowns: Arc<Unknowns>,
 }
 
 impl Tracker {
-    /// `source` must share concurrent requests (see `SingleFlight`): that is
+    /// `source` shares concurrent requests (see `SingleFlight`): that is
     /// what makes a burst of lookups for one new tenant cost one request.
     pub(crate) fn new(
         store: Arc<Store>,
-        source: Arc<dyn StateSource>,
+        source: Arc<SingleFlight>,
         poller: PollerHandle,
         unknowns: Arc<Unknowns>,
     ) -> Self {
@@ -105,33 +108,91 @@ impl Tracker {
         }
     }
 
-    /// For a watcher: like `get_or_fetch`, but a tenant SuperOffice does not
-    /// know is tracked as UNKNOWN so the watcher sees it when it appears.
+    /// For a watcher: fetches an untracked name (behind lookups, with no
+    /// deadline: its stream is open and learns it when it comes) and tracks
+    /// it. One SuperOffice does not know is tracked as UNKNOWN, so the
+    /// watcher sees it when it appears; one whose fetch fails is tracked
+    /// too, stale with the failure, and polled on as any tenant whose poll
+    /// failed. Either way the watcher holds an answer or a failure for it.
     pub async fn track_one_for_watch(&self, ctx: &ContextId) -> Result<(), LookupError> {
-        match self.get_or_fetch(ctx).await {
-            Ok(_) => Ok(()),
-            Err(LookupError::NotFound(_)) => {
-                // Bounded: a caller naming made-up identifiers must not grow
-                // memory and SuperOffice traffic without end.
-                if !self.unknowns.admit(ctx) {
-                    return Err(LookupError::TooManyUnknown(self.unknowns.max()));
-                }
-                // Only if nothing tracked it meanwhile: a lookup that raced
-                // ahead may already hold a newer answer.
-                let tracked = self
-                    .ledger
-                    .track_unknown(ctx.clone(), SystemTime::now())
+        if self.store.contains(ctx) {
+            return Ok(());
+        }
+        let asked_at = SystemTime::now();
+        let failure = match self.source.fetch_as(ctx, Class::Learn, None).await {
+            Ok(FetchOutcome::Found(obs)) => {
+                let valid_until = obs.valid_until;
+                self.ledger
+                    .apply_poll(
+                        ctx.clone(),
+                        PollResult::Observed(obs),
+                        asked_at,
+                        SystemTime::now(),
+                    )
                     .await
                     .map_err(|e| LookupError::Unavailable(ctx.clone(), e.to_string()))?;
-                if tracked.is_some() {
-                    self.poller.not_found(ctx.clone());
-                } else {
-                    self.unknowns.remove(ctx);
-                }
-                Ok(())
+                self.poller.observed(ctx.clone(), valid_until);
+                return Ok(());
             }
-            Err(e) => Err(e),
+            Ok(FetchOutcome::NotFound) => None,
+            Err(e) => Some(e.to_string()),
+        };
+        // Bounded: a caller naming made-up identifiers must not grow memory
+        // and SuperOffice traffic without end.
+        if !self.unknowns.admit(ctx) {
+            return Err(LookupError::TooManyUnknown(self.unknowns.max()));
         }
+        // Only if nothing tracked it meanwhile: a lookup that raced ahead
+        // may already hold a newer answer.
+        let unavailable = |e: crate::core::ledger::WriteError| {
+            LookupError::Unavailable(ctx.clone(), e.to_string())
+        };
+        let now = SystemTime::now();
+        let tracked = self
+            .ledger
+            .track_unknown(ctx.clone(), now, failure)
+            .await
+            .map_err(unavailable)?;
+        if tracked.is_none() {
+            self.unknowns.remove(ctx);
+            return Ok(());
+        }
+        self.poller.not_found(ctx.clone());
+        Ok(())
+    }
+
+    /// Learns every untracked name of `names` for a watch, in a task of its
+    /// own (the budget paces it), resolving when each has an answer or a
+    /// recorded failure; `None` when every name is tracked already.
+    fn learn(&self, names: &[ContextId]) -> Option<Learning> {
+        let untracked: Vec<ContextId> = names
+            .iter()
+            .filter(|n| !self.store.contains(n))
+            .cloned()
+            .collect();
+        if untracked.is_empty() {
+            return None;
+        }
+        let tracker = self.clone();
+        // A task, not a part of the stream: it goes on while the client is
+        // slow to read, and what it learns is tracked whoever still waits.
+        let task = tokio::spawn(async move {
+            let learned = futures_util::future::join_all(
+                untracked.iter().map(|n| tracker.track_one_for_watch(n)),
+            )
+            .await;
+            learned.into_iter().collect::<Result<(), LookupError>>()
+        });
+        Some(
+            task.map(|joined| {
+                joined.unwrap_or_else(|e| {
+                    Err(LookupError::NotSynced(format!(
+                        "learning the watched tenants failed: {e}"
+                    )))
+                })
+            })
+            .boxed(),
+        )
     }
 }
 
@@ -141,15 +202,11 @@ impl Tenants for Tracker {
         self.get_or_fetch(ctx).await
     }
 
-    async fn track_for_watch(&self, names: &[ContextId], since: u64) -> Result<(), LookupError> {
+    async fn synced(&self, since: u64) -> Result<(), LookupError> {
         self.ledger
             .synced(since)
             .await
-            .map_err(|e| LookupError::NotSynced(e.to_string()))?;
-        let untracked = names.iter().filter(|n| !self.store.contains(n));
-        let fetched =
-            futures_util::future::join_all(untracked.map(|n| self.track_one_for_watch(n))).await;
-        fetched.into_iter().collect()
+            .map_err(|e| LookupError::NotSynced(e.to_string()))
     }
 
     fn watch(
@@ -158,7 +215,10 @@ impl Tenants for Tracker {
         since: u64,
         heartbeat: Duration,
     ) -> impl Stream<Item = WatchEvent> + Send + 'static {
-        let events = watch(Arc::clone(&self.store), names, since, heartbeat);
+        // Registered before the names are learned: what is learned reaches
+        // the stream through its inbox, before SYNCED.
+        let learning = self.learn(&names);
+        let events = watch_learning(Arc::clone(&self.store), names, since, heartbeat, learning);
         match self.ledger.detached() {
             None => events.left_stream(),
             Some(detached) => {

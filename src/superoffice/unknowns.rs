@@ -67,6 +67,15 @@ impl Unknowns {
         true
     }
 
+    /// Every unknown tenant tracked now.
+    pub(crate) fn list(&self) -> Vec<ContextId> {
+        self.names().keys().cloned().collect()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.names().is_empty()
+    }
+
     pub(crate) fn contains(&self, ctx: &ContextId) -> bool {
         self.names().contains_key(ctx)
     }

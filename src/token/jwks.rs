@@ -6,7 +6,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        RwLock,
+        Arc, OnceLock, RwLock,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime},
@@ -15,6 +15,8 @@ use std::{
 use jsonwebtoken::DecodingKey;
 use serde::Deserialize;
 use url::Url;
+
+use crate::superoffice::budget::{Budget, Class};
 
 /// The cached keys of one JWKS URL.
 pub(super) struct Jwks {
@@ -29,6 +31,8 @@ pub(super) struct Jwks {
     failures: AtomicU64,
     /// Unix seconds of the last successful fetch; 0 before the first.
     last_success: AtomicU64,
+    /// The budget toward SuperOffice, once the application has one.
+    budget: OnceLock<Arc<Budget>>,
 }
 
 /// The largest JWKS read; the body is cut off as it streams past it.
@@ -63,7 +67,12 @@ impl Jwks {
             refresh_interval,
             failures: AtomicU64::new(0),
             last_success: AtomicU64::new(0),
+            budget: OnceLock::new(),
         })
+    }
+
+    pub(super) fn use_budget(&self, budget: Arc<Budget>) {
+        let _ = self.budget.set(budget);
     }
 
     pub(super) fn stats(&self) -> JwksStats {
@@ -161,12 +170,29 @@ impl Jwks {
 
     async fn fetch_once(&self) -> anyhow::Result<Option<Duration>> {
         use anyhow::Context;
+        // Behind nothing but other lookups: a notification may be waiting.
+        let permit = match self.budget.get() {
+            Some(b) => Some(b.acquire(Class::Lookup, Some(b.limits().max_wait)).await?),
+            None => None,
+        };
         let mut response = self
             .client
             .get(self.url.clone())
             .send()
             .await
             .context("request failed")?;
+        if let Some(p) = &permit {
+            if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                let retry_after = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(crate::superoffice::parse_retry_after);
+                p.rate_limited(retry_after);
+            } else {
+                p.answered();
+            }
+        }
         if !response.status().is_success() {
             anyhow::bail!("answered {}", response.status());
         }

@@ -228,6 +228,15 @@ impl Verifier {
         })
     }
 
+    /// Makes JWKS fetches take their permits from the budget toward
+    /// SuperOffice, as lookups do (they serve a notification waiting for
+    /// its answer). Set once; later calls change nothing.
+    pub fn use_budget(&self, budget: std::sync::Arc<crate::superoffice::budget::Budget>) {
+        if let Some(jwks) = &self.jwks {
+            jwks.use_budget(budget);
+        }
+    }
+
     /// Keeps the JWKS fresh: fetches it now (at start-up) and again on
     /// its schedule, until dropped. Failure is logged and counted, not
     /// fatal: certificate keys still work, the known keys are kept, and an

@@ -1,6 +1,7 @@
 //! Integration tests: the real server over real sockets, through the
 //! generated client, against the project's fake SuperOffice.
 
+mod budget;
 mod client;
 mod client_watch;
 mod cluster;

@@ -205,13 +205,36 @@ async fn a_tenant_superoffice_does_not_know_stays_unknown_until_it_appears() {
     assert_eq!(state(ev.tenant.as_ref().unwrap()), TenantState::Running);
 }
 
+/// A watch opens even when SuperOffice fails a name's first fetch: the
+/// name arrives in the snapshot, stale, with the failure; SYNCED follows;
+/// and when the poll that follows succeeds, the name changes to what it is.
 #[tokio::test]
-async fn watching_an_untracked_tenant_while_superoffice_fails_is_unavailable() {
-    let app = spawn_app().await;
+async fn watching_an_untracked_tenant_while_superoffice_fails_opens_with_it_stale() {
+    let app = spawn_app_with(|fake, config| {
+        serve_running(fake, "Cust1");
+        // The poll after the failure comes a second later.
+        config.policy.backoff_base = Duration::from_secs(1);
+    })
+    .await;
     app.fake.fail(None, Failure::Status(502), 1);
-    let e = app.watch(&["Cust1"], 0).await.unwrap_err();
-    assert_eq!(e.code(), Code::Unavailable);
-    assert!(e.message().contains("HTTP 502"), "{}", e.message());
+    let mut s = app.watch(&["Cust1"], 0).await.unwrap();
+    // Tracked (UNKNOWN), then marked stale with the failure: both before
+    // SYNCED, as one snapshot event or two.
+    let ev = next_matching(&mut s, "a stale SNAPSHOT of Cust1", |e| {
+        kind(e) == E::Snapshot && e.tenant.as_ref().is_some_and(|t| t.stale)
+    })
+    .await;
+    let t = ev.tenant.unwrap();
+    assert_eq!(state(&t), TenantState::Unknown);
+    assert!(t.last_error.contains("HTTP 502"), "{}", t.last_error);
+    assert_eq!(kind(&next(&mut s).await), E::Synced);
+    let ev = next_matching(&mut s, "Cust1 running", |e| {
+        e.tenant
+            .as_ref()
+            .is_some_and(|t| state(t) == TenantState::Running && !t.stale)
+    })
+    .await;
+    assert_eq!(ev.tenant.unwrap().last_error, "");
     let e = app.watch(&["ok", "not/ok"], 0).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(
@@ -508,13 +531,24 @@ async fn made_up_names_are_bounded_and_forgotten_once_nobody_watches_them() {
     let (_real, _) = watch_until_running(&app, "Real1").await;
     let names: Vec<String> = (0..50).map(|i| format!("Junk{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let junk = app.watch(&refs, 0).await.unwrap();
+    let mut junk = app.watch(&refs, 0).await.unwrap();
+    // Learned as the stream goes: all of them by SYNCED.
+    let mut ev = next(&mut junk).await;
+    while kind(&ev) == E::Snapshot {
+        ev = next(&mut junk).await;
+    }
+    assert_eq!(kind(&ev), E::Synced);
     assert!(
         names.iter().all(|n| app.store.contains(n)),
         "tracked while watched"
     );
-    // Past --max-unknown-tenants: refused, naming the flag.
-    let e = app.watch(&["Junk999"], 0).await.unwrap_err();
+    // Past --max-unknown-tenants: the stream opens, learns that the name
+    // is unknown, and ends refused, naming the flag.
+    let mut over = app.watch(&["Junk999"], 0).await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(10), over.message())
+        .await
+        .expect("an answer within 10 s")
+        .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted);
     assert!(
         e.message().contains("--max-unknown-tenants"),
@@ -551,7 +585,10 @@ async fn made_up_names_are_bounded_and_forgotten_once_nobody_watches_them() {
     assert_eq!(m["tenant_status_unknown_tenants"], 0.0);
     assert_eq!(m["tenant_status_unknown_tenants_forgotten_total"], 50.0);
     // Room again.
-    app.watch(&["Junk999"], 0).await.unwrap();
+    let mut again = app.watch(&["Junk999"], 0).await.unwrap();
+    let ev = next(&mut again).await;
+    assert_eq!(kind(&ev), E::Snapshot);
+    assert_eq!(kind(&next(&mut again).await), E::Synced);
 }
 
 /// Snapshots of every tenant take turns (a few streams at a time), and a

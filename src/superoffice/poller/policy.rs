@@ -18,7 +18,6 @@ pub struct PollPolicy {
     /// New tenants are first polled within this window, spread at random.
     pub initial_spread: Duration,
     pub deleted_retention: Duration,
-    pub concurrency: usize,
     /// After a notification, this many polls come at most `settle_interval`
     /// apart, whatever ValidUntil says, while the state settles.
     pub settle_polls: u32,
@@ -39,7 +38,6 @@ impl Default for PollPolicy {
             backoff_max: Duration::from_secs(5 * 60),
             initial_spread: Duration::from_secs(1),
             deleted_retention: Duration::from_secs(24 * 3600),
-            concurrency: 32,
             settle_polls: 3,
             settle_interval: Duration::from_secs(5),
             max_unknown: 1000,

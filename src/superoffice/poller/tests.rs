@@ -2,6 +2,7 @@
 //! confirmation after a notification, deleted tenants.
 
 use super::*;
+use crate::superoffice::budget::Limits;
 use rand::SeedableRng;
 use std::sync::Mutex;
 
@@ -94,7 +95,12 @@ fn start(answers: Vec<FetchResult>, policy: PollPolicy) -> Harness {
         calls: Mutex::new(Vec::new()),
     });
     let store = Arc::new(Store::new());
-    let (poller, handle) = Poller::new(Arc::clone(&store), source.clone(), policy);
+    let (poller, handle) = Poller::new(
+        Arc::clone(&store),
+        source.clone(),
+        policy,
+        Budget::new(Limits::default()),
+    );
     let stop = CancellationToken::new();
     let task = tokio::spawn(poller.run(stop.clone()));
     Harness {
@@ -214,7 +220,12 @@ async fn superoffice_down_for_an_hour_is_not_hammered_and_recovery_is_prompt() {
         now,
     );
     let policy = PollPolicy::default();
-    let (poller, handle) = Poller::new(Arc::clone(&store), source.clone(), policy.clone());
+    let (poller, handle) = Poller::new(
+        Arc::clone(&store),
+        source.clone(),
+        policy.clone(),
+        Budget::new(Limits::default()),
+    );
     let stop = CancellationToken::new();
     let task = tokio::spawn(poller.run(stop.clone()));
     handle.track(ctx.clone());
@@ -342,14 +353,20 @@ async fn tenants_nobody_knows_get_a_small_share_of_the_requests_in_flight() {
         most: Default::default(),
         asked: Mutex::new(Vec::new()),
     });
-    let policy = PollPolicy {
-        concurrency: 16,
-        ..PollPolicy::default()
-    };
-    let (poller, handle) = Poller::new(Arc::clone(&store), source.clone(), policy);
+    let budget = Budget::new(Limits {
+        max_in_flight: 16,
+        ..Limits::default()
+    });
+    let policy = PollPolicy::default();
+    let (poller, handle) = Poller::new(Arc::clone(&store), source.clone(), policy, budget);
     let unknowns = poller.unknowns();
     let stop = CancellationToken::new();
     let task = tokio::spawn(poller.run(stop.clone()));
+    // Watched by name: an unknown tenant nobody watches is not polled.
+    let junk: Vec<_> = (0..40)
+        .map(|i| ContextId::parse(&format!("Junk{i}")).unwrap())
+        .collect();
+    let _watcher = store.register_watcher(junk);
     for i in 0..40 {
         let c = ContextId::parse(&format!("Junk{i}")).unwrap();
         assert!(unknowns.admit(&c));
