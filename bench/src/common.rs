@@ -218,7 +218,7 @@ pub async fn loaded_server(
             &[
                 "--tenants-file",
                 &file.display().to_string(),
-                "--poll-concurrency",
+                "--superoffice-max-in-flight",
                 "64",
             ],
         ),

@@ -16,6 +16,7 @@ mod common;
 mod fanout;
 mod faults;
 mod lookups;
+mod newnames;
 mod notifications;
 mod outage;
 mod polling;
@@ -70,6 +71,10 @@ enum Cmd {
     /// SuperOffice down with 500,000 tenants: the state file's cost and
     /// SIGTERM to exit.
     Outage(Opts),
+    /// 5,000 lookups of new names at once under the budget toward
+    /// SuperOffice: its peak in flight and the callers' latency, next to
+    /// the same burst with no budget.
+    Newnames(Opts),
     /// Three replicas through a real nats-server: cross-replica latency,
     /// accepted/s, polls fleet-wide, takeover after kill -9.
     Cluster(Opts),
@@ -148,6 +153,7 @@ fn main() -> ExitCode {
                     "storm",
                     "burst",
                     "outage",
+                    "newnames",
                     "cluster",
                 ],
             ),
@@ -159,6 +165,7 @@ fn main() -> ExitCode {
             Cmd::Storm(o) => (o, vec!["storm"]),
             Cmd::Burst(o) => (o, vec!["burst"]),
             Cmd::Outage(o) => (o, vec!["outage"]),
+            Cmd::Newnames(o) => (o, vec!["newnames"]),
             Cmd::Cluster(o) => (o, vec!["cluster"]),
             Cmd::Soak(o) => (o, vec!["soak"]),
             Cmd::Faults(o) => (o, vec!["faults"]),
@@ -190,6 +197,7 @@ fn main() -> ExitCode {
                 "storm" => storm::run(opts.quick).await,
                 "burst" => burst::run(opts.quick).await,
                 "outage" => outage::run(opts.quick).await,
+                "newnames" => newnames::run(opts.quick).await,
                 _ => start::run(opts.quick).await,
             };
             match result {

@@ -487,9 +487,14 @@ pub struct FakeArgs {
     /// Answer this fraction of requests, at random, with 503.
     #[arg(long, default_value_t = 0.0)]
     pub fail_ratio: f64,
+    /// Answer every request (state and JWKS) only after this long, as a
+    /// busy SuperOffice would.
+    #[arg(long, value_parser = duration)]
+    pub latency: Option<Duration>,
     /// Also serve, on this address, a control API for tests in other
     /// processes: PUT /tenants/{ctx} sets a tenant's state, POST
-    /// /notifications returns a signed notification (see src/sim/control.rs).
+    /// /notifications returns a signed notification, GET /stats counts
+    /// requests (see src/sim/control.rs).
     #[arg(long)]
     pub control_addr: Option<String>,
 }

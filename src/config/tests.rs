@@ -372,3 +372,46 @@ fn replicas_are_off_without_a_nats_url_and_checked_with_one() {
     assert_eq!(cluster.password.as_deref(), Some("s3cret"));
     assert!(!format!("{cluster:?}").contains("s3cret"));
 }
+
+#[test]
+fn the_budget_toward_superoffice_has_its_flags_and_keeps_the_old_name() {
+    let c = parse(&["serve", "--superoffice-env", "sod"]).unwrap();
+    assert_eq!(c.budget.max_in_flight, 32);
+    assert_eq!(c.budget.max_rate, None);
+    assert_eq!(c.budget.max_wait, Duration::from_secs(5));
+    let c = parse(&[
+        "serve",
+        "--superoffice-env",
+        "sod",
+        "--superoffice-max-in-flight",
+        "12",
+        "--superoffice-max-rate",
+        "2.5",
+        "--superoffice-max-wait",
+        "2s",
+    ])
+    .unwrap();
+    assert_eq!(c.budget.max_in_flight, 12);
+    assert_eq!(c.budget.max_rate, Some(2.5));
+    assert_eq!(c.budget.max_wait, Duration::from_secs(2));
+    // The flag's old name still works.
+    let c = parse(&[
+        "serve",
+        "--superoffice-env",
+        "sod",
+        "--poll-concurrency",
+        "7",
+    ])
+    .unwrap();
+    assert_eq!(c.budget.max_in_flight, 7);
+    for (flag, value) in [
+        ("--superoffice-max-in-flight", "0"),
+        ("--superoffice-max-rate", "0"),
+        ("--superoffice-max-rate", "-1"),
+        ("--superoffice-max-wait", "0s"),
+    ] {
+        let arg = format!("{flag}={value}");
+        let e = parse(&["serve", "--superoffice-env", "sod", &arg]).unwrap_err();
+        assert!(e.contains(flag), "{flag} {value}: {e}");
+    }
+}

@@ -476,6 +476,68 @@ mod tests {
         }
     }
 
+    /// A watch whose names are still being learned opens at once: what is
+    /// learned goes out as SNAPSHOT, in revision order, and SYNCED waits
+    /// for the learning; no heartbeat comes before it. A failed learning
+    /// ends the stream with the refusal.
+    #[tokio::test(start_paused = true)]
+    async fn names_being_learned_arrive_as_snapshot_before_synced() {
+        let store = Arc::new(Store::new());
+        let (a, b, c) = (ctx("CustA"), ctx("CustB"), ctx("CustC"));
+        change(&store, &a, "https://a");
+        let (done, learned) = tokio::sync::oneshot::channel::<()>();
+        let learning: Learning = Box::pin(async move {
+            let _ = learned.await;
+            Ok(())
+        });
+        let mut s = Box::pin(watch_learning(
+            Arc::clone(&store),
+            vec![a.clone(), b.clone(), c.clone()],
+            0,
+            Duration::from_secs(1),
+            Some(learning),
+        ));
+        let first = s.next().await.unwrap();
+        assert!(matches!(&first, WatchEvent::Snapshot(r) if r.context_identifier == a));
+        let rb = change(&store, &b, "https://b");
+        let got = s.next().await.unwrap();
+        assert!(
+            matches!(&got, WatchEvent::Snapshot(r) if r.revision == rb),
+            "{got:?}"
+        );
+        // Long past a heartbeat interval: nothing, since SYNCED has not come.
+        let quiet = tokio::time::timeout(Duration::from_secs(5), s.next()).await;
+        assert!(quiet.is_err(), "{quiet:?}");
+        let rc = change(&store, &c, "https://c");
+        done.send(()).unwrap();
+        let got = s.next().await.unwrap();
+        assert!(
+            matches!(&got, WatchEvent::Snapshot(r) if r.revision == rc),
+            "{got:?}"
+        );
+        assert_eq!(s.next().await.unwrap(), WatchEvent::Synced(rc));
+        let rb2 = change(&store, &b, "https://b2");
+        let got = s.next().await.unwrap();
+        assert!(
+            matches!(&got, WatchEvent::Changed(r) if r.revision == rb2),
+            "{got:?}"
+        );
+
+        let refused: Learning = Box::pin(async { Err(LookupError::TooManyUnknown(3)) });
+        let mut s = Box::pin(watch_learning(
+            Arc::clone(&store),
+            vec![ctx("CustZ")],
+            0,
+            Duration::from_secs(1),
+            Some(refused),
+        ));
+        assert_eq!(
+            s.next().await.unwrap(),
+            WatchEvent::Refused(LookupError::TooManyUnknown(3))
+        );
+        assert_eq!(s.next().await, None);
+    }
+
     /// A heartbeat's revision is never below an event sent before it, and
     /// every watched tenant's latest change at or below it went out first.
     #[tokio::test(start_paused = true)]

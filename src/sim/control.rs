@@ -11,6 +11,8 @@
 //!   "Cust1", "PublicEndpoint": "sod3.superoffice.com"}` (SuperOffice's
 //!   numbers; PublicEndpoint with Move only): 200 with the notification's
 //!   body, its token signed for five minutes.
+//! - `GET /stats`: 200 with `{"requests": n, "in_flight": n,
+//!   "peak_in_flight": n}`, counting state and JWKS requests.
 //!
 //! Errors are 400 with a JSON `{"error": "..."}`. Only for tests: it is off
 //! unless `--control-addr` is given, and the fake is never a real
@@ -23,7 +25,7 @@ use axum::{
     extract::{Path, State, rejection::JsonRejection},
     http::StatusCode,
     response::{IntoResponse, Response},
-    routing::{post, put},
+    routing::{get, post, put},
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -66,6 +68,16 @@ pub async fn serve(
     let app = Router::new()
         .route("/tenants/{ctx}", put(set_tenant))
         .route("/notifications", post(notification))
+        .route(
+            "/stats",
+            get(|State(c): State<Control>| async move {
+                Json(json!({
+                    "requests": c.fake.total_requests() + c.fake.jwks_requests(),
+                    "in_flight": c.fake.in_flight(),
+                    "peak_in_flight": c.fake.peak_in_flight(),
+                }))
+            }),
+        )
         .with_state(Control { fake, valid_for });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

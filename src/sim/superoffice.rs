@@ -530,6 +530,7 @@ pub async fn run_standalone(
         crate::sim::demo::script(&fake, args.valid_for);
     }
     fake.fail_at_random(args.fail_ratio);
+    fake.set_latency(args.latency);
     for n in 1..=args.tenants {
         let ctx = format!("Cust{n}");
         fake.set(

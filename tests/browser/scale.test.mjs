@@ -28,7 +28,7 @@ test(`stays responsive with ${N.toLocaleString("en")} tenants`, { timeout: 300_0
   procs.push(fake.proc);
   const file = join(LOGS, "tenants.txt");
   writeFileSync(file, Array.from({ length: N }, (_, i) => `Cust${i + 1}`).join("\n"));
-  const serve = await startServe(fake, { tenants: ["--tenants-file", file], extra: ["--poll-concurrency", "128", "--ready-timeout", "10m"] });
+  const serve = await startServe(fake, { tenants: ["--tenants-file", file], extra: ["--superoffice-max-in-flight", "128", "--ready-timeout", "10m"] });
   procs.push(serve.proc);
 
   const page = await openPage(browser);

@@ -692,7 +692,9 @@ export const TenantStatusService: GenService<{
    *   or holds anything but ASCII letters, digits, '-' and '_'.
    * - NOT_FOUND: the tenant is not tracked and SuperOffice does not know it.
    * - UNAVAILABLE: the tenant is not tracked and SuperOffice could not be
-   *   reached or answered with an error; retrying later may succeed.
+   *   reached or answered with an error, or tenant-status's request budget
+   *   toward SuperOffice stayed full for the server's wait limit (5 s
+   *   unless configured); retrying later may succeed.
    *
    * @generated from rpc tenantstatus.v1.TenantStatusService.GetTenantState
    */
@@ -752,10 +754,21 @@ export const TenantStatusService: GenService<{
    * them only while it holds every change up to their revision, and sends
    * no HEARTBEAT while it re-reads the shared store after a reconnect.
    *
-   * Errors are those of GetTenantState for an untracked tenant that has to
-   * be fetched, except that a tenant SuperOffice does not know keeps the
-   * stream open with state TENANT_STATE_UNKNOWN until it appears. The stream
-   * ends with UNAVAILABLE when the server shuts down; reconnect as above.
+   * Untracked tenants: the stream opens at once. Each named tenant that is
+   * not tracked yet is fetched from SuperOffice, paced by tenant-status's
+   * request budget toward SuperOffice (behind GetTenantState's lookups),
+   * and arrives as a SNAPSHOT event once learned; SYNCED follows when every
+   * named tenant has an answer or a failure. A tenant SuperOffice does not
+   * know arrives with state TENANT_STATE_UNKNOWN and stays watched until it
+   * appears. One whose first fetch failed arrives with state
+   * TENANT_STATE_UNKNOWN, `stale` set and the failure in `last_error`; it
+   * is polled on, and a CHANGED event follows when it is learned.
+   *
+   * Errors: INVALID_ARGUMENT for an identifier GetTenantState would refuse;
+   * RESOURCE_EXHAUSTED when the server has as many streams open as it
+   * allows, or, ending the stream, when the named tenants SuperOffice does
+   * not know would pass the server's bound on them. The stream ends with
+   * UNAVAILABLE when the server shuts down; reconnect as above.
    *
    * @generated from rpc tenantstatus.v1.TenantStatusService.WatchTenant
    */
