@@ -187,11 +187,14 @@ impl FakeSuperOffice {
                 "/login/.well-known/jwks",
                 get(move |State(shared): State<Arc<Mutex<Inner>>>| async move {
                     let (_in_flight, latency) = Inner::arrived(&shared);
+                    shared
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .jwks_requests += 1;
                     if let Some(d) = latency {
                         tokio::time::sleep(d).await;
                     }
-                    let mut inner = shared.lock().unwrap_or_else(|e| e.into_inner());
-                    inner.jwks_requests += 1;
+                    let inner = shared.lock().unwrap_or_else(|e| e.into_inner());
                     let mut set = jwks.clone();
                     if inner.own_key_withdrawn {
                         set.keys.clear();

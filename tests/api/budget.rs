@@ -145,7 +145,8 @@ async fn callers_asking_for_thousands_of_new_names_never_exceed_the_budget() {
 }
 
 /// A lookup that cannot get a permit within `--superoffice-max-wait` is
-/// UNAVAILABLE, with a sentence naming the budget.
+/// UNAVAILABLE, with a sentence naming the budget; whether the permits are
+/// held by a JWKS fetch or by another lookup.
 #[tokio::test]
 async fn a_lookup_waiting_past_the_max_wait_is_unavailable_with_a_sentence() {
     let app = spawn_app_with(|fake, config| {
@@ -163,11 +164,15 @@ async fn a_lookup_waiting_past_the_max_wait_is_unavailable_with_a_sentence() {
         );
     })
     .await;
-    // The JWKS fetched at start holds the one permit for 2 s.
-    eventually("the JWKS is fetched", || {
-        app.fake.jwks_requests() >= 1 && app.fake.in_flight() == 0
+    // The JWKS fetched at start holds the one permit for 2 s: JWKS
+    // fetches are in the budget too.
+    eventually("the JWKS fetch is in flight", || {
+        app.fake.jwks_requests() >= 1 && app.fake.in_flight() == 1
     })
     .await;
+    let err = app.get("Next").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    eventually("the JWKS is fetched", || app.fake.in_flight() == 0).await;
     let slow = {
         let app_client = app.client.clone();
         tokio::spawn(async move {
@@ -195,7 +200,7 @@ async fn a_lookup_waiting_past_the_max_wait_is_unavailable_with_a_sentence() {
     assert_eq!(app.fake.requests("Next"), 0, "never sent");
     assert_eq!(
         metric(&app, "tenant_status_superoffice_budget_refused_total").await,
-        1.0
+        2.0
     );
 }
 
@@ -367,4 +372,44 @@ async fn two_replicas_together_stay_within_the_fleet_budget() {
     let peak = fake.peak_in_flight();
     assert!(peak <= 8, "SuperOffice saw {peak} in flight from the fleet");
     assert!(peak >= 6, "both replicas used their share: {peak}");
+}
+
+/// `--superoffice-max-rate 20`: 60 lookups of new names at once reach
+/// SuperOffice at 20 a second after a second's worth at once, so they are
+/// spread over about two seconds and every lookup is answered.
+#[tokio::test]
+async fn the_rate_spreads_a_burst_over_time() {
+    let app = spawn_app_with(|fake, config| {
+        config.budget.max_rate = Some(20.0);
+        config.budget.max_wait = Duration::from_secs(30);
+        for i in 0..60 {
+            let ctx = format!("Rated{i}");
+            fake.set(
+                &ctx,
+                running(&ctx, "sod2.superoffice.com", Duration::from_secs(600)),
+            );
+        }
+    })
+    .await;
+    // The JWKS fetch at start takes a token too; let the bucket fill.
+    eventually("the JWKS is fetched", || app.fake.jwks_requests() >= 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = app.fake.arrivals().len();
+    let looked = join_all((0..60).map(|i| {
+        let app = &app;
+        async move { app.get(&format!("Rated{i}")).await }
+    }))
+    .await;
+    assert!(looked.iter().all(Result::is_ok));
+    let arrivals = app.fake.arrivals()[before..].to_vec();
+    assert_eq!(arrivals.len(), 60);
+    let span = *arrivals.last().unwrap() - arrivals[0];
+    assert!(span >= Duration::from_millis(1900), "spread over {span:?}");
+    for (i, t) in arrivals.iter().enumerate() {
+        let in_a_second = arrivals[i..]
+            .iter()
+            .take_while(|u| **u < *t + Duration::from_secs(1))
+            .count();
+        assert!(in_a_second <= 41, "{in_a_second} within a second");
+    }
 }
