@@ -7,8 +7,9 @@
 //!   where every change takes its revision), the fan-out to watchers, watch
 //!   streams, the `Tenants` trait the serving layers use and the `Ledger`
 //!   trait every writer writes through. No I/O, no protocol.
-//! - `superoffice`: the state API client and parser, the single flight,
-//!   the poller, and the tracker (the in-memory `Tenants`).
+//! - `superoffice`: the state API client and parser, the one budget every
+//!   request to SuperOffice takes a permit from, the single flight, the
+//!   poller, and the tracker (the in-memory `Tenants`).
 //! - `webhook`: the public state-change listener: the notification parser
 //!   and its rejections, the handler, the accept loop, the rate limiter.
 //! - `token`: RS256 verification of notification tokens, the JWKS, the

@@ -92,6 +92,14 @@ async fn burst(names: usize, budget: usize) -> anyhow::Result<Burst> {
             &format!("127.0.0.1:{control}"),
         ],
     )?;
+    // The control API listens once every tenant is set.
+    let control_addr = format!("127.0.0.1:{control}");
+    common::wait_listening(
+        "the fake's control API",
+        &control_addr,
+        Duration::from_secs(60),
+    )
+    .await?;
     let (grpc, admin) = (common::free_port(), common::free_port());
     let server = Proc::tenant_status(
         &format!("newnames-server-{budget}"),
@@ -133,21 +141,33 @@ async fn burst(names: usize, budget: usize) -> anyhow::Result<Burst> {
                     context_identifier: format!("Cust{i}"),
                 })
                 .await;
-            (r.is_ok(), t.elapsed())
+            (
+                r.map(|_| ())
+                    .map_err(|e| format!("{:?}: {}", e.code(), e.message())),
+                t.elapsed(),
+            )
         })
     });
     let results = futures_util::future::join_all(calls).await;
     let took = started.elapsed();
     let mut h = common::histogram();
     let (mut answered, mut refused) = (0, 0);
+    let mut errors = std::collections::BTreeMap::<String, usize>::new();
     for r in results {
-        let (ok, t) = r?;
-        if ok {
-            answered += 1;
-            h.record(t.as_micros().max(1) as u64)?;
-        } else {
-            refused += 1;
+        let (result, t) = r?;
+        match result {
+            Ok(()) => {
+                answered += 1;
+                h.record(t.as_micros().max(1) as u64)?;
+            }
+            Err(e) => {
+                refused += 1;
+                *errors.entry(e).or_default() += 1;
+            }
         }
+    }
+    for (e, n) in &errors {
+        eprintln!("budget {budget}: {n} lookups failed: {e}");
     }
     let s: serde_json::Value =
         serde_json::from_slice(&http.get(&stats).send().await?.bytes().await?)?;
