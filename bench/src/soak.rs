@@ -1,4 +1,4 @@
-//! The soak (issue 6): a realistic mix for a long while, with SuperOffice
+//! The soak: a realistic mix for a long while, with SuperOffice
 //! failing a tenth of the time, and a kill -9 in the middle.
 //!
 //! Lookups (about 200 a second), 10,000 watch streams, 100 signed
