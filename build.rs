@@ -27,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(false)
         .codec_path("crate::serve::codec::SmallBufferCodec")
-        .extern_path(".tenantstatus.v1", "crate::serve::grpc::pb")
+        .extern_path(".tenantstatus.v1", "crate::pb")
         .extern_path(
             ".tenantstatus.v1.GetTenantStateResponse",
             "crate::serve::encoded::TenantReply",

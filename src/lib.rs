@@ -14,8 +14,10 @@
 //!   and its rejections, the handler, the accept loop, the rate limiter.
 //! - `token`: RS256 verification of notification tokens, the JWKS, the
 //!   memory of used tokens.
-//! - `serve`: the gRPC service (the only module that knows protobuf types)
-//!   and the server builder (TLS, health, reflection, gRPC-Web).
+//! - `pb`: the public contract's generated code (types, client, server).
+//! - `serve`: the gRPC service (with `pb` and `client`, the only modules
+//!   that know protobuf types) and the server builder (TLS, health,
+//!   reflection, gRPC-Web).
 //! - `admin` (private): the admin listener and the metrics.
 //! - `persist`: the state file and the notification journal.
 //! - `cluster`: replicas through NATS JetStream KV (with `--nats-url`): the
@@ -41,6 +43,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod core;
+pub mod pb;
 pub mod persist;
 pub mod serve;
 pub mod sim;
@@ -50,8 +53,6 @@ pub mod webhook;
 
 mod admin;
 mod telemetry;
-
-pub use serve::grpc::pb;
 
 /// Completes on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {

@@ -74,7 +74,7 @@ impl Failure {
         let text = format!(
             "{what}: {} ({})",
             status.message(),
-            crate::serve::grpc::code_name(status.code())
+            crate::pb::code_name(status.code())
         );
         match status.code() {
             Code::NotFound => Self::NotFound(text),

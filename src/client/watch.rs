@@ -87,11 +87,7 @@ pub async fn run(
             Ended::Status(s) if !opened_once || !retryable(s.code()) => {
                 return Err(Failure::from_status("watch", &s));
             }
-            Ended::Status(s) => format!(
-                "{} ({})",
-                s.message(),
-                crate::serve::grpc::code_name(s.code())
-            ),
+            Ended::Status(s) => format!("{} ({})", s.message(), crate::pb::code_name(s.code())),
             Ended::Closed => "the server ended the stream".to_owned(),
         };
         let wait = backoff.mul_f64(rand::random_range(0.5..=1.0));

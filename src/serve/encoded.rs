@@ -20,7 +20,8 @@ use prost::{
 use crate::{
     core::tenant::{ContextId, TenantRecord},
     core::watch::WatchEvent,
-    serve::grpc::{pb, tenant_to_pb},
+    pb,
+    serve::grpc::tenant_to_pb,
 };
 
 /// The record's `Tenant` message, encoded the first time it is asked for;

@@ -1,5 +1,6 @@
-//! The gRPC layer: maps requests to the core and records to protobuf. The
-//! only module that knows protobuf types.
+//! The gRPC layer: maps requests to the core and records to protobuf (the
+//! generated types are `crate::pb`'s). The only server module, with the
+//! reply encoders, that knows protobuf types.
 
 use std::{
     pin::Pin,
@@ -18,24 +19,10 @@ use crate::{
     core::watch::WatchEvent,
 };
 
-/// The generated protobuf types, client and server.
-#[allow(clippy::all)] // generated code; its doc comments are the proto's
-pub mod pb {
-    tonic::include_proto!("tenantstatus.v1");
-
-    /// The encoded descriptors of the proto and its imports, for reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("tenant_status_descriptor");
-}
-
-/// The server of the same service, generated again with the pre-encoded
-/// replies of `serve::encoded` (build.rs): what tenant-status serves.
-#[allow(clippy::all, dead_code)]
-pub(crate) mod pb_encoded {
-    include!(concat!(env!("OUT_DIR"), "/encoded/tenantstatus.v1.rs"));
-}
-
-use pb_encoded::tenant_status_service_server::{TenantStatusService, TenantStatusServiceServer};
+use crate::pb::{
+    self,
+    encoded::tenant_status_service_server::{TenantStatusService, TenantStatusServiceServer},
+};
 
 use crate::serve::encoded::{TenantReply, WatchReply};
 
@@ -196,7 +183,7 @@ impl<B: Tenants> GrpcService<B> {
             Err(s) => s.code(),
         };
         self.metrics
-            .rpc_with(rpc, code_name(code), started.elapsed());
+            .rpc_with(rpc, crate::pb::code_name(code), started.elapsed());
         result
     }
 
@@ -362,31 +349,6 @@ impl<B: Tenants> GrpcService<B> {
             next_page_token,
             revision: page.revision,
         }))
-    }
-}
-
-/// A status code's name as gRPC spells it, for metric labels (and the
-/// client commands' messages).
-pub(crate) fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code as C;
-    match code {
-        C::Ok => "OK",
-        C::Cancelled => "CANCELLED",
-        C::Unknown => "UNKNOWN",
-        C::InvalidArgument => "INVALID_ARGUMENT",
-        C::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        C::NotFound => "NOT_FOUND",
-        C::AlreadyExists => "ALREADY_EXISTS",
-        C::PermissionDenied => "PERMISSION_DENIED",
-        C::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        C::FailedPrecondition => "FAILED_PRECONDITION",
-        C::Aborted => "ABORTED",
-        C::OutOfRange => "OUT_OF_RANGE",
-        C::Unimplemented => "UNIMPLEMENTED",
-        C::Internal => "INTERNAL",
-        C::Unavailable => "UNAVAILABLE",
-        C::DataLoss => "DATA_LOSS",
-        C::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 

@@ -19,10 +19,8 @@ use crate::{
     admin::metrics::Metrics,
     config::Config,
     core::backend::Tenants,
-    serve::{
-        dashboard::DashboardLayer,
-        grpc::{GrpcService, pb},
-    },
+    pb,
+    serve::{dashboard::DashboardLayer, grpc::GrpcService},
 };
 
 /// The gRPC service name health reports on (besides "" for the server).
