@@ -15,6 +15,8 @@
 //! - `token`: RS256 verification of notification tokens, the JWKS, the
 //!   memory of used tokens.
 //! - `pb`: the public contract's generated code (types, client, server).
+//! - `files`: the operator's text files and token files, read one way by
+//!   the server and the client.
 //! - `serve`: the gRPC service (with `pb` and `client`, the only modules
 //!   that know protobuf types) and the server builder (TLS, health,
 //!   reflection, gRPC-Web).
@@ -43,6 +45,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod core;
+pub mod files;
 pub mod pb;
 pub mod persist;
 pub mod serve;

@@ -184,13 +184,7 @@ pub fn endpoint(args: &ClientArgs) -> Result<(Endpoint, Bearer), Failure> {
 /// The `authorization` value from a token file: its first line that is
 /// neither blank nor a comment.
 fn bearer(path: &std::path::Path) -> Result<MetadataValue<Ascii>, String> {
-    let text = crate::config::read_text(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let token = text
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with('#'))
-        .ok_or_else(|| format!("{} holds no token", path.display()))?;
+    let token = crate::files::token_lines(path)?.swap_remove(0);
     let mut value = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
         format!(
             "{} holds a token that is not printable ASCII",

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use super::{ConfigError, bad, flags::ClusterArgs, read_text};
+use super::{ConfigError, bad, flags::ClusterArgs};
 use crate::cluster::ClusterConfig;
+use crate::files::read_text;
 
 impl ClusterArgs {
     /// `None` without `--nats-url`: the process is alone.

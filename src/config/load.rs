@@ -90,7 +90,7 @@ fn config_flag(args: &[OsString]) -> Option<PathBuf> {
 /// Reads a TOML configuration file into (argument id, values) pairs,
 /// refusing settings `serve` does not have.
 fn read_config_file(path: &Path) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
-    let text = super::read_text(path)
+    let text = crate::files::read_text(path)
         .map_err(|e| bad("--config", format!("cannot read {}: {e}", path.display())))?;
     let table: toml::Table = toml::from_str(&text).map_err(|e| {
         bad(

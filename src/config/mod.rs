@@ -18,7 +18,8 @@ use url::Url;
 use crate::{
     cluster::ClusterConfig,
     core::tenant::ContextId,
-    serve::{dashboard::DashboardConfig, grpc::BearerTokens},
+    files::{BearerTokens, read_text},
+    serve::dashboard::DashboardConfig,
     superoffice::environment_base_url,
     superoffice::{budget::Limits, poller::PollPolicy},
     token::{JWKS_REFETCH_INTERVAL, VerifierSettings, load_keys},
@@ -76,16 +77,6 @@ impl std::fmt::Debug for TlsFiles {
             .field("mtls", &self.client_ca_pem.is_some())
             .finish_non_exhaustive()
     }
-}
-
-/// Reads a text file, without the UTF-8 byte order mark that Windows tools
-/// put at its start.
-pub(crate) fn read_text(path: &Path) -> std::io::Result<String> {
-    let text = std::fs::read_to_string(path)?;
-    Ok(match text.strip_prefix('\u{feff}') {
-        Some(rest) => rest.to_owned(),
-        None => text,
-    })
 }
 
 /// Reads a PEM file and checks it holds a block with one of `tags`.

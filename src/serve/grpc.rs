@@ -9,7 +9,6 @@ use std::{
 };
 
 use futures_util::{Stream, StreamExt};
-use subtle::{Choice, ConstantTimeEq};
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -17,6 +16,7 @@ use crate::{
     core::backend::{LookupError, Tenants},
     core::tenant::{ChangeSource, ChangeType, ContextId, TenantRecord, TenantState},
     core::watch::WatchEvent,
+    files::BearerTokens,
 };
 
 use crate::pb::{
@@ -57,53 +57,6 @@ struct Rpcs {
     get: RpcHandles,
     watch: RpcHandles,
     list: RpcHandles,
-}
-
-/// The bearer tokens callers may present (`--grpc-token-file`): one a
-/// line; blank lines and lines starting with '#' are skipped.
-pub struct BearerTokens(Vec<Vec<u8>>);
-
-impl std::fmt::Debug for BearerTokens {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never the tokens themselves.
-        write!(f, "BearerTokens({} tokens)", self.0.len())
-    }
-}
-
-impl BearerTokens {
-    pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
-        let text = crate::config::read_text(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let tokens: Vec<Vec<u8>> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(|l| l.as_bytes().to_vec())
-            .collect();
-        if tokens.is_empty() {
-            return Err(format!("{} holds no token", path.display()));
-        }
-        if let Some(short) = tokens.iter().find(|t| t.len() < 16) {
-            return Err(format!(
-                "{} holds a token of {} characters; use at least 16",
-                path.display(),
-                short.len()
-            ));
-        }
-        Ok(Self(tokens))
-    }
-
-    /// Whether `presented` is one of the tokens, compared in time that does
-    /// not depend on where they differ (subtle's constant-time equality),
-    /// and against every token whichever matches.
-    pub fn accepts(&self, presented: &[u8]) -> bool {
-        self.0
-            .iter()
-            .fold(Choice::from(0), |found, t| {
-                found | t.as_slice().ct_eq(presented)
-            })
-            .into()
-    }
 }
 
 impl<B: Tenants> GrpcService<B> {

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use serde_json::Value;
 use tenant_status::{
-    config::TlsFiles, serve::grpc::BearerTokens, sim::devcerts::DevCerts, sim::superoffice::Failure,
+    config::TlsFiles, files::BearerTokens, sim::devcerts::DevCerts, sim::superoffice::Failure,
 };
 use tokio::net::TcpListener;
 

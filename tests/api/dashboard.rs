@@ -196,7 +196,7 @@ async fn allowed_origins_get_cors_for_grpc_web_and_no_one_else_does() {
         config.dashboard =
             tenant_status::serve::dashboard::DashboardConfig::new(true, &[ALLOWED.into()]).unwrap();
         config.access = Some(std::sync::Arc::new(
-            tenant_status::serve::grpc::BearerTokens::from_file(&token_file).unwrap(),
+            tenant_status::files::BearerTokens::from_file(&token_file).unwrap(),
         ));
     })
     .await;

@@ -3,8 +3,8 @@
 use crate::helpers::*;
 use tenant_status::{
     config::TlsFiles,
+    files::BearerTokens,
     pb::{self, tenant_status_service_client::TenantStatusServiceClient},
-    serve::grpc::BearerTokens,
     sim::devcerts::DevCerts,
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
