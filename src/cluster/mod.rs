@@ -47,6 +47,9 @@ mod mirror;
 mod overdue;
 
 pub use lease::{PARTITIONS, partition_of};
+
+/// Where the admin listener serves a replica's lease tenures.
+pub const LEASES_PATH: &str = "/cluster/leases";
 pub(crate) use ledger::SharedLedger;
 
 /// How to reach NATS and take part in the fleet.
@@ -230,6 +233,22 @@ impl Cluster {
                 seen_held: Default::default(),
             },
         })
+    }
+
+    /// The admin listener's routes of a replica: `GET /cluster/leases`,
+    /// the partitions this replica holds and the tenures it held lately,
+    /// each from when it could first act on it to when it stopped (wall
+    /// clock, Unix milliseconds), so that an outside check can tell whether
+    /// two replicas ever held one partition at once.
+    pub fn admin_router(&self) -> axum::Router {
+        let leases = Arc::clone(&self.leases.leases);
+        axum::Router::new().route(
+            LEASES_PATH,
+            axum::routing::get(move || {
+                let leases = Arc::clone(&leases);
+                async move { axum::Json(leases.tenures_json()) }
+            }),
+        )
     }
 
     /// The ledger every writer uses among replicas.
