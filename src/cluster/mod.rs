@@ -145,11 +145,18 @@ impl Cluster {
             num_replicas: config.bucket_replicas,
             ..Default::default()
         };
-        let records = open_bucket(&js, file("records", Duration::ZERO)).await?;
-        let observed = open_bucket(&js, file("observed", Duration::from_secs(24 * 3600))).await?;
-        let tokens = open_bucket(&js, file("tokens", Duration::from_secs(48 * 3600))).await?;
-        let leases_kv = open_bucket(&js, file("leases", config.lease_ttl)).await?;
-        let interest_kv = open_bucket(&js, file("interest", config.lease_ttl)).await?;
+        let [records, observed, tokens, leases_kv, interest_kv] = open_buckets(
+            &js,
+            [
+                file("records", Duration::ZERO),
+                file("observed", Duration::from_secs(24 * 3600)),
+                file("tokens", Duration::from_secs(48 * 3600)),
+                file("leases", config.lease_ttl),
+                file("interest", config.lease_ttl),
+            ],
+            OPEN_PATIENCE,
+        )
+        .await?;
         let interest = Arc::new(std::sync::RwLock::new(std::collections::HashSet::new()));
         // The bucket's expiry is what ends a dead replica's leases: every
         // replica must time its renewals by it, whatever its own flag says.
@@ -428,6 +435,56 @@ async fn connect(
         .with_context(|| format!("--nats-url: cannot connect to {}", config.urls.join(",")))?;
     tracing::info!(servers = %config.urls.join(","), took = ?started.elapsed(), "connected to NATS");
     Ok(client)
+}
+
+/// How long a replica keeps trying to open its buckets at start.
+const OPEN_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Opens the buckets, trying again with a growing pause for up to
+/// `patience`: replicas started together on a fresh NATS cluster meet
+/// JetStream still forming ("no suitable peers for placement", a stream
+/// just made and not yet found), which passes in seconds. A server without
+/// JetStream is refused at once.
+async fn open_buckets<const N: usize>(
+    js: &jetstream::Context,
+    configs: [kv::Config; N],
+    patience: Duration,
+) -> anyhow::Result<[kv::Store; N]> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(250);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let mut opened = Vec::with_capacity(N);
+        let mut failed = None;
+        for config in &configs {
+            match open_bucket(js, config.clone()).await {
+                Ok(store) => opened.push(store),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let e = match failed {
+            None => {
+                return opened
+                    .try_into()
+                    .map_err(|_| anyhow::anyhow!("opened fewer buckets than asked"));
+            }
+            Some(e) => e,
+        };
+        let text = format!("{e:#}");
+        if text.contains("not enabled") || started.elapsed() + pause > patience {
+            return Err(e.context(format!(
+                "gave up opening the JetStream buckets after {attempt} tries in {:.1} s",
+                started.elapsed().as_secs_f64()
+            )));
+        }
+        tracing::warn!(attempt, error = %text, retry_in = ?pause, "could not open the JetStream buckets yet; trying again");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(4));
+    }
 }
 
 /// Opens a bucket, creating it when it is not there (another replica may
