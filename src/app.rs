@@ -254,6 +254,9 @@ impl Application {
         let readiness = Arc::new(Readiness::default());
         let restored = store.len();
         let clustered = cluster.is_some();
+        let cluster_routes = cluster
+            .as_ref()
+            .map(|c| (c.admin_router(), crate::cluster::LEASES_PATH));
         let (polling, sharing) = match cluster {
             None => (
                 spawn_polling(&config, &store, &tracker, poller, &readiness),
@@ -305,6 +308,7 @@ impl Application {
                 Arc::clone(&store),
                 Arc::clone(&verifier),
                 Arc::clone(&readiness),
+                cluster_routes,
             );
             Background::spawn(|stop| async move {
                 let _ = axum::serve(admin_listener, router)

@@ -1,5 +1,6 @@
 //! The admin listener (loopback by default, apart from the public webhook):
-//! `/metrics` for Prometheus, `/livez` and `/readyz` for probes.
+//! `/metrics` for Prometheus, `/livez` and `/readyz` for probes; a replica
+//! also serves `/cluster/leases` (see `Cluster::admin_router`).
 
 mod cluster_metrics;
 pub mod metrics;
@@ -84,31 +85,43 @@ struct AdminState {
     readiness: Arc<Readiness>,
 }
 
+/// The admin listener's routes; `extra` adds more (a replica's
+/// `/cluster/leases`), each path named in the 404's text.
 pub fn router(
     metrics: Arc<Metrics>,
     store: Arc<Store>,
     verifier: Arc<Verifier>,
     readiness: Arc<Readiness>,
+    extra: Option<(Router, &'static str)>,
 ) -> Router {
-    Router::new()
+    let serves = match &extra {
+        Some((_, path)) => format!("/metrics, /livez, /readyz and {path}"),
+        None => "/metrics, /livez and /readyz".to_owned(),
+    };
+    let not_found = format!("not found; the admin listener serves {serves}");
+    let router = Router::new()
         .route("/metrics", get(scrape))
         .route("/livez", get(|| async { Json(json!({"status": "alive"})) }))
         .route("/readyz", get(ready))
-        .fallback(|| async {
-            (
-                StatusCode::NOT_FOUND,
-                Json(json!({
-                    "error": "not found; the admin listener serves /metrics, /livez and /readyz",
-                    "reason": "not_found",
-                })),
-            )
-        })
         .with_state(AdminState {
             metrics,
             store,
             verifier,
             readiness,
-        })
+        });
+    let router = match extra {
+        Some((extra, _)) => router.merge(extra),
+        None => router,
+    };
+    router.fallback(move || async move {
+        (
+            StatusCode::NOT_FOUND,
+            Json(json!({
+                "error": not_found,
+                "reason": "not_found",
+            })),
+        )
+    })
 }
 
 async fn scrape(State(s): State<AdminState>) -> Response {

@@ -47,6 +47,9 @@ mod mirror;
 mod overdue;
 
 pub use lease::{PARTITIONS, partition_of};
+
+/// Where the admin listener serves a replica's lease tenures.
+pub const LEASES_PATH: &str = "/cluster/leases";
 pub(crate) use ledger::SharedLedger;
 
 /// How to reach NATS and take part in the fleet.
@@ -142,11 +145,18 @@ impl Cluster {
             num_replicas: config.bucket_replicas,
             ..Default::default()
         };
-        let records = open_bucket(&js, file("records", Duration::ZERO)).await?;
-        let observed = open_bucket(&js, file("observed", Duration::from_secs(24 * 3600))).await?;
-        let tokens = open_bucket(&js, file("tokens", Duration::from_secs(48 * 3600))).await?;
-        let leases_kv = open_bucket(&js, file("leases", config.lease_ttl)).await?;
-        let interest_kv = open_bucket(&js, file("interest", config.lease_ttl)).await?;
+        let [records, observed, tokens, leases_kv, interest_kv] = open_buckets(
+            &js,
+            [
+                file("records", Duration::ZERO),
+                file("observed", Duration::from_secs(24 * 3600)),
+                file("tokens", Duration::from_secs(48 * 3600)),
+                file("leases", config.lease_ttl),
+                file("interest", config.lease_ttl),
+            ],
+            OPEN_PATIENCE,
+        )
+        .await?;
         let interest = Arc::new(std::sync::RwLock::new(std::collections::HashSet::new()));
         // The bucket's expiry is what ends a dead replica's leases: every
         // replica must time its renewals by it, whatever its own flag says.
@@ -237,6 +247,22 @@ impl Cluster {
     /// fleet's: the figure divided by the members the leases count.
     pub(crate) fn share_budget(&self, budget: Arc<crate::superoffice::budget::Budget>) {
         let _ = self.leases.budget.set(budget);
+    }
+
+    /// The admin listener's routes of a replica: `GET /cluster/leases`,
+    /// the partitions this replica holds and the tenures it held lately,
+    /// each from when it could first act on it to when it stopped (wall
+    /// clock, Unix milliseconds), so that an outside check can tell whether
+    /// two replicas ever held one partition at once.
+    pub fn admin_router(&self) -> axum::Router {
+        let leases = Arc::clone(&self.leases.leases);
+        axum::Router::new().route(
+            LEASES_PATH,
+            axum::routing::get(move || {
+                let leases = Arc::clone(&leases);
+                async move { axum::Json(leases.tenures_json()) }
+            }),
+        )
     }
 
     /// The ledger every writer uses among replicas.
@@ -416,6 +442,56 @@ async fn connect(
         .with_context(|| format!("--nats-url: cannot connect to {}", config.urls.join(",")))?;
     tracing::info!(servers = %config.urls.join(","), took = ?started.elapsed(), "connected to NATS");
     Ok(client)
+}
+
+/// How long a replica keeps trying to open its buckets at start.
+const OPEN_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Opens the buckets, trying again with a growing pause for up to
+/// `patience`: replicas started together on a fresh NATS cluster meet
+/// JetStream still forming ("no suitable peers for placement", a stream
+/// just made and not yet found), which passes in seconds. A server without
+/// JetStream is refused at once.
+async fn open_buckets<const N: usize>(
+    js: &jetstream::Context,
+    configs: [kv::Config; N],
+    patience: Duration,
+) -> anyhow::Result<[kv::Store; N]> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(250);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let mut opened = Vec::with_capacity(N);
+        let mut failed = None;
+        for config in &configs {
+            match open_bucket(js, config.clone()).await {
+                Ok(store) => opened.push(store),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let e = match failed {
+            None => {
+                return opened
+                    .try_into()
+                    .map_err(|_| anyhow::anyhow!("opened fewer buckets than asked"));
+            }
+            Some(e) => e,
+        };
+        let text = format!("{e:#}");
+        if text.contains("not enabled") || started.elapsed() + pause > patience {
+            return Err(e.context(format!(
+                "gave up opening the JetStream buckets after {attempt} tries in {:.1} s",
+                started.elapsed().as_secs_f64()
+            )));
+        }
+        tracing::warn!(attempt, error = %text, retry_in = ?pause, "could not open the JetStream buckets yet; trying again");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(4));
+    }
 }
 
 /// Opens a bucket, creating it when it is not there (another replica may

@@ -486,33 +486,18 @@ async fn a_three_node_nats_cluster_loses_a_node_under_load_and_nothing_acknowled
             running(n, "sod2.superoffice.com", Duration::from_secs(60)),
         );
     }
-    // The JetStream cluster elects its meta leader first: the replicas
-    // start (and make the R3 buckets) once it answers.
+    // Started at once on the fresh cluster: JetStream is still electing
+    // its meta leader and cannot place R3 buckets yet; each replica tries
+    // again at start until it can (up to 30 s), rather than exiting.
     let mut apps = Vec::new();
     for (i, first) in [0usize, 1].into_iter().enumerate() {
         let mut order = urls.clone();
         order.rotate_left(first);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut config = clustered(&fake, &order, &format!("r{i}"));
-            if let Some(c) = config.cluster.as_mut() {
-                c.bucket_replicas = 3;
-            }
-            match tenant_status::app::Application::build(config.clone()).await {
-                Ok(app) => {
-                    drop(app);
-                    apps.push(spawn_with_config(fake.clone(), config).await);
-                    break;
-                }
-                Err(e) => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "the NATS cluster never took the buckets: {e:#}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
+        let mut config = clustered(&fake, &order, &format!("r{i}"));
+        if let Some(c) = config.cluster.as_mut() {
+            c.bucket_replicas = 3;
         }
+        apps.push(spawn_with_config(fake.clone(), config).await);
     }
     let (a, b) = (&apps[0], &apps[1]);
     // SuperOffice's side: each notification is retried on a 503 (to the
@@ -819,4 +804,94 @@ async fn several_bucket_copies_on_a_nats_server_older_than_2_10_are_refused_at_s
     };
     assert!(refused.contains("needs nats-server 2.10"), "{refused}");
     assert!(refused.contains("diverge"), "{refused}");
+}
+
+/// A replica's `/cluster/leases`: its tenures as (partition, since, end).
+async fn tenures(app: &TestApp) -> serde_json::Value {
+    let (status, body) = app.admin_get("/cluster/leases").await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("/cluster/leases answers JSON")
+}
+
+fn ms(v: &serde_json::Value, field: &str) -> u64 {
+    v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} is not a number of milliseconds: {v}"))
+}
+
+/// The partitions held, each with its (since_ms, until_ms), checked to be
+/// well-formed against the answer's `now`.
+fn held_tenures(t: &serde_json::Value) -> std::collections::BTreeMap<u16, (u64, u64)> {
+    let now = ms(t, "now");
+    let mut held = std::collections::BTreeMap::new();
+    for h in t["held"].as_array().expect("a held list") {
+        let p = u16::try_from(ms(h, "partition")).unwrap();
+        let (since, until) = (ms(h, "since_ms"), ms(h, "until_ms"));
+        assert!(p < PARTITIONS, "{h}");
+        assert!(since <= now && since < until, "{h} at {now}");
+        assert!(
+            until + 60_000 > now && until <= now + 60_000,
+            "{h} is not a lease of about a TTL at {now}"
+        );
+        assert!(held.insert(p, (since, until)).is_none(), "{p} held twice");
+    }
+    for e in t["ended"].as_array().expect("an ended list") {
+        let (since, end) = (ms(e, "since_ms"), ms(e, "end_ms"));
+        assert!(u16::try_from(ms(e, "partition")).unwrap() < PARTITIONS);
+        assert!(since <= end && end <= now, "{e} at {now}");
+        assert!(
+            ["lapsed", "lost", "given_back", "shutdown"].contains(&e["why"].as_str().unwrap_or("")),
+            "{e}"
+        );
+    }
+    held
+}
+
+#[tokio::test]
+async fn a_replica_reports_its_lease_tenures_and_a_partition_handed_over_never_overlaps() {
+    let Some(bin) = nats::required("a_replica_reports_its_lease_tenures") else {
+        return;
+    };
+    let server = Nats::start(&bin, "tenures").await;
+    let (fake, _) = FakeSuperOffice::start().await.unwrap();
+    let a = spawn_with_config(fake.clone(), clustered(&fake, &[server.url()], "r0")).await;
+    balanced(&[&a]).await;
+    let alone = tenures(&a).await;
+    assert_eq!(alone["replica"], "r0");
+    assert_eq!(
+        held_tenures(&alone).keys().copied().collect::<Vec<_>>(),
+        (0..PARTITIONS).collect::<Vec<_>>(),
+        "alone, r0 holds every partition: {alone}"
+    );
+    let (status, body) = a.admin_get("/nothing-here").await;
+    assert_eq!(status, 404);
+    assert!(body.contains("/cluster/leases"), "{body}");
+
+    // B joins: A gives half back, B takes it. Every partition is held by
+    // exactly one of them, and each B took began after A's tenure of it
+    // ended.
+    let b = spawn_with_config(fake.clone(), clustered(&fake, &[server.url()], "r1")).await;
+    balanced(&[&a, &b]).await;
+    let (ta, tb) = (tenures(&a).await, tenures(&b).await);
+    let (held_a, held_b) = (held_tenures(&ta), held_tenures(&tb));
+    let mut all: Vec<u16> = held_a.keys().chain(held_b.keys()).copied().collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..PARTITIONS).collect::<Vec<_>>(),
+        "every partition held once: {ta} {tb}"
+    );
+    assert!(!held_b.is_empty());
+    let ended_a = ta["ended"].as_array().unwrap();
+    for (p, (since_b, _)) in &held_b {
+        let before = ended_a
+            .iter()
+            .find(|e| e["partition"] == *p)
+            .unwrap_or_else(|| panic!("r0 held {p} when alone and its tenure never ended: {ta}"));
+        assert_eq!(before["why"], "given_back", "{before}");
+        assert!(
+            ms(before, "end_ms") <= *since_b,
+            "r1's tenure of {p} from {since_b} overlaps r0's: {before}"
+        );
+    }
 }

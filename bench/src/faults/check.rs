@@ -23,12 +23,12 @@ pub struct Verdict {
 
 pub struct Params {
     pub partitions: f64,
-    /// One poll period (the fake's ValidUntil): the most a poller leaves
-    /// between two polls of a tenant it owns.
-    pub poll_period: f64,
-    /// Overlap allowed to two pollers' spans: polls crossing at a
-    /// handover.
+    /// Allowed at a tenure's edge: a poll's request in flight as the
+    /// tenure ends (its start seen by the proxy a moment after the
+    /// replica's check), and two replicas' tenures meeting at a handover.
     pub grace: f64,
+    /// The replica the SIGSTOP fault pauses.
+    pub paused_replica: usize,
     /// "panicked" lines in the replicas' logs, each with its file.
     pub panics: Vec<String>,
 }
@@ -360,76 +360,165 @@ pub fn check(m: &Mem, p: &Params) -> Vec<Verdict> {
         });
     }
 
-    // 7. One poller at a time. A replica polls a tenant it owns once a
-    // poll period; two of its polls of a tenant no further apart than a
-    // period (and a little) mean it was that tenant's poller all along
-    // between them. Two replicas' such spans of one tenant must not
-    // overlap (past a grace for polls crossing at a handover). A replica
-    // that dies or pauses leaves a gap longer than a period, and one that
-    // hands a tenant back stops polling it, so neither makes a span the
-    // next owner's overlaps; one that polls on after its lease ran out
-    // does.
+    // 7. One poller at a time, from the replicas' own lease tenures
+    // (`/cluster/leases`, sampled through the run): (a) every poll a
+    // proxy saw falls inside a tenure of the tenant's partition held by
+    // the replica that made it, and (b) no two replicas' tenures of one
+    // partition overlap; each past a grace for a request in flight at the
+    // edge. A replica woken from SIGSTOP must find its tenures ended by
+    // its own clock and poll nothing until it takes a lease again.
     {
-        let mut polls: HashMap<&str, Vec<(f64, usize)>> = HashMap::new();
-        for q in m.polls.iter().filter(|q| q.status == 200) {
-            polls
-                .entry(q.ctx.as_str())
+        let mut by_owner: HashMap<(usize, u16), Vec<(f64, f64)>> = HashMap::new();
+        let mut by_partition: BTreeMap<u16, Vec<&super::history::Tenure>> = BTreeMap::new();
+        for t in m.tenures.values() {
+            by_owner
+                .entry((t.replica, t.partition))
                 .or_default()
-                .push((q.start, q.replica));
+                .push((t.since, t.end));
+            by_partition.entry(t.partition).or_default().push(t);
         }
-        let span = p.poll_period + 2.0;
-        let mut bad = Vec::new();
-        let mut tenants = std::collections::HashSet::new();
-        let mut worst = (0.0f64, String::new());
-        for (ctx, list) in &mut polls {
-            list.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let spans: Vec<Vec<(f64, f64)>> = (0..3)
-                .map(|r| {
-                    let mine: Vec<f64> = list.iter().filter(|q| q.1 == r).map(|q| q.0).collect();
-                    mine.windows(2)
-                        .filter(|w| w[1] - w[0] <= span)
-                        .map(|w| (w[0], w[1]))
-                        .collect()
-                })
-                .collect();
-            for r1 in 0..3 {
-                for r2 in r1 + 1..3 {
-                    for a in &spans[r1] {
-                        for b in &spans[r2] {
-                            let overlap = a.1.min(b.1) - a.0.max(b.0);
-                            if overlap > p.grace {
-                                let at = a.0.max(b.0);
-                                bad.push(at);
-                                tenants.insert(*ctx);
-                                if overlap > worst.0 {
-                                    worst = (
-                                        overlap,
-                                        format!(
-                                            "{ctx} polled by replicas {r1} and {r2} both for {overlap:.1} s from {at:.1} s"
-                                        ),
-                                    );
-                                }
-                            }
-                        }
+        // (a) Polls outside their replica's tenures, each with how far
+        // outside (seconds past the nearest tenure; infinite: none at all).
+        let mut outside: Vec<(f64, f64, &super::history::Poll)> = Vec::new();
+        for q in &m.polls {
+            let part = tenant_status::cluster::partition_of(&q.ctx);
+            let tenures = by_owner.get(&(q.replica, part));
+            let distance = tenures
+                .into_iter()
+                .flatten()
+                .map(|(since, end)| (since - q.start).max(q.start - end).max(0.0))
+                .fold(f64::INFINITY, f64::min);
+            if distance > p.grace {
+                outside.push((q.start, distance, q));
+            }
+        }
+        // Polls by a replica in the seconds after it was woken from
+        // SIGSTOP: the ones the fencing of its lease clock is about.
+        let woken: Vec<(usize, f64)> = m
+            .phases
+            .iter()
+            .filter(|ph| ph.name == "SIGSTOP replica")
+            .map(|ph| (p.paused_replica, ph.heal))
+            .collect();
+        let after_wake = m
+            .polls
+            .iter()
+            .filter(|q| {
+                woken
+                    .iter()
+                    .any(|(r, at)| q.replica == *r && q.start >= *at && q.start < at + 5.0)
+            })
+            .count();
+        let after_wake_outside = outside
+            .iter()
+            .filter(|(_, _, q)| {
+                woken
+                    .iter()
+                    .any(|(r, at)| q.replica == *r && q.start >= *at && q.start < at + 5.0)
+            })
+            .count();
+        // (b) Two replicas' tenures of one partition overlapping, and the
+        // closest handover (the least gap, negative: an overlap within
+        // the grace).
+        let mut overlaps: Vec<(f64, f64, String)> = Vec::new();
+        let mut closest: Option<(f64, String)> = None;
+        for (part, list) in &by_partition {
+            for (i, a) in list.iter().enumerate() {
+                for b in &list[i + 1..] {
+                    if a.replica == b.replica {
+                        continue;
+                    }
+                    let overlap = a.end.min(b.end) - a.since.max(b.since);
+                    let (first, second) = if a.since <= b.since { (a, b) } else { (b, a) };
+                    let say = format!(
+                        "partition {part}: replica {} {:.3}–{:.3} s ({}), replica {} {:.3}–{:.3} s ({})",
+                        first.replica,
+                        first.since,
+                        first.end,
+                        if first.why.is_empty() {
+                            "held"
+                        } else {
+                            &first.why
+                        },
+                        second.replica,
+                        second.since,
+                        second.end,
+                        if second.why.is_empty() {
+                            "held"
+                        } else {
+                            &second.why
+                        },
+                    );
+                    if closest.as_ref().is_none_or(|(c, _)| overlap > *c) {
+                        closest = Some((overlap, say.clone()));
+                    }
+                    if overlap > p.grace {
+                        overlaps.push((a.since.max(b.since), overlap, say));
                     }
                 }
             }
         }
+        let worst_poll = outside
+            .iter()
+            .max_by(|x, y| x.1.total_cmp(&y.1))
+            .map(|(_, d, q)| {
+                let far = if d.is_finite() {
+                    format!("{d:.2} s outside its nearest tenure")
+                } else {
+                    "with no tenure of that partition at all".to_owned()
+                };
+                format!(
+                    "; worst poll: {} by replica {} at {:.3} s (partition {}), {far}",
+                    q.ctx,
+                    q.replica,
+                    q.start,
+                    tenant_status::cluster::partition_of(&q.ctx)
+                )
+            })
+            .unwrap_or_default();
+        let worst_overlap = overlaps
+            .iter()
+            .max_by(|x, y| x.1.total_cmp(&y.1))
+            .map(|(_, o, say)| format!("; worst overlap {o:.2} s: {say}"))
+            .unwrap_or_default();
+        let closest = closest
+            .map(|(o, say)| {
+                if o > 0.0 {
+                    format!("; closest handover overlapped {:.0} ms: {say}", o * 1000.0)
+                } else {
+                    format!("; closest handover {:.0} ms apart: {say}", -o * 1000.0)
+                }
+            })
+            .unwrap_or_default();
+        let ended = m.tenures.values().filter(|t| !t.why.is_empty()).count();
+        let mut whys: BTreeMap<&str, usize> = BTreeMap::new();
+        for t in m.tenures.values().filter(|t| !t.why.is_empty()) {
+            *whys.entry(t.why.as_str()).or_default() += 1;
+        }
+        let whys = whys
+            .iter()
+            .map(|(w, n)| format!("{n} {w}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         out.push(Verdict {
             name: "one poller per tenant at a time",
-            pass: bad.is_empty(),
+            pass: outside.is_empty() && overlaps.is_empty() && !m.tenures.is_empty(),
             figures: format!(
-                "{} overlapping poll spans of two replicas ({} tenants), {} polls in all{}",
-                bad.len(),
-                tenants.len(),
+                "{} tenures seen ({ended} ended: {whys}; from {} samples, {} missed), {} polls checked ({after_wake} by a replica in the 5 s after its SIGSTOP): {} outside their replica's tenures ({after_wake_outside} after a SIGSTOP); {} overlapping tenures of two replicas{worst_poll}{worst_overlap}{closest}",
+                m.tenures.len(),
+                m.lease_samples.0,
+                m.lease_samples.1,
                 m.polls.len(),
-                if worst.1.is_empty() {
-                    String::new()
-                } else {
-                    format!("; worst: {}", worst.1)
-                }
+                outside.len(),
+                overlaps.len(),
             ),
-            by_phase: counts(m, bad),
+            by_phase: counts(
+                m,
+                outside
+                    .iter()
+                    .map(|(t, _, _)| *t)
+                    .chain(overlaps.iter().map(|(t, _, _)| *t)),
+            ),
         });
     }
 

@@ -181,6 +181,21 @@ pub struct Held {
     pub by: Vec<Option<f64>>,
 }
 
+/// One lease tenure of a replica, from its `/cluster/leases`: a partition
+/// from when the replica could first act on it to when it stopped (the
+/// run's seconds). A tenure still held when last sampled ends at the
+/// `until` it had then.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tenure {
+    pub replica: usize,
+    pub partition: u16,
+    pub since: f64,
+    pub end: f64,
+    /// Why it ended ("lapsed", "lost", "given_back", "shutdown"), or
+    /// empty when it was held at the last sample.
+    pub why: String,
+}
+
 /// A fault's window.
 #[derive(Debug, Clone, Serialize)]
 pub struct Phase {
@@ -205,6 +220,10 @@ pub struct Mem {
     pub syncs: Vec<Sync>,
     pub backwards: Vec<Backwards>,
     pub held: Vec<Held>,
+    /// (replica, partition, since in Unix ms) -> the tenure as last seen.
+    pub tenures: std::collections::BTreeMap<(usize, u16, u64), Tenure>,
+    /// Answers of `/cluster/leases` taken, and asked but not had.
+    pub lease_samples: (usize, usize),
     pub phases: Vec<Phase>,
     /// replica -> its final ListTenants.
     pub finals: Vec<Vec<Rec>>,
@@ -217,6 +236,9 @@ pub struct Mem {
 
 pub struct History {
     t0: Instant,
+    /// The wall clock at `t0`, Unix milliseconds: the replicas report
+    /// their tenures on the wall clock.
+    t0_wall_ms: f64,
     out: Mutex<std::io::BufWriter<std::fs::File>>,
     pub mem: Mutex<Mem>,
     streams: AtomicU32,
@@ -226,8 +248,14 @@ pub struct History {
 impl History {
     pub fn create(path: PathBuf) -> anyhow::Result<Self> {
         let file = std::fs::File::create(&path)?;
+        let t0 = Instant::now();
+        let t0_wall_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0);
         Ok(Self {
-            t0: Instant::now(),
+            t0,
+            t0_wall_ms,
             out: Mutex::new(std::io::BufWriter::new(file)),
             mem: Mutex::new(Mem::default()),
             streams: AtomicU32::new(0),
@@ -238,6 +266,11 @@ impl History {
     /// Seconds since the run began.
     pub fn now(&self) -> f64 {
         (self.t0.elapsed().as_secs_f64() * 1000.0).round() / 1000.0
+    }
+
+    /// A wall-clock moment in Unix milliseconds as the run's seconds.
+    pub fn at_wall_ms(&self, ms: u64) -> f64 {
+        ((ms as f64 - self.t0_wall_ms).round()) / 1000.0
     }
 
     pub fn next_stream(&self) -> u32 {

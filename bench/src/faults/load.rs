@@ -5,7 +5,8 @@
 //! API (one before each notification, as SuperOffice changes a tenant
 //! and then tells; some silent, for the polls to find); a watcher of every
 //! tenant on every replica and one that roams between replicas with
-//! `since_revision`; and a sampler of the partitions each replica holds.
+//! `since_revision`; a sampler of the partitions each replica holds; and
+//! one of the lease tenures each replica reports (`/cluster/leases`).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -24,7 +25,7 @@ use tenant_status::{
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use super::history::{Backwards, Ev, Held, History, Note, Rec, Req, Sync, Truth};
+use super::history::{Backwards, Ev, Held, History, Note, Rec, Req, Sync, Tenure, Truth};
 
 /// SuperOffice's truth as the run sets it, and who is busy.
 pub struct World {
@@ -513,4 +514,123 @@ pub async fn sampler(admins: Vec<String>, history: Arc<History>, stop: Cancellat
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
+}
+
+/// Samples every replica's lease tenures (`/cluster/leases`) every half
+/// second, and once more when stopped. Ended tenures stay in a replica's
+/// answer (up to its last 4,096), so a sample need not catch one live; a
+/// replica killed takes its unsampled ones with it, but its held ones were
+/// sampled with the `until` that bounds them.
+pub async fn lease_sampler(admins: Vec<String>, history: Arc<History>, stop: CancellationToken) {
+    let http = reqwest::Client::new();
+    // Ended tenures already written to the history, per replica.
+    let mut written: Vec<HashSet<(u16, u64)>> = vec![HashSet::new(); admins.len()];
+    loop {
+        let answers = futures_util::future::join_all(admins.iter().map(|a| {
+            let http = http.clone();
+            async move {
+                let r = http
+                    .get(format!("http://{a}/cluster/leases"))
+                    .timeout(Duration::from_secs(1))
+                    .send()
+                    .await
+                    .ok()?;
+                if !r.status().is_success() {
+                    return None;
+                }
+                serde_json::from_slice(&r.bytes().await.ok()?).ok()
+            }
+        }))
+        .await;
+        let t = history.now();
+        for (i, answer) in answers.into_iter().enumerate() {
+            record_leases(&history, t, i, answer, &mut written[i]);
+        }
+        if stop.is_cancelled() {
+            break;
+        }
+        tokio::select! {
+            // One sample more after the stop: the tenures as they ended.
+            _ = stop.cancelled() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+fn record_leases(
+    history: &History,
+    t: f64,
+    replica: usize,
+    answer: Option<serde_json::Value>,
+    written: &mut HashSet<(u16, u64)>,
+) {
+    let Some(v) = answer else {
+        history.mem().lease_samples.1 += 1;
+        return;
+    };
+    let field = |x: &serde_json::Value, f: &str| x[f].as_u64();
+    let mut held = Vec::new();
+    let mut ended = Vec::new();
+    let mut mem = history.mem();
+    mem.lease_samples.0 += 1;
+    for h in v["held"].as_array().into_iter().flatten() {
+        let (Some(p), Some(since), Some(until)) = (
+            field(h, "partition"),
+            field(h, "since_ms"),
+            field(h, "until_ms"),
+        ) else {
+            continue;
+        };
+        let p = p as u16;
+        held.push(h.clone());
+        let until = history.at_wall_ms(until);
+        let tenure = mem.tenures.entry((replica, p, since)).or_insert(Tenure {
+            replica,
+            partition: p,
+            since: history.at_wall_ms(since),
+            end: until,
+            why: String::new(),
+        });
+        // Held on: it lasts at least to its newest `until`; once it is
+        // seen ended, the replica's own end is exact and stays.
+        if tenure.why.is_empty() {
+            tenure.end = tenure.end.max(until);
+        }
+    }
+    for e in v["ended"].as_array().into_iter().flatten() {
+        let (Some(p), Some(since), Some(end)) = (
+            field(e, "partition"),
+            field(e, "since_ms"),
+            field(e, "end_ms"),
+        ) else {
+            continue;
+        };
+        let p = p as u16;
+        if !written.insert((p, since)) {
+            continue;
+        }
+        ended.push(e.clone());
+        let why = e["why"].as_str().unwrap_or("?").to_owned();
+        mem.tenures.insert(
+            (replica, p, since),
+            Tenure {
+                replica,
+                partition: p,
+                since: history.at_wall_ms(since),
+                end: history.at_wall_ms(end),
+                why,
+            },
+        );
+    }
+    drop(mem);
+    history.line(
+        "leases",
+        &serde_json::json!({
+            "t": t,
+            "replica": replica,
+            "now_ms": v["now"],
+            "held": held,
+            "ended": ended,
+        }),
+    );
 }

@@ -30,6 +30,8 @@ use history::{History, Phase};
 
 const LEASE_TTL: &str = "3s";
 const PARTITIONS: f64 = 64.0;
+/// The replica the SIGSTOP fault pauses.
+const PAUSED_REPLICA: usize = 1;
 /// The fake's ValidUntil: each tenant is polled about this often.
 const VALID_FOR_SECS: f64 = 10.0;
 
@@ -212,27 +214,14 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
             issuer,
             LEASE_TTL,
         );
-        // One at a time: three replicas making the R3 buckets at once on a
-        // fresh cluster have been seen to fail ("cannot open the JetStream
-        // bucket tenant-status-leases just made: stream not found"). That
-        // is a start-up race of its own, not one of the faults measured
-        // here.
-        // A fresh cluster can also refuse the first R3 bucket for a while
-        // after its meta leader says every peer is current ("no suitable
-        // peers for placement, peer offline"): the replica exits, and is
-        // started again.
-        for attempt in 1..=3 {
-            r.start()?;
-            match common::wait_ready("a replica ready", &r.admin, Duration::from_secs(30)).await {
-                Ok(()) => break,
-                Err(e) if attempt == 3 => return Err(e),
-                Err(_) => {
-                    eprintln!("faults: replica {id} not ready in 30 s; starting it again");
-                    r.kill();
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                }
-            }
-        }
+        // One at a time, each ready before the next: a replica opens (or
+        // makes) the R3 buckets at start, and on a fresh cluster JetStream
+        // may refuse that for a while ("no suitable peers for placement",
+        // "stream not found" for a bucket just made); the replica tries
+        // again for up to 30 s itself, then reads the log and polls its
+        // first round.
+        r.start()?;
+        common::wait_ready("a replica ready", &r.admin, Duration::from_secs(60)).await?;
         fleet.replicas.push(r);
     }
     let admins: Vec<String> = fleet.replicas.iter().map(|r| r.admin.clone()).collect();
@@ -275,6 +264,11 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
         Arc::clone(&history),
         stop_watch.clone(),
     ));
+    watchers.spawn(load::lease_sampler(
+        admins.clone(),
+        Arc::clone(&history),
+        stop_watch.clone(),
+    ));
     let notifier = tokio::spawn(load::notifier(Arc::clone(&world), size.rate, stop.clone()));
     let churn = tokio::spawn(load::silent_churn(
         Arc::clone(&world),
@@ -300,7 +294,7 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
     );
     let mut faults = vec![
         Fault::KillReplica(0),
-        Fault::PauseReplica(1),
+        Fault::PauseReplica(PAUSED_REPLICA),
         Fault::KillNats(1),
         Fault::PauseNatsOf(0),
         Fault::PauseMetaLeader,
@@ -444,8 +438,8 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
         &mem,
         &check::Params {
             partitions: PARTITIONS,
-            poll_period: VALID_FOR_SECS,
             grace: 1.0,
+            paused_replica: PAUSED_REPLICA,
             panics,
         },
     );

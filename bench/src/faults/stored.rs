@@ -27,10 +27,27 @@ const RECORDS_BUCKET: &str = "tenant-status-records";
 const VERSIONS_KEPT: i64 = 100_000;
 
 /// Makes the records bucket as the replicas would, R3, but keeping every
-/// version of each key.
+/// version of each key. A fresh cluster may refuse it for a while after
+/// its meta leader says every peer is current ("no suitable peers for
+/// placement, peer offline"): tried again for up to 30 s, as the replicas
+/// do with their own buckets.
 pub async fn prepare(nats_url: &str) -> anyhow::Result<()> {
     let client = async_nats::connect(nats_url).await?;
     let js = jetstream::new(client);
+    let started = std::time::Instant::now();
+    loop {
+        match make_records_bucket(&js).await {
+            Ok(()) => return Ok(()),
+            Err(e) if started.elapsed() < Duration::from_secs(30) => {
+                eprintln!("faults: {e:#}; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn make_records_bucket(js: &jetstream::Context) -> anyhow::Result<()> {
     js.create_stream(stream::Config {
         name: RECORDS_STREAM.into(),
         subjects: vec![format!("$KV.{RECORDS_BUCKET}.>")],
