@@ -16,13 +16,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    admin::metrics::Metrics,
     admin::{self, Readiness},
     cluster::Cluster,
     config::Config,
     core::ledger::Ledger,
     core::store::Store,
     core::tenant::ContextId,
+    metrics::Metrics,
     persist,
     persist::{Durability, journal::Journal},
     serve::server::{Health, grpc_server},

@@ -20,7 +20,11 @@
 //! - `serve`: the gRPC service (with `pb` and `client`, the only modules
 //!   that know protobuf types) and the server builder (TLS, health,
 //!   reflection, gRPC-Web).
-//! - `admin` (private): the admin listener and the metrics.
+//! - `metrics` (private): the Prometheus registry and every figure: a
+//!   ground floor that every layer may use (poller, webhook, serve,
+//!   cluster, persist).
+//! - `admin` (private): the admin listener (`/metrics`, `/livez`,
+//!   `/readyz`) and readiness.
 //! - `persist`: the state file and the notification journal.
 //! - `cluster`: replicas through NATS JetStream KV (with `--nats-url`): the
 //!   shared ledger (compare-and-set writes), the mirror that feeds each
@@ -55,6 +59,7 @@ pub mod token;
 pub mod webhook;
 
 mod admin;
+mod metrics;
 mod telemetry;
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -2,10 +2,6 @@
 //! `/metrics` for Prometheus, `/livez` and `/readyz` for probes; a replica
 //! also serves `/cluster/leases` (see `Cluster::admin_router`).
 
-mod cluster_metrics;
-pub mod metrics;
-mod process;
-
 use std::sync::{
     Arc,
     atomic::{AtomicBool, Ordering},
@@ -20,7 +16,7 @@ use axum::{
 };
 use serde_json::json;
 
-use crate::{admin::metrics::Metrics, core::store::Store, token::Verifier};
+use crate::{core::store::Store, metrics::Metrics, token::Verifier};
 
 /// Whether the service should receive traffic: once listening and the
 /// first poll round of the configured tenants is done (or timed out), and
@@ -126,11 +122,7 @@ pub fn router(
 
 async fn scrape(State(s): State<AdminState>) -> Response {
     let body = s.metrics.render(&s.store, s.verifier.jwks_stats());
-    (
-        [(header::CONTENT_TYPE, crate::admin::metrics::CONTENT_TYPE)],
-        body,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
 
 async fn ready(State(s): State<AdminState>) -> Response {

@@ -41,8 +41,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::health::Contact;
 use crate::{
-    admin::metrics::ClusterMetrics,
     core::{ledger::Removal, store::Store, tenant::ContextId},
+    metrics::ClusterMetrics,
     superoffice::{budget::Budget, poller::PollerHandle},
 };
 

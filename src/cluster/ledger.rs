@@ -30,7 +30,6 @@ use tokio::sync::watch;
 
 use super::{health::Contact, lease::Leases};
 use crate::{
-    admin::metrics::{ClusterMetrics, Fenced},
     core::{
         ledger::{Claimed, Ledger, Removal, TokenClaim, Write, WriteError},
         store::{
@@ -39,6 +38,7 @@ use crate::{
         },
         tenant::{ContextId, NotificationInfo, TenantRecord},
     },
+    metrics::{ClusterMetrics, Fenced},
     persist,
 };
 

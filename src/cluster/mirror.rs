@@ -27,11 +27,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::{health::Contact, lease::Leases};
 use crate::{
-    admin::metrics::ClusterMetrics,
     core::{
         store::Store,
         tenant::{ChangeSource, ContextId},
     },
+    metrics::ClusterMetrics,
     persist,
     superoffice::poller::PollerHandle,
 };

@@ -35,8 +35,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    admin::metrics::ClusterMetrics,
     core::{store::Store, tenant::ContextId},
+    metrics::ClusterMetrics,
     superoffice::poller::PollerHandle,
 };
 

@@ -25,11 +25,11 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    admin::metrics::Metrics,
     core::store::{Freshness, Store},
     core::tenant::{
         ChangeSource, ChangeType, ContextId, Hold, NotificationInfo, TenantRecord, TenantState,
     },
+    metrics::Metrics,
     persist::journal::Journal,
     token::{Remembered, SeenTokens},
 };

@@ -12,11 +12,11 @@ use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    admin::metrics::{Metrics, RpcHandles},
     core::backend::{LookupError, Tenants},
     core::tenant::{ChangeSource, ChangeType, ContextId, TenantRecord, TenantState},
     core::watch::WatchEvent,
     files::BearerTokens,
+    metrics::{Metrics, RpcHandles},
 };
 
 use crate::pb::{

@@ -16,9 +16,9 @@ use tonic_health::{
 };
 
 use crate::{
-    admin::metrics::Metrics,
     config::Config,
     core::backend::Tenants,
+    metrics::Metrics,
     pb,
     serve::{dashboard::DashboardLayer, grpc::GrpcService},
 };

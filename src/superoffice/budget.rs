@@ -35,7 +35,7 @@ use std::{
 use tokio::{sync::oneshot, time::Instant};
 
 use crate::{
-    admin::metrics::Metrics,
+    metrics::Metrics,
     superoffice::{FetchError, FetchResult},
 };
 

@@ -26,10 +26,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::{sync::CancellationToken, time::DelayQueue};
 
 use crate::{
-    admin::metrics::Metrics,
     core::ledger::{Ledger, Removal, WriteError},
     core::store::{PollApplied, PollResult, Store},
     core::tenant::{ContextId, TenantState},
+    metrics::Metrics,
     superoffice::{
         FetchError, FetchOutcome, FetchResult, StateSource,
         budget::{Budget, Class},

@@ -30,10 +30,10 @@ use axum::{
 };
 
 use crate::{
-    admin::metrics::Metrics,
     core::ledger::{Claimed, Ledger, TokenClaim},
     core::store::Store,
     core::tenant::NotificationInfo,
+    metrics::Metrics,
     persist::journal::Journal,
     superoffice::poller::PollerHandle,
     token::{

@@ -23,8 +23,12 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-pub use crate::admin::cluster_metrics::{ClusterMetrics, Fenced};
-use crate::{admin::process::ProcessCollector, core::store::Store, token::JwksStats};
+mod cluster;
+mod process;
+
+use crate::{core::store::Store, token::JwksStats};
+pub use cluster::{ClusterMetrics, Fenced};
+use process::ProcessCollector;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
