@@ -92,3 +92,50 @@ fn only_the_grpc_layer_the_server_builder_and_the_client_know_protobuf() {
         }
     }
 }
+
+/// ARCHITECTURE.md's code map finds every room: each file under `src/` is
+/// named there by its path (`src/app.rs`), or within its folder's entry
+/// (the paragraph that starts with `` - `src/<folder>/` ``) by its name
+/// (`` `ledger.rs` ``); a file one folder further down is named in its
+/// grandparent's entry as `` `store/apply.rs` ``, and a `mod.rs` by its
+/// folder's entry.
+#[test]
+fn every_source_file_is_named_in_the_code_map() {
+    let map = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/ARCHITECTURE.md")).unwrap();
+    let entry = |folder: &str| -> Option<String> {
+        let head = format!("- `src/{folder}/`");
+        let start = map.find(&head)?;
+        let rest = &map[start + head.len()..];
+        let end = rest.find("\n- ").unwrap_or(rest.len());
+        Some(rest[..end].to_owned())
+    };
+    let root = src();
+    let mut missing = Vec::new();
+    for (path, _) in sources(root) {
+        let rel = Path::new(&path)
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
+        let named = map.contains(&format!("src/{rel}"))
+            || match rel.rsplit_once('/') {
+                None => false,
+                Some((folder, name)) => match entry(folder) {
+                    Some(e) => name == "mod.rs" || e.contains(&format!("`{name}")),
+                    None => folder.rsplit_once('/').is_some_and(|(parent, sub)| {
+                        entry(parent).is_some_and(|e| {
+                            e.contains(&format!("`{sub}/{name}"))
+                                || (name == "mod.rs" && e.contains(&format!("`{sub}/")))
+                        })
+                    }),
+                },
+            };
+        if !named {
+            missing.push(rel);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md's code map does not name: {missing:?}"
+    );
+}
