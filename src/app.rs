@@ -345,7 +345,7 @@ impl Application {
             }
         };
         let grpc = grpc_server(
-            &config,
+            &config.serve_settings(),
             Arc::clone(&tracker),
             &health,
             Arc::clone(&metrics),

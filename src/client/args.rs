@@ -1,6 +1,6 @@
-//! The client commands' flags. They live here rather than in
-//! `config::flags` because they configure a client of the service, not the
-//! service: each is a flag and a `TENANT_STATUS_*` environment variable
+//! The client commands' flags. They live here rather than in `config`
+//! because they configure a client of the service, not the service (the
+//! command line that holds both is `crate::cli`'s): each is a flag and a `TENANT_STATUS_*` environment variable
 //! (a client has no `--config` file; that file is the server's).
 
 use std::{path::PathBuf, time::Duration};
@@ -88,13 +88,6 @@ pub struct WatchArgs {
     pub since_revision: u64,
     #[command(flatten)]
     pub client: ClientArgs,
-}
-
-/// `tenant-status completions SHELL`
-#[derive(Debug, Clone, Args)]
-pub struct CompletionsArgs {
-    /// The shell to write a completion script for (to standard output).
-    pub shell: clap_complete::Shell,
 }
 
 /// A tenant state as typed on the command line.

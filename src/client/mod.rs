@@ -1,5 +1,5 @@
 //! The client commands: `get`, `list`, `watch` against a running
-//! tenant-status, and `completions`. What a developer or an operator on
+//! tenant-status (`completions` is `crate::cli`'s). What a developer or an operator on
 //! call uses instead of grpcurl: readable by default, JSON for scripts,
 //! and exit codes a script can branch on (`EXIT_NOT_FOUND`,
 //! `EXIT_UNAVAILABLE`; 2 for flags that cannot be used, 1 for anything
@@ -28,7 +28,7 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
-pub use args::{ClientArgs, CompletionsArgs, GetArgs, ListArgs, Output, StateArg, WatchArgs};
+pub use args::{ClientArgs, GetArgs, ListArgs, Output, StateArg, WatchArgs};
 
 use crate::pb::{self, tenant_status_service_client::TenantStatusServiceClient};
 
@@ -345,19 +345,6 @@ pub async fn watch(args: WatchArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => f.report(),
     }
-}
-
-/// `completions SHELL`: the completion script, from the same definition
-/// clap parses with.
-pub fn completions(args: CompletionsArgs) -> ExitCode {
-    use clap::CommandFactory;
-    let mut cmd = crate::config::Cli::command();
-    // Into a buffer first: clap_complete panics when its writer fails,
-    // as standard output does when closed early (`| head`).
-    let mut script = Vec::new();
-    clap_complete::generate(args.shell, &mut cmd, "tenant-status", &mut script);
-    let _ = io::stdout().lock().write_all(&script);
-    ExitCode::SUCCESS
 }
 
 fn print_tenants(out: &mut impl Write, output: Output, tenants: &[&pb::Tenant]) -> io::Result<()> {

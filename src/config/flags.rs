@@ -1,59 +1,11 @@
-//! The command line: subcommands and flags, each flag also read from a
+//! The flags of the service's subcommands (`serve`, `check-config`,
+//! `demo`, `fake-superoffice`, `dev-certs`), each also read from a
 //! `TENANT_STATUS_*` environment variable (and, for `serve`, from the
-//! `--config` file: see `load`).
+//! `--config` file: see `load`). The top-level parser is `crate::cli`'s.
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "tenant-status",
-    version,
-    about = "Knows, at every moment, whether each SuperOffice tenant can take API calls and where its API lives; serves it over gRPC."
-)]
-pub struct Cli {
-    /// Log format.
-    #[arg(long, global = true, env = "TENANT_STATUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Track tenants at SuperOffice and serve their state over gRPC.
-    Serve(Box<ServeArgs>),
-    /// Check a configuration (flags, environment, --config file) and exit:
-    /// 0 when `serve` would start with it, 2 with the reason when not.
-    CheckConfig(Box<ServeArgs>),
-    /// Write a throwaway CA, server and client certificate for trying TLS
-    /// and mTLS (`--tls-cert`, `--tls-client-ca`) with grpcurl.
-    DevCerts(DevCertsArgs),
-    /// Run against a built-in simulated SuperOffice with a dozen tenants
-    /// changing state; works offline.
-    Demo(DemoArgs),
-    /// Run only the simulated SuperOffice state API (for tests, smoke
-    /// checks and benchmarks).
-    FakeSuperoffice(FakeArgs),
-    /// Print tenants' records from a running tenant-status. Exit 0 when
-    /// each was found, 3 when one is not found, 4 when the server (or
-    /// SuperOffice, for a tenant not tracked yet) is unavailable.
-    Get(crate::client::GetArgs),
-    /// List the tenants a running tenant-status tracks.
-    List(crate::client::ListArgs),
-    /// Follow tenants' changes, reconnecting and resuming from the last
-    /// revision seen when the stream breaks.
-    Watch(crate::client::WatchArgs),
-    /// Print a shell completion script: `tenant-status completions bash`.
-    Completions(crate::client::CompletionsArgs),
-}
+use clap::{Args, ValueEnum};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SuperOfficeEnv {

@@ -6,29 +6,25 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use clap::{CommandFactory, FromArgMatches};
+use super::{ConfigError, bad};
 
-use super::{ConfigError, bad, flags::Cli};
-
-/// Why the command line could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    /// A flag clap refuses (or --help, --version).
-    #[error(transparent)]
-    Clap(#[from] clap::Error),
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-}
-
-/// Parses the command line. With `--config FILE` (or TENANT_STATUS_CONFIG),
-/// the file's settings become the defaults of `serve` and `check-config`,
-/// so a flag wins over the environment, which wins over the file.
-pub fn parse_cli_from(args: Vec<OsString>) -> Result<Cli, CliError> {
+/// Makes the `--config` file's settings (`--config FILE` in `args`, or
+/// TENANT_STATUS_CONFIG) and the old names of variables the defaults of the
+/// `serve` and `check-config` subcommands of `cmd`, so that a flag wins over
+/// the environment, which wins over the file. `cmd` is the whole command
+/// line's definition (`crate::cli::Cli`'s), which this module does not name.
+pub fn with_file_defaults(
+    mut cmd: clap::Command,
+    args: &[OsString],
+) -> Result<clap::Command, ConfigError> {
     let file =
-        config_flag(&args).or_else(|| std::env::var_os("TENANT_STATUS_CONFIG").map(PathBuf::from));
-    let mut cmd = Cli::command();
+        config_flag(args).or_else(|| std::env::var_os("TENANT_STATUS_CONFIG").map(PathBuf::from));
     if let Some(path) = file {
-        let settings = read_config_file(&path)?;
+        let serve = cmd
+            .find_subcommand("serve")
+            .expect("serve is a subcommand")
+            .clone();
+        let settings = read_config_file(&serve, &path)?;
         for sub in ["serve", "check-config"] {
             cmd = cmd.mut_subcommand(sub, |mut c| {
                 for (id, values) in &settings {
@@ -68,8 +64,7 @@ pub fn parse_cli_from(args: Vec<OsString>) -> Result<Cli, CliError> {
             });
         }
     }
-    let matches = cmd.try_get_matches_from(args)?;
-    Ok(Cli::from_arg_matches(&matches)?)
+    Ok(cmd)
 }
 
 /// The value of `--config` on the command line, if any.
@@ -89,7 +84,10 @@ fn config_flag(args: &[OsString]) -> Option<PathBuf> {
 
 /// Reads a TOML configuration file into (argument id, values) pairs,
 /// refusing settings `serve` does not have.
-fn read_config_file(path: &Path) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
+fn read_config_file(
+    serve: &clap::Command,
+    path: &Path,
+) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
     let text = crate::files::read_text(path)
         .map_err(|e| bad("--config", format!("cannot read {}: {e}", path.display())))?;
     let table: toml::Table = toml::from_str(&text).map_err(|e| {
@@ -98,10 +96,6 @@ fn read_config_file(path: &Path) -> Result<Vec<(String, Vec<String>)>, ConfigErr
             format!("{} is not valid TOML: {e}", path.display()),
         )
     })?;
-    let serve = Cli::command();
-    let serve = serve
-        .find_subcommand("serve")
-        .expect("serve is a subcommand");
     let mut out = Vec::new();
     for (key, value) in table {
         let long = key.replace('_', "-");

@@ -12,24 +12,22 @@ use std::{
     time::Duration,
 };
 
-use clap::Parser;
 use url::Url;
 
 use crate::{
     cluster::ClusterConfig,
     core::tenant::ContextId,
     files::{BearerTokens, read_text},
-    serve::dashboard::DashboardConfig,
+    serve::{dashboard::DashboardConfig, server::ServeSettings},
     superoffice::environment_base_url,
     superoffice::{budget::Limits, poller::PollPolicy},
     token::{JWKS_REFETCH_INTERVAL, VerifierSettings, load_keys},
 };
 
-pub use flags::{
-    Cli, Command, DemoArgs, DevCertsArgs, FakeArgs, LogFormat, ServeArgs, SuperOfficeEnv,
-    WebhookArgs,
-};
-pub use load::{CliError, parse_cli_from};
+/// Where it lived before serving took its own settings.
+pub use crate::serve::server::TlsFiles;
+pub use flags::{DemoArgs, DevCertsArgs, FakeArgs, ServeArgs, SuperOfficeEnv, WebhookArgs};
+pub use load::with_file_defaults;
 
 /// A validated configuration of the service.
 #[derive(Debug, Clone)]
@@ -60,23 +58,6 @@ pub struct Config {
     /// Replicas through NATS JetStream; `None`: this process is alone.
     pub cluster: Option<ClusterConfig>,
     pub dashboard: DashboardConfig,
-}
-
-/// The gRPC listener's TLS material, read and checked.
-#[derive(Clone)]
-pub struct TlsFiles {
-    pub cert_pem: Vec<u8>,
-    pub key_pem: Vec<u8>,
-    pub client_ca_pem: Option<Vec<u8>>,
-}
-
-impl std::fmt::Debug for TlsFiles {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never the key.
-        f.debug_struct("TlsFiles")
-            .field("mtls", &self.client_ca_pem.is_some())
-            .finish_non_exhaustive()
-    }
 }
 
 /// Reads a PEM file and checks it holds a block with one of `tags`.
@@ -478,11 +459,32 @@ impl WebhookArgs {
 }
 
 impl Config {
+    /// The gRPC server's own settings.
+    pub fn serve_settings(&self) -> ServeSettings {
+        ServeSettings {
+            tls: self.tls.clone(),
+            access: self.access.clone(),
+            heartbeat_interval: self.heartbeat_interval,
+            max_watchers: self.max_watchers,
+            max_request_size: self.grpc_max_request_size,
+            max_header_size: self.grpc_max_header_size,
+            max_concurrent_streams: self.max_concurrent_streams,
+            keepalive_interval: self.http2_keepalive_interval,
+            keepalive_timeout: self.http2_keepalive_timeout,
+            dashboard: self.dashboard.clone(),
+        }
+    }
+
     /// A configuration for a state API at `base_url` with the defaults of
     /// `serve`; the gRPC listener on a free loopback port.
     pub fn for_base_url(base_url: &str) -> Result<Self, ConfigError> {
-        let args = Cli::try_parse_from([
-            "tenant-status",
+        /// `serve`'s flags alone: the whole command line is `cli`'s.
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        let parsed = <Serve as clap::Parser>::try_parse_from([
             "serve",
             "--grpc-addr",
             "127.0.0.1:0",
@@ -494,10 +496,7 @@ impl Config {
             base_url,
         ])
         .map_err(|e| bad("--state-api-base-url", e.to_string()))?;
-        match args.command {
-            Command::Serve(s) => s.validate(),
-            _ => unreachable!("parsed a serve command"),
-        }
+        parsed.args.validate()
     }
 }
 

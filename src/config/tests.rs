@@ -5,6 +5,8 @@ use std::ffi::OsString;
 use clap::Parser;
 
 use super::{flags::byte_size, *};
+// The whole command line, as `serve` and `check-config` are parsed for real.
+use crate::cli::{Cli, Command, parse_cli_from};
 
 fn serve(args: &[&str]) -> Result<Config, String> {
     let mut all = vec!["tenant-status", "serve"];

@@ -2,7 +2,7 @@
 //! keepalive and limits, and its services: grpc.health.v1, reflection v1
 //! and v1alpha, and ours.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use axum::http;
 
@@ -16,11 +16,14 @@ use tonic_health::{
 };
 
 use crate::{
-    config::Config,
     core::backend::Tenants,
+    files::BearerTokens,
     metrics::Metrics,
     pb,
-    serve::{dashboard::DashboardLayer, grpc::GrpcService},
+    serve::{
+        dashboard::{DashboardConfig, DashboardLayer},
+        grpc::GrpcService,
+    },
 };
 
 /// The gRPC service name health reports on (besides "" for the server).
@@ -47,10 +50,44 @@ impl Health {
     }
 }
 
+/// The gRPC listener's TLS material, read and checked.
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("TlsFiles")
+            .field("mtls", &self.client_ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the gRPC server is configured with: its own settings, made by
+/// `config` (which knows flags), so that serving knows nothing of them.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    pub tls: Option<TlsFiles>,
+    /// Callers must present one of these (`--grpc-token-file`).
+    pub access: Option<Arc<BearerTokens>>,
+    pub heartbeat_interval: Duration,
+    pub max_watchers: usize,
+    pub max_request_size: usize,
+    pub max_header_size: u32,
+    pub max_concurrent_streams: u32,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    pub dashboard: DashboardConfig,
+}
+
 /// Builds the server on `listener`, serving `tenants` and `health` until
 /// `shutdown` completes; returns the future that serves.
 pub fn grpc_server<T: Tenants, S: Future<Output = ()> + Send + 'static>(
-    config: &Config,
+    config: &ServeSettings,
     tenants: Arc<T>,
     health: &Health,
     metrics: Arc<Metrics>,
@@ -79,7 +116,7 @@ pub fn grpc_server<T: Tenants, S: Future<Output = ()> + Send + 'static>(
         metrics,
         config.access.clone(),
     )
-    .with_limits(config.max_watchers, config.grpc_max_request_size)
+    .with_limits(config.max_watchers, config.max_request_size)
     .into_server();
     if config.dashboard.enabled
         && let Ok(addr) = listener.local_addr()
@@ -103,10 +140,10 @@ pub fn grpc_server<T: Tenants, S: Future<Output = ()> + Send + 'static>(
         .layer(tower::util::MapResponseLayer::new(
             oversize_is_resource_exhausted as fn(_) -> _,
         ))
-        .http2_keepalive_interval(Some(config.http2_keepalive_interval))
-        .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .max_concurrent_streams(Some(config.max_concurrent_streams))
-        .http2_max_header_list_size(Some(config.grpc_max_header_size))
+        .http2_max_header_list_size(Some(config.max_header_size))
         .tcp_nodelay(true)
         .add_service(health.service())
         .add_service(reflection_v1)

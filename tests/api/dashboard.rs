@@ -4,7 +4,7 @@
 //! needs a browser is in tests/browser/ (scripts/browser-test.sh).
 
 use reqwest::{Method, StatusCode, header};
-use tenant_status::config::{Command, parse_cli_from};
+use tenant_status::cli::{Command, parse_cli_from};
 
 use crate::helpers::*;
 
