@@ -89,6 +89,9 @@ fn kinds(events: &[Value]) -> Vec<&str> {
 /// break a watch without touching the server.
 struct Proxy {
     addr: SocketAddr,
+    /// Where connections go: a server restarted elsewhere is the same
+    /// address to the client.
+    upstream: std::sync::Arc<std::sync::Mutex<SocketAddr>>,
     /// (generation, up): a connection lives while the generation it began
     /// in is current; while down, new connections are closed at once.
     control: watch::Sender<(u64, bool)>,
@@ -100,6 +103,8 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let (control, _) = watch::channel((0u64, true));
         let rx = control.subscribe();
+        let upstream = std::sync::Arc::new(std::sync::Mutex::new(upstream));
+        let target = std::sync::Arc::clone(&upstream);
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 let (generation, up) = *rx.borrow();
@@ -107,6 +112,7 @@ impl Proxy {
                     continue; // dropped: closed at once
                 }
                 let mut rx = rx.clone();
+                let upstream = *target.lock().unwrap();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(upstream).await else {
                         return;
@@ -118,7 +124,16 @@ impl Proxy {
                 });
             }
         });
-        Self { addr, control }
+        Self {
+            addr,
+            upstream,
+            control,
+        }
+    }
+
+    /// New connections go to `upstream` from now on.
+    fn retarget(&self, upstream: SocketAddr) {
+        *self.upstream.lock().unwrap() = upstream;
     }
 
     fn down(&self) {
@@ -195,20 +210,19 @@ async fn watch_resumes_from_the_last_revision_after_a_broken_connection() {
 
 #[tokio::test]
 async fn watch_takes_a_reset_and_the_complete_snapshot_after_a_server_restart() {
-    let port = {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let on_port = |host: &'static str| {
+    let on = |host: &'static str| {
         move |fake: &tenant_status::sim::superoffice::FakeSuperOffice,
-              config: &mut tenant_status::config::Config| {
+              _: &mut tenant_status::config::Config| {
             fake.set("Cust1", running("Cust1", host, Duration::from_secs(600)));
-            config.grpc_addr = format!("127.0.0.1:{port}");
         }
     };
-    let mut app = spawn_app_with(on_port("sod2.superoffice.com")).await;
+    let mut app = spawn_app_with(on("sod2.superoffice.com")).await;
     assert!(app.get("Cust1").await.is_ok());
-    let addr = format!("http://127.0.0.1:{port}");
+    // One address for the client whichever process serves it: each binds
+    // a port of its own (a port chosen, released and bound again can be
+    // taken by another test in between).
+    let proxy = Proxy::start(app.addr).await;
+    let addr = format!("http://{}", proxy.addr);
     // By name, so that each snapshot has it even before a poll.
     let mut watch = WatchProcess::start(&["watch", "--addr", &addr, "-o", "json", "Cust1"]);
     let first = watch.until_synced().await;
@@ -221,10 +235,11 @@ async fn watch_takes_a_reset_and_the_complete_snapshot_after_a_server_restart() 
     app.task.take().unwrap().await.unwrap().unwrap();
     let note = watch.note("watch interrupted").await;
     assert!(note.contains("UNAVAILABLE"), "{note}");
-    // A new process on the same address, which never issued the revision
-    // the client resumes from; the tenant has moved meanwhile.
-    let app = spawn_app_with(on_port("sod3.superoffice.com")).await;
+    // A new process, which never issued the revision the client resumes
+    // from; the tenant has moved meanwhile.
+    let app = spawn_app_with(on("sod3.superoffice.com")).await;
     assert!(app.get("Cust1").await.is_ok());
+    proxy.retarget(app.addr);
 
     let after = watch.until_synced().await;
     assert_eq!(
