@@ -20,7 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::serve::codec::SmallBufferCodec")
         .compile_fds(fds.clone())?;
     // The server once more, for the service itself: the two replies that
-    // carry a tenant are the pre-encoded ones of src/serve/encoded.rs
+    // carry a tenant are the pre-encoded ones of src/serve/replies.rs
     // (encode once); every other type is the module above's. Same wire.
     let encoded = out.join("encoded");
     std::fs::create_dir_all(&encoded)?;
@@ -30,11 +30,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(".tenantstatus.v1", "crate::pb")
         .extern_path(
             ".tenantstatus.v1.GetTenantStateResponse",
-            "crate::serve::encoded::TenantReply",
+            "crate::serve::replies::TenantReply",
         )
         .extern_path(
             ".tenantstatus.v1.WatchTenantResponse",
-            "crate::serve::encoded::WatchReply",
+            "crate::serve::replies::WatchReply",
         )
         .out_dir(&encoded)
         .compile_fds(fds)?;

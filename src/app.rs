@@ -367,7 +367,7 @@ impl Application {
         );
         // The webhook stops accepting when draining starts and finishes the
         // requests in flight: an acknowledged notification is applied.
-        let webhook_server = crate::webhook::serve(
+        let webhook_server = crate::webhook::accept_loop(
             webhook_listener,
             Arc::clone(&webhook).router(),
             crate::webhook::ConnectionLimits {

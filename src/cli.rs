@@ -136,7 +136,7 @@ pub async fn run(args: Vec<OsString>) -> ExitCode {
         Command::DevCerts(args) => DevCerts::generate().and_then(|c| c.write(&args.dir)),
         Command::Demo(args) => demo::run(args, shutdown_signal()).await,
         Command::FakeSuperoffice(args) => {
-            sim::superoffice::run_standalone(args, shutdown_signal()).await
+            sim::fake_superoffice::run_standalone(args, shutdown_signal()).await
         }
         // The client commands choose their own exit codes (client::EXIT_*).
         Command::Get(args) => return client::get(args).await,

@@ -1,7 +1,7 @@
 //! The public contract's generated code (`proto/`, compiled by build.rs
 //! with protox and tonic-prost-build): the protobuf types, the client and
 //! the server, the descriptors for reflection, and the server generated
-//! again over pre-encoded replies (`encoded`, what tenant-status serves).
+//! again over pre-encoded replies (`reply_server`, what tenant-status serves).
 //! A room of its own, so that the client commands depend on the contract
 //! and not on the server.
 
@@ -15,9 +15,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("tenant_status_descriptor");
 
 /// The server of the same service, generated again with the pre-encoded
-/// replies of `serve::encoded` (build.rs): what tenant-status serves.
+/// replies of `serve::replies` (build.rs): what tenant-status serves.
 #[allow(dead_code)]
-pub(crate) mod encoded {
+pub(crate) mod reply_server {
     include!(concat!(env!("OUT_DIR"), "/encoded/tenantstatus.v1.rs"));
 }
 

@@ -27,7 +27,7 @@ use tenant_status::{
         tenant::{ContextId, Observation, TenantState},
     },
     pb,
-    sim::superoffice::FakeSuperOffice,
+    sim::fake_superoffice::FakeSuperOffice,
 };
 use tonic::transport::Channel;
 

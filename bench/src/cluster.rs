@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::Context;
 use tenant_status::{
-    core::tenant::ChangeType, sim::signer::Signer, sim::superoffice::notification_body,
+    core::tenant::ChangeType, sim::fake_superoffice::notification_body, sim::signer::Signer,
 };
 
 use crate::{

@@ -22,7 +22,7 @@ use anyhow::Context;
 use tenant_status::{
     core::tenant::ChangeType,
     pb::{self, tenant_status_service_client::TenantStatusServiceClient},
-    sim::superoffice::{FakeSuperOffice, TenantSpec},
+    sim::fake_superoffice::{FakeSuperOffice, TenantSpec},
 };
 use tokio::sync::mpsc;
 use tonic::transport::Channel;

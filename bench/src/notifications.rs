@@ -16,8 +16,8 @@ use anyhow::Context;
 use tenant_status::{
     core::tenant::ChangeType,
     pb::{self, tenant_status_service_client::TenantStatusServiceClient},
+    sim::fake_superoffice::notification_body,
     sim::signer::Signer,
-    sim::superoffice::notification_body,
 };
 
 use crate::common::{self, Latency, Proc, Row};

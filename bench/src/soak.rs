@@ -22,8 +22,8 @@ use rand::Rng;
 use tenant_status::{
     core::tenant::ChangeType,
     pb::{self, tenant_status_service_client::TenantStatusServiceClient},
+    sim::fake_superoffice::notification_body,
     sim::signer::Signer,
-    sim::superoffice::notification_body,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;

@@ -42,15 +42,15 @@ use crate::{
 
 mod health;
 mod lease;
-mod ledger;
 mod mirror;
 mod overdue;
+mod shared_ledger;
 
 pub use lease::{PARTITIONS, partition_of};
 
 /// Where the admin listener serves a replica's lease tenures.
 pub const LEASES_PATH: &str = "/cluster/leases";
-pub(crate) use ledger::SharedLedger;
+pub(crate) use shared_ledger::SharedLedger;
 
 /// How to reach NATS and take part in the fleet.
 #[derive(Clone)]

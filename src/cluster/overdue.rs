@@ -20,7 +20,7 @@ use std::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::ledger::SharedLedger;
+use super::shared_ledger::SharedLedger;
 use crate::core::{
     ledger::Ledger,
     tenant::{TenantRecord, TenantState},

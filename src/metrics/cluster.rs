@@ -24,7 +24,7 @@ struct FenceLabels {
     reason: &'static str,
 }
 
-/// Why a poll's answer was dropped at the write (see `cluster::ledger`).
+/// Why a poll's answer was dropped at the write (see `cluster::shared_ledger`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fenced {
     /// This replica's own clock says it no longer holds the partition's

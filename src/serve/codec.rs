@@ -23,7 +23,7 @@ fn settings<T: 'static>() -> BufferSettings {
 }
 
 fn buffer_size<T: 'static>() -> usize {
-    if TypeId::of::<T>() == TypeId::of::<crate::serve::encoded::WatchReply>() {
+    if TypeId::of::<T>() == TypeId::of::<crate::serve::replies::WatchReply>() {
         256
     } else {
         1024
@@ -61,7 +61,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::serve::encoded::{TenantReply, WatchReply};
+    use crate::serve::replies::{TenantReply, WatchReply};
 
     #[test]
     fn watch_streams_keep_a_small_buffer_and_answers_a_roomier_one() {

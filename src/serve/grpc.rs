@@ -21,10 +21,10 @@ use crate::{
 
 use crate::pb::{
     self,
-    encoded::tenant_status_service_server::{TenantStatusService, TenantStatusServiceServer},
+    reply_server::tenant_status_service_server::{TenantStatusService, TenantStatusServiceServer},
 };
 
-use crate::serve::encoded::{TenantReply, WatchReply};
+use crate::serve::replies::{TenantReply, WatchReply};
 
 /// The most tenants one WatchTenant call may name.
 pub const MAX_WATCHED_NAMES: usize = 1000;

@@ -3,6 +3,6 @@
 
 pub(crate) mod codec;
 pub mod dashboard;
-pub(crate) mod encoded;
 pub mod grpc;
+pub(crate) mod replies;
 pub(crate) mod server;

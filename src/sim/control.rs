@@ -33,7 +33,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     core::tenant::ChangeType,
-    sim::superoffice::{FakeSuperOffice, TenantSpec},
+    sim::fake_superoffice::{FakeSuperOffice, TenantSpec},
 };
 
 #[derive(Clone)]

@@ -12,7 +12,7 @@ use crate::{
     app::Application,
     config::{Config, DemoArgs},
     core::tenant::{ChangeType, ContextId},
-    sim::superoffice::{FakeSuperOffice, TenantSpec},
+    sim::fake_superoffice::{FakeSuperOffice, TenantSpec},
 };
 
 /// How long the demo's simulated SuperOffice says each answer holds: short,

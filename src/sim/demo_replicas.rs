@@ -16,7 +16,7 @@ use crate::{
     core::tenant::ChangeType,
     sim::{
         demo::{DEMO_NOTIFICATIONS, DEMO_VALID_FOR, demo_settings, script},
-        superoffice::FakeSuperOffice,
+        fake_superoffice::FakeSuperOffice,
     },
 };
 

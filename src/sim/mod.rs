@@ -7,5 +7,5 @@ pub mod control;
 pub mod demo;
 pub mod demo_replicas;
 pub mod devcerts;
+pub mod fake_superoffice;
 pub mod signer;
-pub mod superoffice;

@@ -25,7 +25,7 @@ pub struct ConnectionLimits {
 /// Our own accept loop rather than axum::serve: hyper's header timeout
 /// needs a timer, which axum::serve does not give it, so there a client
 /// dripping headers a byte at a time held a connection forever.
-pub async fn serve(
+pub async fn accept_loop(
     listener: tokio::net::TcpListener,
     router: Router,
     limits: ConnectionLimits,

@@ -11,7 +11,7 @@ mod listener;
 mod notification;
 pub mod ratelimit;
 
-pub use listener::{ConnectionLimits, serve};
+pub use listener::{ConnectionLimits, accept_loop};
 pub use notification::{MAX_VERSION_LEN, Notification, Rejection, parse_notification};
 
 use std::{

@@ -12,7 +12,7 @@ use std::{
 use futures_util::future::join_all;
 use tenant_status::{
     pb,
-    sim::superoffice::{Failure, FakeSuperOffice},
+    sim::fake_superoffice::{Failure, FakeSuperOffice},
 };
 
 use crate::{

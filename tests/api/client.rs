@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use serde_json::Value;
 use tenant_status::{
-    config::TlsFiles, files::BearerTokens, sim::devcerts::DevCerts, sim::superoffice::Failure,
+    config::TlsFiles, files::BearerTokens, sim::devcerts::DevCerts, sim::fake_superoffice::Failure,
 };
 use tokio::net::TcpListener;
 
@@ -125,7 +125,7 @@ async fn list_filters_by_state_and_reads_every_page() {
         }
         fake.set(
             "Cust4",
-            tenant_status::sim::superoffice::TenantSpec::new(
+            tenant_status::sim::fake_superoffice::TenantSpec::new(
                 "Suspended",
                 "Cust4",
                 "sod2.superoffice.com",

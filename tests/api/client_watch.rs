@@ -211,7 +211,7 @@ async fn watch_resumes_from_the_last_revision_after_a_broken_connection() {
 #[tokio::test]
 async fn watch_takes_a_reset_and_the_complete_snapshot_after_a_server_restart() {
     let on = |host: &'static str| {
-        move |fake: &tenant_status::sim::superoffice::FakeSuperOffice,
+        move |fake: &tenant_status::sim::fake_superoffice::FakeSuperOffice,
               _: &mut tenant_status::config::Config| {
             fake.set("Cust1", running("Cust1", host, Duration::from_secs(600)));
         }

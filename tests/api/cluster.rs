@@ -10,7 +10,7 @@ use tenant_status::{
     config::Config,
     core::tenant::ChangeType,
     pb,
-    sim::superoffice::{Failure, FakeSuperOffice},
+    sim::fake_superoffice::{Failure, FakeSuperOffice},
 };
 
 use crate::{

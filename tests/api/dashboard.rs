@@ -334,7 +334,7 @@ async fn the_settings_come_from_the_environment_too() {
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("--grpc-web-allow-origin: \"*\""), "{text}");
 
-    let fake = tenant_status::sim::superoffice::FakeSuperOffice::start()
+    let fake = tenant_status::sim::fake_superoffice::FakeSuperOffice::start()
         .await
         .unwrap()
         .0;

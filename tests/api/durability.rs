@@ -9,7 +9,7 @@ use serde_json::Value;
 use tenant_status::{
     core::tenant::ChangeType,
     pb,
-    sim::superoffice::{FakeSuperOffice, TenantSpec},
+    sim::fake_superoffice::{FakeSuperOffice, TenantSpec},
 };
 
 use crate::{

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use tenant_status::sim::superoffice::Failure;
+use tenant_status::sim::fake_superoffice::Failure;
 use tonic::Code;
 
 use crate::helpers::*;
@@ -89,7 +89,7 @@ async fn superoffice_unreachable_is_unavailable() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let (fake, _) = tenant_status::sim::superoffice::FakeSuperOffice::start()
+    let (fake, _) = tenant_status::sim::fake_superoffice::FakeSuperOffice::start()
         .await
         .unwrap();
     let app = spawn_with_config(fake, test_config(&format!("http://{closed}"))).await;

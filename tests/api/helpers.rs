@@ -12,7 +12,7 @@ use tenant_status::{
     core::store::Store,
     core::tenant::ChangeType,
     pb::{self, WatchTenantResponse, tenant_status_service_client::TenantStatusServiceClient},
-    sim::superoffice::{FakeSuperOffice, TenantSpec},
+    sim::fake_superoffice::{FakeSuperOffice, TenantSpec},
     superoffice::StateSource,
 };
 use tokio::{sync::oneshot, task::JoinHandle};

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tenant_status::{
     core::tenant::{ChangeType, ContextId},
     pb::{self, tenant_status_service_client::TenantStatusServiceClient},
-    sim::superoffice::Failure,
+    sim::fake_superoffice::Failure,
 };
 
 #[tokio::test]
@@ -127,7 +127,7 @@ async fn every_acknowledged_notification_survives_a_sigterm_in_a_burst() {
 
 #[tokio::test]
 async fn every_acknowledged_notification_survives_a_kill_9() {
-    let (fake, _) = tenant_status::sim::superoffice::FakeSuperOffice::start()
+    let (fake, _) = tenant_status::sim::fake_superoffice::FakeSuperOffice::start()
         .await
         .unwrap();
     let dir = temp_dir("kill9");
@@ -152,7 +152,7 @@ async fn every_acknowledged_notification_survives_a_kill_9() {
         let ctx = format!("Kill{n}");
         fake.set(
             &ctx,
-            tenant_status::sim::superoffice::TenantSpec::new(
+            tenant_status::sim::fake_superoffice::TenantSpec::new(
                 "Suspended",
                 &ctx,
                 "sod2.superoffice.com",
@@ -230,7 +230,7 @@ async fn every_acknowledged_notification_survives_a_kill_9() {
 async fn a_token_used_before_a_clean_restart_is_known_after_it() {
     let dir = temp_dir("replay");
     let state_file = dir.join("state.json");
-    let (fake, _) = tenant_status::sim::superoffice::FakeSuperOffice::start()
+    let (fake, _) = tenant_status::sim::fake_superoffice::FakeSuperOffice::start()
         .await
         .unwrap();
     let config = || {
@@ -240,7 +240,7 @@ async fn a_token_used_before_a_clean_restart_is_known_after_it() {
     };
     fake.set(
         "Cust1",
-        tenant_status::sim::superoffice::TenantSpec::new(
+        tenant_status::sim::fake_superoffice::TenantSpec::new(
             "Suspended",
             "Cust1",
             "sod2.superoffice.com",

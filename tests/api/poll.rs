@@ -10,7 +10,7 @@ use std::{
 use tenant_status::{
     core::tenant::ContextId,
     pb::{TenantState, WatchEventType as E},
-    sim::superoffice::{Failure, FakeSuperOffice},
+    sim::fake_superoffice::{Failure, FakeSuperOffice},
     superoffice::SuperOfficeClient,
 };
 

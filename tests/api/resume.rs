@@ -265,13 +265,15 @@ async fn watchers_that_resume_from_the_last_revision_seen_miss_nothing() {
             let ctx = name(rng.random_range(0..TENANTS));
             let host = format!("sod{}.superoffice.com", rng.random_range(2..5));
             let spec = match rng.random_range(0..4) {
-                0 => tenant_status::sim::superoffice::TenantSpec::new("Suspended", &ctx, &host),
-                1 => tenant_status::sim::superoffice::TenantSpec::new(
+                0 => {
+                    tenant_status::sim::fake_superoffice::TenantSpec::new("Suspended", &ctx, &host)
+                }
+                1 => tenant_status::sim::fake_superoffice::TenantSpec::new(
                     "OfflineMaintenance",
                     &ctx,
                     &host,
                 ),
-                _ => tenant_status::sim::superoffice::TenantSpec::running(&ctx, &host),
+                _ => tenant_status::sim::fake_superoffice::TenantSpec::running(&ctx, &host),
             };
             fake.set(&ctx, spec.valid_for(Duration::from_millis(150)));
             n += 1;

@@ -3,7 +3,7 @@ use tenant_status::{
     core::store::PollResult,
     core::tenant::{ContextId, Observation, TenantState as S},
     pb::{TenantState, WatchEventType as E},
-    sim::superoffice::{Failure, TenantSpec},
+    sim::fake_superoffice::{Failure, TenantSpec},
 };
 use tonic::Code;
 

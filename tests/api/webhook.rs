@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use tenant_status::{
     core::tenant::ChangeType,
     pb,
+    sim::fake_superoffice::{Failure, TenantSpec},
     sim::signer::Signer,
-    sim::superoffice::{Failure, TenantSpec},
     token::unix_seconds,
 };
 
