@@ -25,6 +25,8 @@
 //!   cluster, persist).
 //! - `admin` (private): the admin listener (`/metrics`, `/livez`,
 //!   `/readyz`) and readiness.
+//! - `codec`: the record's wire format (version 1), the same in the state
+//!   file and in the replicas' buckets.
 //! - `persist`: the state file and the notification journal.
 //! - `cluster`: replicas through NATS JetStream KV (with `--nats-url`): the
 //!   shared ledger (compare-and-set writes), the mirror that feeds each
@@ -47,6 +49,7 @@ pub mod app;
 pub mod cli;
 pub mod client;
 pub mod cluster;
+pub mod codec;
 pub mod config;
 pub mod core;
 pub mod files;

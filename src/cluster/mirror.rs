@@ -27,12 +27,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::{health::Contact, lease::Leases};
 use crate::{
+    codec,
     core::{
         store::Store,
         tenant::{ChangeSource, ContextId},
     },
     metrics::ClusterMetrics,
-    persist,
     superoffice::poller::PollerHandle,
 };
 
@@ -264,7 +264,7 @@ impl Mirror {
             self.store.remove_replicated(&ctx, revision);
             return;
         }
-        let mut record = match persist::decode_record(&entry.value) {
+        let mut record = match codec::decode_record(&entry.value) {
             Ok(r) if r.context_identifier == ctx => r,
             Ok(_) => {
                 tracing::warn!(tenant = %ctx, revision, "a record in the shared store names another tenant; skipped");
@@ -328,7 +328,7 @@ impl ObservedMirror {
                             }
                             if let (Ok(ctx), Some(seen)) = (
                                 ContextId::parse(&entry.key),
-                                persist::decode_freshness(&entry.value),
+                                codec::decode_freshness(&entry.value),
                             ) {
                                 self.store.refresh(&ctx, &seen);
                             }

@@ -30,6 +30,7 @@ use tokio::sync::watch;
 
 use super::{health::Contact, lease::Leases};
 use crate::{
+    codec,
     core::{
         ledger::{Claimed, Ledger, Removal, TokenClaim, Write, WriteError},
         store::{
@@ -39,7 +40,6 @@ use crate::{
         tenant::{ContextId, NotificationInfo, TenantRecord},
     },
     metrics::{ClusterMetrics, Fenced},
-    persist,
 };
 
 /// Conflicting writes retried before one is given up (each retry means
@@ -106,7 +106,7 @@ impl SharedLedger {
         })?;
         match entry {
             Some(e) if e.operation == kv::Operation::Put => {
-                let mut r = persist::decode_record(&e.value).map_err(|problem| {
+                let mut r = codec::decode_record(&e.value).map_err(|problem| {
                     self.unavailable(format!(
                         "the shared store's record of {ctx} is unreadable: {problem}"
                     ))
@@ -218,7 +218,7 @@ impl SharedLedger {
                     last_error: new.last_error.clone(),
                 };
                 self.observed
-                    .put(ctx.as_str(), Bytes::from(persist::encode_freshness(&seen)))
+                    .put(ctx.as_str(), Bytes::from(codec::encode_freshness(&seen)))
                     .await
                     .map_err(|e| {
                         self.unavailable(format!("cannot write to the shared store: {e}"))
@@ -229,7 +229,7 @@ impl SharedLedger {
                     changed,
                 }));
             }
-            let value = Bytes::from(persist::encode_record(&new));
+            let value = Bytes::from(codec::encode_record(&new));
             match self
                 .attempt(ctx, value.clone(), current.as_ref().map(|c| c.revision))
                 .await
@@ -374,7 +374,7 @@ impl TokenValue {
         Self {
             forget_after: claim.forget_after,
             note: claim.note,
-            received_at: persist::millis(claim.received_at),
+            received_at: codec::millis(claim.received_at),
             applied: false,
             by: String::new(),
         }

@@ -25,7 +25,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{Cause, Durability, millis};
+use super::{Cause, Durability};
+use crate::codec::millis;
 
 use crate::{
     core::tenant::{ChangeType, ContextId, NotificationInfo, TenantRecord},

@@ -98,7 +98,7 @@ async fn versions(store: &kv::Store, ctx: &str) -> anyhow::Result<Vec<Rec>> {
         if entry.operation != kv::Operation::Put {
             continue;
         }
-        let mut record = tenant_status::persist::decode_record(&entry.value)
+        let mut record = tenant_status::codec::decode_record(&entry.value)
             .map_err(|e| anyhow::anyhow!("{ctx} revision {}: {e}", entry.revision))?;
         record.revision = entry.revision;
         out.push(Rec::of(&tenant_status::serve::grpc::tenant_to_pb(&record)));
