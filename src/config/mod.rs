@@ -117,9 +117,56 @@ fn bad(setting: &'static str, problem: impl Into<String>) -> ConfigError {
 
 impl ServeArgs {
     /// Checks every setting and resolves the state API base URL and the
-    /// tenant list.
+    /// tenant list: one section at a time, in the order `--help` lists
+    /// them, each error naming its flag.
     pub fn validate(&self) -> Result<Config, ConfigError> {
-        let state_api_base_url = match (&self.state_api_base_url, self.superoffice_env) {
+        let state_api_base_url = self.state_api()?;
+        let tenants = self.tenants()?;
+        let (policy, budget) = self.polling()?;
+        let grpc_max_header_size = self.grpc_limits()?;
+        let webhook = self
+            .webhook
+            .validate(self.superoffice_env, &state_api_base_url)?;
+        let cluster = self.cluster.validate()?;
+        if cluster.is_some() && self.state_file.is_some() {
+            return Err(bad(
+                "--state-file",
+                "is for a process alone; with --nats-url the replicas keep their state in JetStream",
+            ));
+        }
+        let (tls, dashboard, access) = self.grpc_files()?;
+        self.state_file()?;
+        Ok(Config {
+            grpc_addr: self.grpc_addr.clone(),
+            admin_addr: self.admin_addr.clone(),
+            ready_timeout: self.ready_timeout,
+            state_file: self.state_file.clone(),
+            state_file_interval: self.state_file_interval,
+            restore_spread: self.restore_spread,
+            tls,
+            access,
+            state_api_base_url,
+            tenants,
+            policy,
+            budget,
+            http_timeout: self.http_timeout,
+            heartbeat_interval: self.heartbeat_interval,
+            max_concurrent_streams: self.max_concurrent_streams,
+            grpc_max_request_size: self.grpc_max_request_size,
+            grpc_max_header_size,
+            max_watchers: self.max_watchers,
+            http2_keepalive_interval: self.http2_keepalive_interval,
+            http2_keepalive_timeout: self.http2_keepalive_timeout,
+            shutdown_timeout: self.shutdown_timeout,
+            webhook,
+            cluster,
+            dashboard,
+        })
+    }
+
+    /// The state API's base URL: given, or the environment's.
+    fn state_api(&self) -> Result<Url, ConfigError> {
+        Ok(match (&self.state_api_base_url, self.superoffice_env) {
             (Some(u), _) => {
                 let url = Url::parse(u)
                     .map_err(|e| bad("--state-api-base-url", format!("{u:?} is not a URL: {e}")))?;
@@ -140,7 +187,12 @@ impl ServeArgs {
                     "say which SuperOffice environment to poll (sod, qaonline or online), or give --state-api-base-url",
                 ));
             }
-        };
+        })
+    }
+
+    /// The tenants to track from the start: `--tenant` and `--tenants-file`,
+    /// sorted, each once.
+    fn tenants(&self) -> Result<Vec<ContextId>, ConfigError> {
         let mut tenants = Vec::new();
         for t in &self.tenants {
             let t = t.trim();
@@ -178,6 +230,11 @@ impl ServeArgs {
         }
         tenants.sort();
         tenants.dedup();
+        Ok(tenants)
+    }
+
+    /// The poll schedule and the budget toward SuperOffice.
+    fn polling(&self) -> Result<(PollPolicy, Limits), ConfigError> {
         if self.poll_min_interval.is_zero() {
             return Err(bad("--poll-min-interval", "must be more than zero"));
         }
@@ -208,6 +265,26 @@ impl ServeArgs {
         if self.http_timeout.is_zero() {
             return Err(bad("--http-timeout", "must be more than zero"));
         }
+        Ok((
+            PollPolicy {
+                min_interval: self.poll_min_interval,
+                max_interval: self.poll_max_interval,
+                backoff_max: self.poll_backoff_max,
+                deleted_retention: self.deleted_retention,
+                max_unknown: self.max_unknown_tenants,
+                forget_unknown_after: self.forget_unknown_after,
+                ..PollPolicy::default()
+            },
+            Limits {
+                max_in_flight: self.superoffice_max_in_flight,
+                max_rate: self.superoffice_max_rate,
+                max_wait: self.superoffice_max_wait,
+            },
+        ))
+    }
+
+    /// The gRPC server's limits; returns the header limit as HTTP/2 takes it.
+    fn grpc_limits(&self) -> Result<u32, ConfigError> {
         if self.heartbeat_interval.is_zero() {
             return Err(bad("--heartbeat-interval", "must be more than zero"));
         }
@@ -217,23 +294,22 @@ impl ServeArgs {
         if !(1024..=64 * 1024 * 1024).contains(&self.grpc_max_request_size) {
             return Err(bad("--grpc-max-request-size", "must be from 1KiB to 64MiB"));
         }
-        let grpc_max_header_size = u32::try_from(self.grpc_max_header_size)
+        let max_header_size = u32::try_from(self.grpc_max_header_size)
             .ok()
             .filter(|n| (1024..=1024 * 1024).contains(n))
             .ok_or_else(|| bad("--grpc-max-header-size", "must be from 1KiB to 1MiB"))?;
         if self.max_watchers == 0 {
             return Err(bad("--max-watchers", "must be at least 1"));
         }
-        let webhook = self
-            .webhook
-            .validate(self.superoffice_env, &state_api_base_url)?;
-        let cluster = self.cluster.validate()?;
-        if cluster.is_some() && self.state_file.is_some() {
-            return Err(bad(
-                "--state-file",
-                "is for a process alone; with --nats-url the replicas keep their state in JetStream",
-            ));
-        }
+        Ok(max_header_size)
+    }
+
+    /// The gRPC server's files: TLS, the bearer tokens; and the dashboard's
+    /// origins.
+    #[allow(clippy::type_complexity)]
+    fn grpc_files(
+        &self,
+    ) -> Result<(Option<TlsFiles>, DashboardConfig, Option<Arc<BearerTokens>>), ConfigError> {
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert_pem: pem_file("--tls-cert", cert, &["CERTIFICATE"])?,
@@ -261,6 +337,11 @@ impl ServeArgs {
             )),
             None => None,
         };
+        Ok((tls, dashboard, access))
+    }
+
+    /// `--state-file`'s directory exists and the path is not one.
+    fn state_file(&self) -> Result<(), ConfigError> {
         if let Some(path) = &self.state_file {
             let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
             if let Some(dir) = dir
@@ -281,44 +362,7 @@ impl ServeArgs {
         if self.state_file_interval.is_zero() {
             return Err(bad("--state-file-interval", "must be more than zero"));
         }
-        Ok(Config {
-            grpc_addr: self.grpc_addr.clone(),
-            admin_addr: self.admin_addr.clone(),
-            ready_timeout: self.ready_timeout,
-            state_file: self.state_file.clone(),
-            state_file_interval: self.state_file_interval,
-            restore_spread: self.restore_spread,
-            tls,
-            access,
-            state_api_base_url,
-            tenants,
-            policy: PollPolicy {
-                min_interval: self.poll_min_interval,
-                max_interval: self.poll_max_interval,
-                backoff_max: self.poll_backoff_max,
-                deleted_retention: self.deleted_retention,
-                max_unknown: self.max_unknown_tenants,
-                forget_unknown_after: self.forget_unknown_after,
-                ..PollPolicy::default()
-            },
-            budget: Limits {
-                max_in_flight: self.superoffice_max_in_flight,
-                max_rate: self.superoffice_max_rate,
-                max_wait: self.superoffice_max_wait,
-            },
-            http_timeout: self.http_timeout,
-            heartbeat_interval: self.heartbeat_interval,
-            max_concurrent_streams: self.max_concurrent_streams,
-            grpc_max_request_size: self.grpc_max_request_size,
-            grpc_max_header_size,
-            max_watchers: self.max_watchers,
-            http2_keepalive_interval: self.http2_keepalive_interval,
-            http2_keepalive_timeout: self.http2_keepalive_timeout,
-            shutdown_timeout: self.shutdown_timeout,
-            webhook,
-            cluster,
-            dashboard,
-        })
+        Ok(())
     }
 }
 
