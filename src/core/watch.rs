@@ -229,23 +229,26 @@ impl Stream for WatchStream {
                     }
                 }
             }
-            if let Some(learning) = &mut st.learning {
-                // Learning the names: the close first, then what was
-                // learned, then whether all is.
-                if st.closing.as_mut().poll(cx).is_ready() {
-                    // Cut short, as a snapshot is: no SYNCED.
-                    st.learning = None;
-                    st.watcher.take_now(&mut st.marks);
-                    st.queue_marked(true);
-                    st.done = true;
-                    st.pending.push_back(WatchEvent::Closing);
-                    continue;
-                }
-                if st.watcher.poll_changed(cx, &mut st.marks).is_ready() {
-                    st.queue_marked(true);
-                    continue;
-                }
-                match learning.as_mut().poll(cx) {
+            // In this order, as a biased select: the close first. While
+            // names are still being learned, what the inbox brings is part
+            // of the snapshot.
+            let learning = st.learning.is_some();
+            if st.closing.as_mut().poll(cx).is_ready() {
+                // What changed before the close is still sent; a stream
+                // cut short while learning gets no SYNCED, as a snapshot.
+                st.learning = None;
+                st.watcher.take_now(&mut st.marks);
+                st.queue_marked(learning);
+                st.done = true;
+                st.pending.push_back(WatchEvent::Closing);
+                continue;
+            }
+            if st.watcher.poll_changed(cx, &mut st.marks).is_ready() {
+                st.queue_marked(learning);
+                continue;
+            }
+            if let Some(names) = &mut st.learning {
+                match names.as_mut().poll(cx) {
                     Poll::Ready(learned) => {
                         st.learning = None;
                         // Every learned record is in the store, so in the
@@ -264,19 +267,6 @@ impl Stream for WatchStream {
                     // No heartbeat before SYNCED.
                     Poll::Pending => return Poll::Pending,
                 }
-            }
-            // In this order, as a biased select: the close first.
-            if st.closing.as_mut().poll(cx).is_ready() {
-                // What changed before the close is still sent.
-                st.watcher.take_now(&mut st.marks);
-                st.queue_marked(false);
-                st.done = true;
-                st.pending.push_back(WatchEvent::Closing);
-                continue;
-            }
-            if st.watcher.poll_changed(cx, &mut st.marks).is_ready() {
-                st.queue_marked(false);
-                continue;
             }
             if st.heartbeat.poll_tick(cx).is_ready() {
                 // Read first, then take what is marked: every change at
