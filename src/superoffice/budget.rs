@@ -85,6 +85,11 @@ pub struct BudgetFull {
     pub paused: String,
 }
 
+/// How many counts in a row must find fewer members before each replica's
+/// share grows (the lease keeper counts every third of a lease TTL, so
+/// about one TTL).
+const SHRINK_AFTER: u32 = 3;
+
 /// The first pause after a 429 that names no Retry-After, doubling on each
 /// one after it up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -98,6 +103,11 @@ struct Waiter {
 struct Inner {
     /// Live replicas sharing the fleet-wide figures (1 alone).
     members: usize,
+    /// A smaller count seen, and in how many counts in a row: a share
+    /// grows only once the fleet has looked smaller for `SHRINK_AFTER`
+    /// counts, so a member whose key lapsed for a moment (a slow renewal)
+    /// does not let the others take its share while it still sends.
+    fewer: Option<(usize, u32)>,
     /// The bound AIMD has arrived at, up to the fleet-wide figure; the
     /// bound in force is the smaller of it and this replica's share.
     aimd: f64,
@@ -142,6 +152,7 @@ impl Budget {
         let budget = Arc::new(Self {
             inner: Mutex::new(Inner {
                 members: 1,
+                fewer: None,
                 aimd: limits.max_in_flight.max(1) as f64,
                 answers: 0,
                 in_flight: 0,
@@ -208,11 +219,25 @@ impl Budget {
         Duration::from_nanos(self.waited_nanos.load(Ordering::Relaxed))
     }
 
-    /// Among replicas: how many share the fleet-wide figures now.
+    /// Among replicas: how many share the fleet-wide figures, as counted
+    /// now. More members shrink the share at once; fewer grow it only
+    /// after `SHRINK_AFTER` counts in a row agree.
     pub fn set_members(self: &Arc<Self>, members: usize) {
+        let members = members.max(1);
         let mut inner = self.lock();
-        if inner.members != members.max(1) {
-            inner.members = members.max(1);
+        if members < inner.members {
+            let seen = match inner.fewer {
+                Some((n, times)) if n == members => times + 1,
+                _ => 1,
+            };
+            inner.fewer = Some((members, seen));
+            if seen < SHRINK_AFTER {
+                return;
+            }
+        }
+        inner.fewer = None;
+        if inner.members != members {
+            inner.members = members;
             tracing::info!(
                 members = inner.members,
                 in_flight = self.bound(&inner),
@@ -653,11 +678,23 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn replicas_take_their_share() {
+    async fn replicas_take_their_share_and_grow_it_only_when_the_fleet_stays_smaller() {
         let b = Budget::new(limits(32));
         b.set_members(3);
+        assert_eq!(b.in_force(), 10, "more members: at once");
+        // One count that misses a member (its key lapsed a moment): the
+        // share stays.
+        b.set_members(2);
         assert_eq!(b.in_force(), 10);
-        b.set_members(1);
+        b.set_members(3);
+        b.set_members(2);
+        b.set_members(2);
+        assert_eq!(b.in_force(), 10, "two counts in a row are not enough");
+        b.set_members(2);
+        assert_eq!(b.in_force(), 16, "three are");
+        for _ in 0..3 {
+            b.set_members(1);
+        }
         assert_eq!(b.in_force(), 32);
         b.set_members(100);
         assert_eq!(b.in_force(), 1, "at least one each");

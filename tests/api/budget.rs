@@ -371,7 +371,8 @@ async fn two_replicas_together_stay_within_the_fleet_budget() {
     assert_eq!(held.len(), 200);
     let peak = fake.peak_in_flight();
     assert!(peak <= 8, "SuperOffice saw {peak} in flight from the fleet");
-    assert!(peak >= 6, "both replicas used their share: {peak}");
+    // More than one replica's share at once: both were sending.
+    assert!(peak > 4, "both replicas used their share: {peak}");
 }
 
 /// `--superoffice-max-rate 20`: 60 lookups of new names at once reach
