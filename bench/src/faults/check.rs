@@ -430,25 +430,14 @@ pub fn check(m: &Mem, p: &Params) -> Vec<Verdict> {
                     }
                     let overlap = a.end.min(b.end) - a.since.max(b.since);
                     let (first, second) = if a.since <= b.since { (a, b) } else { (b, a) };
-                    let say = format!(
-                        "partition {part}: replica {} {:.3}–{:.3} s ({}), replica {} {:.3}–{:.3} s ({})",
-                        first.replica,
-                        first.since,
-                        first.end,
-                        if first.why.is_empty() {
-                            "held"
-                        } else {
-                            &first.why
-                        },
-                        second.replica,
-                        second.since,
-                        second.end,
-                        if second.why.is_empty() {
-                            "held"
-                        } else {
-                            &second.why
-                        },
-                    );
+                    let show = |t: &super::history::Tenure| {
+                        let why = if t.why.is_empty() { "held" } else { &t.why };
+                        format!(
+                            "replica {} {:.3}–{:.3} s ({why})",
+                            t.replica, t.since, t.end
+                        )
+                    };
+                    let say = format!("partition {part}: {}, {}", show(first), show(second));
                     if closest.as_ref().is_none_or(|(c, _)| overlap > *c) {
                         closest = Some((overlap, say.clone()));
                     }
