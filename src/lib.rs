@@ -5,8 +5,9 @@
 //! Layout, a folder per concern (ARCHITECTURE.md has the invariants):
 //! - `core`: tenants and their records, the store (the ordered section
 //!   where every change takes its revision), the fan-out to watchers, watch
-//!   streams, the `Tenants` trait the serving layers use and the `Ledger`
-//!   trait every writer writes through. No I/O, no protocol.
+//!   streams, the `Tenants` trait the serving layers use, the `Ledger`
+//!   trait every writer writes through and the `Fleet` trait (a process's
+//!   view of its replicas). No I/O, no protocol.
 //! - `superoffice`: the state API client and parser, the one budget every
 //!   request to SuperOffice takes a permit from, the single flight, the
 //!   poller, and the tracker (the in-memory `Tenants`).
@@ -27,7 +28,8 @@
 //!   `/readyz`) and readiness.
 //! - `codec`: the record's wire format (version 1), the same in the state
 //!   file and in the replicas' buckets.
-//! - `persist`: the state file and the notification journal.
+//! - `persist`: the state file, the notification journal, and the ledger
+//!   of one process with a state file (journal first, then the store).
 //! - `cluster`: replicas through NATS JetStream KV (with `--nats-url`): the
 //!   shared ledger (compare-and-set writes), the mirror that feeds each
 //!   replica's store from the shared log, and the poll-partition leases.
@@ -36,7 +38,8 @@
 //!   demo. Shipped for the demo and the tests; the product's modules never
 //!   import it (only `cli`, which runs its commands).
 //! - `app`: wiring: `Application::build` binds, `run_until` serves and
-//!   drains. `cli`: runs a command line, for `main` and the bench.
+//!   drains; `Backing`, the mode as one value (alone or among replicas),
+//!   hands out the store, the ledger and the fleet. `cli`: runs a command line, for `main` and the bench.
 //! - `client`: the client commands (`get`, `list`, `watch`,
 //!   `completions`): a client of the public contract, like any other.
 //!

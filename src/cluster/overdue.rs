@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::shared_ledger::SharedLedger;
 use crate::core::{
-    ledger::Ledger,
+    ledger::Fleet,
     tenant::{TenantRecord, TenantState},
 };
 

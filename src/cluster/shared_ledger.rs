@@ -32,7 +32,7 @@ use super::{health::Contact, lease::Leases};
 use crate::{
     codec,
     core::{
-        ledger::{Claimed, Ledger, Removal, TokenClaim, Write, WriteError},
+        ledger::{Claimed, Fleet, Ledger, Removal, TokenClaim, Write, WriteError},
         store::{
             Applied, Freshness, PollApplied, PollResult, Store,
             apply::{notification_rule, poll_rule, settle},
@@ -272,6 +272,24 @@ impl SharedLedger {
         format!("{digest:016x}")
     }
 
+    /// Records that the claimed token's notification is applied.
+    async fn token_applied(&self, claim: TokenClaim) -> Result<(), WriteError> {
+        let applied = TokenValue {
+            applied: true,
+            by: self.replica.clone(),
+            ..TokenValue::of(&claim)
+        };
+        self.tokens
+            .put(Self::token_key(claim.digest), applied.encode())
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                self.unavailable(format!(
+                    "cannot record the token's notification as applied: {e}"
+                ))
+            })
+    }
+
     /// The claim on a token (see `Ledger::claim_token`): create the key as
     /// pending; if it exists, the same notification applied is `Applied`,
     /// another notification is `Replay`, and the same one still pending (its
@@ -442,6 +460,7 @@ impl Ledger for SharedLedger {
         &self,
         ctx: ContextId,
         note: NotificationInfo,
+        claim: TokenClaim,
         now: SystemTime,
     ) -> Write<'_, Applied> {
         async move {
@@ -451,7 +470,7 @@ impl Ledger for SharedLedger {
                     notification_rule(old, &ctx, &note, now, hold)
                 })
                 .await?;
-            Ok(match outcome {
+            let applied = match outcome {
                 Ok(applied) => applied,
                 // Older news than the record holds, or this very notification
                 // again (a retry taken over): the record stands.
@@ -462,7 +481,13 @@ impl Ledger for SharedLedger {
                 Err(None) => {
                     return Err(self.unavailable("the notification made no record"));
                 }
-            })
+            };
+            // The record is written: a failure here only means a retry
+            // applies it again, which changes nothing.
+            if let Err(e) = self.token_applied(claim).await {
+                tracing::warn!(error = %e, tenant = %ctx, "could not record the token as applied in the shared store; a retry of it will be applied again, changing nothing");
+            }
+            Ok(applied)
         }
         .boxed()
     }
@@ -530,27 +555,9 @@ impl Ledger for SharedLedger {
         }
         .boxed()
     }
+}
 
-    fn token_applied(&self, claim: TokenClaim) -> Write<'_, ()> {
-        async move {
-            let applied = TokenValue {
-                applied: true,
-                by: self.replica.clone(),
-                ..TokenValue::of(&claim)
-            };
-            self.tokens
-                .put(Self::token_key(claim.digest), applied.encode())
-                .await
-                .map(|_| ())
-                .map_err(|e| {
-                    self.unavailable(format!(
-                        "cannot record the token's notification as applied: {e}"
-                    ))
-                })
-        }
-        .boxed()
-    }
-
+impl Fleet for SharedLedger {
     /// A resume from a revision this replica has not read yet waits for
     /// it (up to `READ_BACK`), then, if the log holds that revision, is
     /// refused UNAVAILABLE so that the client resumes on a replica further

@@ -1,7 +1,11 @@
-//! Where the product's rules write. Alone, a process writes straight into
-//! its own store (`impl Ledger for Store`). Among replicas, every write goes
-//! to a shared log first, and each replica's store mirrors that log (see
+//! Where the product's rules write (`Ledger`), and what a process knows of
+//! the fleet it is part of (`Fleet`). Alone, a process writes straight into
+//! its own store (`impl Ledger for Store`), through its notification
+//! journal first when it keeps a state file (`persist::JournaledLedger`),
+//! and its fleet is itself (`Solo`). Among replicas, every write goes to a
+//! shared log first, and each replica's store mirrors that log (see
 //! `cluster`): the poller, the lookups and the webhook do not know which.
+//! `Backing` hands both out, one pair per mode.
 //!
 //! Writes are futures because a shared log is across a network, and can
 //! fail: `WriteError::Unavailable` means nothing was written (or, after an
@@ -25,6 +29,10 @@ pub type Write<'a, T> = BoxFuture<'a, Result<T, WriteError>>;
 pub enum WriteError {
     #[error("the shared store cannot take writes now: {0}")]
     Unavailable(String),
+    /// Alone with a state file: the notification could not be made durable
+    /// in the journal, so it was not applied.
+    #[error("the notification journal cannot be written now: {0}")]
+    NotDurable(String),
 }
 
 /// Which records a removal may take, decided against the record the
@@ -88,11 +96,16 @@ pub trait Ledger: Send + Sync + 'static {
         now: SystemTime,
     ) -> Write<'_, PollApplied>;
 
-    /// Applies a verified notification.
+    /// Applies a verified notification, and records that its token's
+    /// notification is applied (see `TokenClaim`), so that its retries are
+    /// answered without applying it again. The record is what must be
+    /// written: a failure to record the token only means a retry applies it
+    /// again, which changes nothing, so it is logged and not returned.
     fn apply_notification(
         &self,
         ctx: ContextId,
         note: NotificationInfo,
+        claim: TokenClaim,
         now: SystemTime,
     ) -> Write<'_, Applied>;
 
@@ -116,43 +129,59 @@ pub trait Ledger: Send + Sync + 'static {
     /// claims nothing more. An ambiguous answer (a timeout) is resolved by
     /// reading back whose claim the key holds.
     fn claim_token(&self, claim: TokenClaim) -> Write<'_, Claimed>;
+}
 
-    /// Records that the claimed token's notification is applied, so its
-    /// retries anywhere are answered without applying it again. Alone:
-    /// nothing more to record.
-    fn token_applied(&self, claim: TokenClaim) -> Write<'_, ()>;
-
+/// What a process knows of the fleet it is part of: whether it is behind
+/// the shared log, which tenants it polls, what other replicas' clients
+/// watch. Alone (`Solo`), the process is the whole fleet.
+pub trait Fleet: Send + Sync + 'static {
     /// Resolves once this process's store has read the shared log to its
     /// end, and to `since` (a revision a client may have from another
     /// replica), waiting briefly; `Err` when it cannot catch up now. Alone,
     /// the store is the whole truth: at once.
-    fn synced(&self, _since: u64) -> Write<'static, ()> {
-        futures_util::future::ready(Ok(())).boxed()
-    }
+    fn synced(&self, since: u64) -> Write<'static, ()>;
 
     /// Whether this process may be behind the truth now (a replica cut off
     /// from the shared log): what it serves is then marked stale.
-    fn cut_off(&self) -> bool {
-        false
-    }
+    fn cut_off(&self) -> bool;
 
     /// Among replicas: resolves when this one has been cut off from the
     /// shared log for longer than it can vouch for its streams; they end
     /// then, so their clients resume elsewhere. Alone: `None`, never.
-    fn detached(&self) -> Option<BoxFuture<'static, ()>> {
-        None
-    }
+    fn detached(&self) -> Option<BoxFuture<'static, ()>>;
 
     /// Whether a stream of another process watches `ctx` by name: among
     /// replicas, an unknown tenant one replica's client watches is kept
     /// by the replica that polls it. Alone: no other process.
-    fn watched_elsewhere(&self, _ctx: &ContextId) -> bool {
-        false
-    }
+    fn watched_elsewhere(&self, ctx: &ContextId) -> bool;
 
     /// Whether this process polls `ctx` on its schedule. Alone, always;
     /// among replicas, only while it holds the lease of the tenant's
     /// partition, so each tenant is polled once fleet-wide.
+    fn polls(&self, ctx: &ContextId) -> bool;
+}
+
+/// A process with no other replica: its store is the whole truth, it polls
+/// every tenant, and no other process has clients.
+pub struct Solo;
+
+impl Fleet for Solo {
+    fn synced(&self, _since: u64) -> Write<'static, ()> {
+        futures_util::future::ready(Ok(())).boxed()
+    }
+
+    fn cut_off(&self) -> bool {
+        false
+    }
+
+    fn detached(&self) -> Option<BoxFuture<'static, ()>> {
+        None
+    }
+
+    fn watched_elsewhere(&self, _ctx: &ContextId) -> bool {
+        false
+    }
+
     fn polls(&self, _ctx: &ContextId) -> bool {
         true
     }
@@ -174,8 +203,11 @@ impl Ledger for Store {
         &self,
         ctx: ContextId,
         note: NotificationInfo,
+        _claim: TokenClaim,
         now: SystemTime,
     ) -> Write<'_, Applied> {
+        // Without a state file, the webhook's memory of used tokens is the
+        // only record of the token, and the webhook keeps it.
         let applied = Store::apply_notification(self, &ctx, note, now);
         futures_util::future::ready(Ok(applied)).boxed()
     }
@@ -200,9 +232,5 @@ impl Ledger for Store {
 
     fn claim_token(&self, claim: TokenClaim) -> Write<'_, Claimed> {
         futures_util::future::ready(Ok(Claimed::Mine(claim.received_at))).boxed()
-    }
-
-    fn token_applied(&self, _claim: TokenClaim) -> Write<'_, ()> {
-        futures_util::future::ready(Ok(())).boxed()
     }
 }

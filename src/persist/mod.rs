@@ -14,6 +14,9 @@
 //! readiness say why, until a save proves the directory usable again.
 
 pub mod journal;
+mod journaled;
+
+pub use journaled::JournaledLedger;
 
 use std::{
     io::Write,

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::{sync::CancellationToken, time::DelayQueue};
 
 use crate::{
-    core::ledger::{Ledger, Removal, WriteError},
+    core::ledger::{Fleet, Ledger, Removal, WriteError},
     core::store::{PollApplied, PollResult, Store},
     core::tenant::{ContextId, TenantState},
     metrics::Metrics,
@@ -169,6 +169,9 @@ pub struct Poller {
     store: Arc<Store>,
     /// Where answers are written: `store` itself, or the replicas' log.
     ledger: Arc<dyn Ledger>,
+    /// Which tenants this process polls on its schedule (all of them
+    /// alone; those of its partitions among replicas).
+    fleet: Arc<dyn Fleet>,
     source: Arc<dyn StateSource>,
     policy: PollPolicy,
     rx: mpsc::UnboundedReceiver<Command>,
@@ -203,8 +206,12 @@ pub struct Poller {
 }
 
 impl Poller {
+    /// `ledger` and `fleet` are the mode's (see `Backing`): the store and
+    /// `Solo` alone, the shared log among replicas.
     pub fn new(
         store: Arc<Store>,
+        ledger: Arc<dyn Ledger>,
+        fleet: Arc<dyn Fleet>,
         source: Arc<dyn StateSource>,
         policy: PollPolicy,
         budget: Arc<Budget>,
@@ -215,7 +222,8 @@ impl Poller {
             policy.forget_unknown_after,
         ));
         let poller = Self {
-            ledger: Arc::clone(&store) as Arc<dyn Ledger>,
+            ledger,
+            fleet,
             store,
             source,
             policy,
@@ -250,14 +258,6 @@ impl Poller {
     /// that admits them.
     pub(crate) fn unknowns(&self) -> Arc<Unknowns> {
         Arc::clone(&self.unknowns)
-    }
-
-    /// Writes answers to `ledger` (the replicas' shared log) instead of the
-    /// store, and polls on schedule only the tenants the ledger says are
-    /// this process's to poll.
-    pub fn with_ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
-        self.ledger = ledger;
-        self
     }
 
     /// Counts polls and their latency in `metrics`.
@@ -299,7 +299,7 @@ impl Poller {
                 // Among replicas, a tenant whose partition another replica
                 // holds (or that this one lost) is not ours to poll: drop it
                 // from the schedule; its new poller has it.
-                if !self.ledger.polls(&ctx) {
+                if !self.fleet.polls(&ctx) {
                     self.drop_tenant(&ctx);
                     continue;
                 }
@@ -309,7 +309,7 @@ impl Poller {
                     // Asked for only while a stream watches it: one that
                     // nobody watches is parked until the sweep forgets it
                     // (or finds it watched again).
-                    if !self.store.watched_by_name(&ctx) && !self.ledger.watched_elsewhere(&ctx) {
+                    if !self.store.watched_by_name(&ctx) && !self.fleet.watched_elsewhere(&ctx) {
                         if let Some(e) = self.entries.get_mut(&ctx) {
                             e.busy = false;
                         }
@@ -477,7 +477,7 @@ impl Poller {
     fn sweep_unknowns(&mut self) {
         let now = std::time::Instant::now();
         for ctx in self.unknowns.list() {
-            let watched = self.store.watched_by_name(&ctx) || self.ledger.watched_elsewhere(&ctx);
+            let watched = self.store.watched_by_name(&ctx) || self.fleet.watched_elsewhere(&ctx);
             let Some(e) = self.entries.get_mut(&ctx) else {
                 // Not polled here (another replica's, or just dropped):
                 // only the books to keep.
@@ -644,6 +644,7 @@ impl Poller {
     fn start(&mut self, ctx: ContextId, class: Class) {
         let source = Arc::clone(&self.source);
         let ledger = Arc::clone(&self.ledger);
+        let fleet = Arc::clone(&self.fleet);
         let budget = Arc::clone(&self.budget);
         self.inflight.push(Box::pin(async move {
             // Its turn in the budget; without a deadline it is never
@@ -657,7 +658,7 @@ impl Poller {
             };
             // Among replicas, the wait may have outlasted the lease: a
             // request sent now would be a second poller's.
-            if !ledger.polls(&ctx) {
+            if !fleet.polls(&ctx) {
                 return (ctx, Err(PollFailure::NotOurs), Duration::ZERO);
             }
             let started = std::time::Instant::now();
@@ -805,7 +806,7 @@ impl Poller {
                         .policy
                         .after_failure(failures, None, &mut self.rng)
                         .min(self.policy.max_interval);
-                    let elsewhere = self.ledger.watched_elsewhere(&ctx);
+                    let elsewhere = self.fleet.watched_elsewhere(&ctx);
                     if elsewhere {
                         // Tracked for another replica's watcher: this
                         // replica polls it, so it keeps the books on it.

@@ -11,7 +11,7 @@ use futures_util::{FutureExt, Stream, StreamExt};
 
 use crate::{
     core::backend::{LookupError, Page, Tenants},
-    core::ledger::Ledger,
+    core::ledger::{Fleet, Ledger},
     core::store::{PollResult, Store},
     core::tenant::{ContextId, TenantRecord, TenantState},
     core::watch::{Learning, WatchEvent, watch_learning},
@@ -27,6 +27,8 @@ pub struct Tracker {
     store: Arc<Store>,
     /// Where answers are written: `store` itself, or the replicas' log.
     ledger: Arc<dyn Ledger>,
+    /// Whether this process is behind the fleet (what it serves is stale).
+    fleet: Arc<dyn Fleet>,
     source: Arc<SingleFlight>,
     poller: PollerHandle,
     /// Tenants SuperOffice does not know, tracked for watchers (bounded).
@@ -36,14 +38,18 @@ pub struct Tracker {
 impl Tracker {
     /// `source` shares concurrent requests (see `SingleFlight`): that is
     /// what makes a burst of lookups for one new tenant cost one request.
+    /// `ledger` and `fleet` are the mode's (see `Backing`).
     pub(crate) fn new(
         store: Arc<Store>,
+        ledger: Arc<dyn Ledger>,
+        fleet: Arc<dyn Fleet>,
         source: Arc<SingleFlight>,
         poller: PollerHandle,
         unknowns: Arc<Unknowns>,
     ) -> Self {
         Self {
-            ledger: Arc::clone(&store) as Arc<dyn Ledger>,
+            ledger,
+            fleet,
             store,
             source,
             poller,
@@ -51,16 +57,10 @@ impl Tracker {
         }
     }
 
-    /// Writes answers to `ledger` (the replicas' shared log).
-    pub(crate) fn with_ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
-        self.ledger = ledger;
-        self
-    }
-
     /// A replica cut off from the shared log cannot vouch for what it
     /// holds: its answers say so (stale).
     fn vouched(&self, r: Arc<TenantRecord>) -> Arc<TenantRecord> {
-        if !r.stale && self.ledger.cut_off() {
+        if !r.stale && self.fleet.cut_off() {
             Arc::new(TenantRecord {
                 stale: true,
                 ..TenantRecord::clone(&r)
@@ -203,7 +203,7 @@ impl Tenants for Tracker {
     }
 
     async fn synced(&self, since: u64) -> Result<(), LookupError> {
-        self.ledger
+        self.fleet
             .synced(since)
             .await
             .map_err(|e| LookupError::NotSynced(e.to_string()))
@@ -219,7 +219,7 @@ impl Tenants for Tracker {
         // the stream through its inbox, before SYNCED.
         let learning = self.learn(&names);
         let events = watch_learning(Arc::clone(&self.store), names, since, heartbeat, learning);
-        match self.ledger.detached() {
+        match self.fleet.detached() {
             None => events.left_stream(),
             Some(detached) => {
                 // Ends with Detached when the replica is cut off, and only
@@ -244,7 +244,7 @@ impl Tenants for Tracker {
     fn list(&self, after: &str, states: &[TenantState], page_size: usize) -> Page {
         let revision = self.store.revision();
         let (mut tenants, more) = self.store.list(after, states, page_size);
-        if self.ledger.cut_off() {
+        if self.fleet.cut_off() {
             tenants = tenants.into_iter().map(|r| self.vouched(r)).collect();
         }
         Page {

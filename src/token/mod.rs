@@ -228,6 +228,12 @@ impl Verifier {
         })
     }
 
+    /// How long past `exp` a token is still accepted, so how long it must
+    /// be remembered to refuse its replay.
+    pub fn leeway(&self) -> Duration {
+        Duration::from_secs(self.validation.leeway)
+    }
+
     /// Makes JWKS fetches take their permits from the budget toward
     /// SuperOffice, as lookups do (they serve a notification waiting for
     /// its answer). Set once; later calls change nothing.

@@ -30,15 +30,11 @@ use axum::{
 };
 
 use crate::{
-    core::ledger::{Claimed, Ledger, TokenClaim},
-    core::store::Store,
+    core::ledger::{Claimed, Fleet, Ledger, TokenClaim},
     core::tenant::NotificationInfo,
     metrics::Metrics,
-    persist::journal::Journal,
     superoffice::poller::PollerHandle,
-    token::{
-        Remembered, Seen, SeenTokens, TokenError, TokenUse, Verifier, token_digest, unix_seconds,
-    },
+    token::{Seen, SeenTokens, TokenError, TokenUse, Verifier, token_digest, unix_seconds},
     webhook::ratelimit::RateLimiter,
 };
 
@@ -54,7 +50,11 @@ pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Webhook {
     verifier: Arc<Verifier>,
     seen: Arc<SeenTokens>,
-    store: Arc<Store>,
+    /// Where notifications are written: the store (through the journal
+    /// with a state file), or the replicas' shared log.
+    ledger: Arc<dyn Ledger>,
+    /// Whether this process polls a tenant, to confirm a notification.
+    fleet: Arc<dyn Fleet>,
     poller: PollerHandle,
     /// Seconds a token stays usable past `exp`; it is remembered that long.
     leeway: u64,
@@ -63,10 +63,6 @@ pub struct Webhook {
     limiter: Option<RateLimiter>,
     max_body: usize,
     body_timeout: Duration,
-    journal: Option<Arc<Journal>>,
-    /// Where notifications are written: `store` itself, or the replicas'
-    /// shared log.
-    ledger: Arc<dyn Ledger>,
     /// The accept tasks under way, which the drain waits for.
     tasks: tokio_util::task::TaskTracker,
     /// See `WebhookConfig::accept_delay`.
@@ -77,25 +73,24 @@ impl Webhook {
     pub fn new(
         verifier: Arc<Verifier>,
         seen: Arc<SeenTokens>,
-        store: Arc<Store>,
+        ledger: Arc<dyn Ledger>,
+        fleet: Arc<dyn Fleet>,
         poller: PollerHandle,
-        leeway: std::time::Duration,
         path: String,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            leeway: verifier.leeway().as_secs(),
             verifier,
             seen,
-            ledger: Arc::clone(&store) as Arc<dyn Ledger>,
-            store,
+            ledger,
+            fleet,
             poller,
-            leeway: leeway.as_secs(),
             path,
             metrics,
             limiter: None,
             max_body: DEFAULT_MAX_BODY,
             body_timeout: DEFAULT_BODY_TIMEOUT,
-            journal: None,
             tasks: tokio_util::task::TaskTracker::new(),
             accept_delay: Duration::ZERO,
         }
@@ -104,21 +99,6 @@ impl Webhook {
     /// Pauses each accept before its claim (see `WebhookConfig::accept_delay`).
     pub fn with_accept_delay(mut self, delay: Duration) -> Self {
         self.accept_delay = delay;
-        self
-    }
-
-    /// Makes each notification durable in `journal` before it is applied
-    /// and acknowledged.
-    pub fn with_journal(mut self, journal: Arc<Journal>) -> Self {
-        self.journal = Some(journal);
-        self
-    }
-
-    /// Writes notifications to `ledger` (the replicas' shared log), and
-    /// claims each token's first use there, so a token accepted by one
-    /// replica is refused by every other.
-    pub(crate) fn with_ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
-        self.ledger = ledger;
         self
     }
 
@@ -225,56 +205,23 @@ impl Webhook {
             public_endpoint: n.public_endpoint.clone(),
             received_at,
         };
-        let applied = match &self.journal {
-            None => match self
-                .ledger
-                .apply_notification(n.context_identifier.clone(), info, now)
-                .await
-            {
-                Ok(applied) => {
-                    self.seen.applied(token.digest);
-                    // The record is written: a failure here only means a
-                    // retry applies it again, which changes nothing.
-                    if let Err(e) = self.ledger.token_applied(claim).await {
-                        tracing::warn!(error = %e, tenant = %n.context_identifier, "could not record the token as applied in the shared store; a retry of it will be applied again, changing nothing");
-                    }
-                    applied
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, tenant = %n.context_identifier, "could not store the notification");
-                    return Err(Rejection::NotStored);
-                }
-            },
-            Some(journal) => {
-                // Applied, and its token marked applied, before a rotation
-                // of the journal can pass it: a saved state file holds both.
-                let apply = || {
-                    let applied =
-                        self.store
-                            .apply_notification(&n.context_identifier, info.clone(), now);
-                    self.seen.applied(token.digest);
-                    applied
-                };
-                let remembered = Remembered {
-                    digest: token.digest,
-                    forget_after: token.forget_after,
-                    note: token.note,
-                };
-                match journal
-                    .record(&n.context_identifier, &info, remembered, apply)
-                    .await
-                {
-                    Ok(applied) => applied,
-                    Err(e) => {
-                        tracing::error!(error = %e, tenant = %n.context_identifier, "could not write the notification journal");
-                        return Err(Rejection::NotStored);
-                    }
-                }
+        // One write path in every mode: the ledger makes it durable (the
+        // journal, or the shared log) and applies it, or refuses it whole.
+        let applied = match self
+            .ledger
+            .apply_notification(n.context_identifier.clone(), info, claim, now)
+            .await
+        {
+            Ok(applied) => applied,
+            Err(e) => {
+                tracing::error!(error = %e, tenant = %n.context_identifier, "could not store the notification");
+                return Err(Rejection::NotStored);
             }
         };
+        self.seen.applied(token.digest);
         // Its poller confirms it: this process, or, among replicas, the one
         // holding the tenant's partition (told by the shared log).
-        if self.ledger.polls(&n.context_identifier) {
+        if self.fleet.polls(&n.context_identifier) {
             self.poller.confirm(n.context_identifier.clone());
         }
         Ok(Accepted::Applied(n, applied.record.revision))

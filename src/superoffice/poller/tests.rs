@@ -2,6 +2,7 @@
 //! confirmation after a notification, deleted tenants.
 
 use super::*;
+use crate::core::ledger::Solo;
 use crate::superoffice::budget::Limits;
 use rand::SeedableRng;
 use std::sync::Mutex;
@@ -97,6 +98,8 @@ fn start(answers: Vec<FetchResult>, policy: PollPolicy) -> Harness {
     let store = Arc::new(Store::new());
     let (poller, handle) = Poller::new(
         Arc::clone(&store),
+        Arc::clone(&store) as Arc<dyn Ledger>,
+        Arc::new(Solo),
         source.clone(),
         policy,
         Budget::new(Limits::default()),
@@ -222,6 +225,8 @@ async fn superoffice_down_for_an_hour_is_not_hammered_and_recovery_is_prompt() {
     let policy = PollPolicy::default();
     let (poller, handle) = Poller::new(
         Arc::clone(&store),
+        Arc::clone(&store) as Arc<dyn Ledger>,
+        Arc::new(Solo),
         source.clone(),
         policy.clone(),
         Budget::new(Limits::default()),
@@ -358,7 +363,14 @@ async fn tenants_nobody_knows_get_a_small_share_of_the_requests_in_flight() {
         ..Limits::default()
     });
     let policy = PollPolicy::default();
-    let (poller, handle) = Poller::new(Arc::clone(&store), source.clone(), policy, budget);
+    let (poller, handle) = Poller::new(
+        Arc::clone(&store),
+        Arc::clone(&store) as Arc<dyn Ledger>,
+        Arc::new(Solo),
+        source.clone(),
+        policy,
+        budget,
+    );
     let unknowns = poller.unknowns();
     let stop = CancellationToken::new();
     let task = tokio::spawn(poller.run(stop.clone()));
