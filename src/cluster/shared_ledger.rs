@@ -197,18 +197,39 @@ impl SharedLedger {
         asked_at: Option<SystemTime>,
         rule: impl Fn(Option<&TenantRecord>) -> Option<TenantRecord>,
     ) -> Result<Result<Applied, Option<Arc<TenantRecord>>>, WriteError> {
+        self.write_then(ctx, now, asked_at, rule, async {}).await
+    }
+
+    /// As `write`, and `then` once the outcome is known to leave a record:
+    /// written to the bucket (`then` runs while this replica reads its
+    /// write back, so the two waits overlap), refreshed, or declined over a
+    /// record that stands. Not on an error.
+    async fn write_then(
+        &self,
+        ctx: &ContextId,
+        now: SystemTime,
+        asked_at: Option<SystemTime>,
+        rule: impl Fn(Option<&TenantRecord>) -> Option<TenantRecord>,
+        then: impl Future<Output = ()>,
+    ) -> Result<Result<Applied, Option<Arc<TenantRecord>>>, WriteError> {
         self.connected()?;
         // First from memory (right nearly always); on a conflict, from the
         // bucket.
         let mut current = self.store.get(ctx);
         for _ in 0..MAX_ATTEMPTS {
             let Some(new) = rule(current.as_deref()) else {
+                // Declined over a record that stands; with none, nothing
+                // was written, which the caller reports as a failure.
+                if current.is_some() {
+                    then.await;
+                }
                 return Ok(Err(current));
             };
             let (mut new, changed) = settle(current.as_deref(), new, Some(now));
             if let Some(why) = asked_at.and_then(|at| self.fenced(ctx, current.as_deref(), at)) {
                 self.metrics.poll_fenced(why);
                 tracing::debug!(tenant = %ctx, reason = ?why, "a poll's answer fenced off: not written");
+                then.await;
                 return Ok(Err(current));
             }
             if !changed {
@@ -224,6 +245,7 @@ impl SharedLedger {
                         self.unavailable(format!("cannot write to the shared store: {e}"))
                     })?;
                 self.store.refresh(ctx, &seen);
+                then.await;
                 return Ok(Ok(Applied {
                     record: Arc::new(new),
                     changed,
@@ -236,7 +258,7 @@ impl SharedLedger {
             {
                 Attempt::Written(revision) => {
                     new.revision = revision;
-                    self.read_back(revision).await;
+                    tokio::join!(self.read_back(revision), then);
                     return Ok(Ok(Applied {
                         record: Arc::new(new),
                         changed,
@@ -253,7 +275,7 @@ impl SharedLedger {
                         && held == value
                     {
                         new.revision = r.revision;
-                        self.read_back(r.revision).await;
+                        tokio::join!(self.read_back(r.revision), then);
                         return Ok(Ok(Applied {
                             record: Arc::new(new),
                             changed,
@@ -465,10 +487,24 @@ impl Ledger for SharedLedger {
     ) -> Write<'_, Applied> {
         async move {
             let hold = self.notification_hold;
+            // The token is marked applied once the record is written (never
+            // before: a retry would then be answered without it), while
+            // this replica reads its write back. The record is what must
+            // be written: a failure to mark the token only means a retry
+            // applies it again, which changes nothing.
+            let mark = async {
+                if let Err(e) = self.token_applied(claim).await {
+                    tracing::warn!(error = %e, tenant = %ctx, "could not record the token as applied in the shared store; a retry of it will be applied again, changing nothing");
+                }
+            };
             let outcome = self
-                .write(&ctx, now, None, |old| {
-                    notification_rule(old, &ctx, &note, now, hold)
-                })
+                .write_then(
+                    &ctx,
+                    now,
+                    None,
+                    |old| notification_rule(old, &ctx, &note, now, hold),
+                    mark,
+                )
                 .await?;
             let applied = match outcome {
                 Ok(applied) => applied,
@@ -482,11 +518,6 @@ impl Ledger for SharedLedger {
                     return Err(self.unavailable("the notification made no record"));
                 }
             };
-            // The record is written: a failure here only means a retry
-            // applies it again, which changes nothing.
-            if let Err(e) = self.token_applied(claim).await {
-                tracing::warn!(error = %e, tenant = %ctx, "could not record the token as applied in the shared store; a retry of it will be applied again, changing nothing");
-            }
             Ok(applied)
         }
         .boxed()
