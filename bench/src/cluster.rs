@@ -86,7 +86,7 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
         (3_000, 30, 60, 15_000, 2_000, 200.0)
     };
     let nats_port = common::free_port();
-    let _nats = Nats::start(&bin, nats_port)?;
+    let nats = Nats::start(&bin, nats_port)?;
     common::wait_listening(
         "nats-server listening",
         &format!("127.0.0.1:{nats_port}"),
@@ -201,7 +201,16 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
     let thirds: Vec<Vec<String>> = (0..3)
         .map(|k| signed.iter().skip(k).step_by(3).cloned().collect())
         .collect();
-    let started = Instant::now();
+    // Where the CPU goes meanwhile: nats-server, the three replicas, and
+    // this process (the load), per notification accepted.
+    let cpu = |a: &Replica, b: &Replica, c: &Replica| {
+        [
+            common::cpu_secs_of(&nats.0.id().to_string()),
+            a.proc.cpu_secs() + b.proc.cpu_secs() + c.proc.cpu_secs(),
+            common::cpu_secs_of("self"),
+        ]
+    };
+    let cpu_before = cpu(&a, &b, &c);
     let runs: Vec<_> = [&a, &b, &c]
         .into_iter()
         .zip(thirds)
@@ -217,7 +226,13 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
         accepted += rate;
         refused += no;
     }
-    let _ = started;
+    let cpu_after = cpu(&a, &b, &c);
+    let total_accepted = burst.saturating_sub(refused) as f64;
+    let per = |i: usize| (cpu_after[i] - cpu_before[i]) * 1e6 / total_accepted.max(1.0);
+    let (nats_us, replicas_us, load_us) = (per(0), per(1), per(2));
+    eprintln!(
+        "CPU per notification accepted through 3 replicas: nats-server {nats_us:.0} us, the replicas {replicas_us:.0} us, the load {load_us:.0} us"
+    );
     let more = sign_all(&signer, burst / 3, tenants);
     let (one_rate, one_refused) = blast(&a.hook, Arc::new(more)).await?;
 
@@ -270,6 +285,14 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
                     String::new()
                 }
             ),
+            "",
+            None,
+        ),
+        Row::new(
+            s,
+            "CPU per notification accepted through 3 replicas: nats-server / the 3 replicas / the load",
+            format!("{nats_us:.0} / {replicas_us:.0} / {load_us:.0} us"),
+            String::new(),
             "",
             None,
         ),
