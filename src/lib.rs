@@ -68,6 +68,20 @@ mod admin;
 mod metrics;
 mod telemetry;
 
+/// The types a user of the crate names: a tenant's identifier, its states
+/// and the kinds of change SuperOffice notifies, and the generated client
+/// of the public contract.
+pub use crate::core::tenant::{ChangeType, ContextId, TenantState};
+pub use crate::pb::tenant_status_service_client::TenantStatusServiceClient;
+
+/// For the project's tests and bench, which set up a store directly (a
+/// state file to start from, changes applied without a SuperOffice): the
+/// store, what it applies and what it holds. Not a stable interface.
+pub mod testing {
+    pub use crate::core::store::{PollResult, Store};
+    pub use crate::core::tenant::{Observation, TenantRecord};
+}
+
 /// Completes on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

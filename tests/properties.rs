@@ -15,7 +15,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use tenant_status::{
-    core::tenant::ContextId,
+    ContextId,
     sim::signer::Signer,
     superoffice::{FetchOutcome, parse_state_response},
     token::TokenError,
@@ -106,7 +106,7 @@ proptest! {
         let _ = parse_state_response(&raw, &ctx);
         if let Ok(FetchOutcome::Found(o)) = parse_state_response(v.to_string().as_bytes(), &ctx) {
             // Whatever SuperOffice sends, a state is one of its own.
-            prop_assert!(tenant_status::core::tenant::TenantState::from_number(o.state as i64).is_some());
+            prop_assert!(tenant_status::TenantState::from_number(o.state as i64).is_some());
         }
     }
 }

@@ -20,14 +20,12 @@ use std::{
 use anyhow::Context;
 use rand::{Rng, SeedableRng};
 use tenant_status::{
+    ContextId, TenantState,
     app::Application,
     config::Config,
-    core::{
-        store::{PollResult, Store},
-        tenant::{ContextId, Observation, TenantState},
-    },
     pb,
     sim::fake_superoffice::FakeSuperOffice,
+    testing::{Observation, PollResult, Store},
 };
 use tonic::transport::Channel;
 

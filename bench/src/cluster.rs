@@ -18,9 +18,7 @@ use std::{
 };
 
 use anyhow::Context;
-use tenant_status::{
-    core::tenant::ChangeType, sim::fake_superoffice::notification_body, sim::signer::Signer,
-};
+use tenant_status::{ChangeType, sim::fake_superoffice::notification_body, sim::signer::Signer};
 
 use crate::{
     common::{self, Proc, Row},

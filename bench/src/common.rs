@@ -528,8 +528,7 @@ pub fn cpu_secs_of_threads(prefixes: &[&str]) -> f64 {
 /// ValidUntil `valid_for` from now (the start and outage scenarios).
 pub fn running_state_file(tenants: usize, valid_for: Duration, path: &Path) -> anyhow::Result<()> {
     use tenant_status::{
-        core::store::{PollResult, Store},
-        core::tenant::{ContextId, Observation, TenantState},
+        ContextId, TenantState, testing::Observation, testing::PollResult, testing::Store,
     };
     let store = Store::new();
     let now = std::time::SystemTime::now();

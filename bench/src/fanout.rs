@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::Context;
 use tenant_status::{
-    core::tenant::ChangeType,
+    ChangeType,
     pb::{self, tenant_status_service_client::TenantStatusServiceClient},
     sim::fake_superoffice::{FakeSuperOffice, TenantSpec},
 };

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::Context;
 use tenant_status::{
-    core::tenant::ChangeType,
+    ChangeType,
     pb::{self, tenant_status_service_client::TenantStatusServiceClient},
     sim::fake_superoffice::notification_body,
     sim::signer::Signer,

@@ -20,7 +20,7 @@ use std::{
 
 use rand::Rng;
 use tenant_status::{
-    core::tenant::ChangeType,
+    ChangeType,
     pb::{self, tenant_status_service_client::TenantStatusServiceClient},
     sim::fake_superoffice::notification_body,
     sim::signer::Signer,

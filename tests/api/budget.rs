@@ -277,7 +277,7 @@ async fn one_429_pauses_every_request_for_its_retry_after() {
             running("Later", "sod2.superoffice.com", Duration::from_secs(600)),
         );
         config.tenants = (0..20)
-            .map(|i| tenant_status::core::tenant::ContextId::parse(&format!("Busy{i}")).unwrap())
+            .map(|i| tenant_status::ContextId::parse(&format!("Busy{i}")).unwrap())
             .collect();
     })
     .await;

@@ -133,7 +133,7 @@ async fn list_filters_by_state_and_reads_every_page() {
         );
         config.tenants = ["Cust1", "Cust2", "Cust3", "Cust4"]
             .iter()
-            .map(|c| tenant_status::core::tenant::ContextId::parse(c).unwrap())
+            .map(|c| tenant_status::ContextId::parse(c).unwrap())
             .collect();
     })
     .await;

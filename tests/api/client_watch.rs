@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, process::Stdio, time::Duration};
 
 use serde_json::Value;
-use tenant_status::core::tenant::ChangeType;
+use tenant_status::ChangeType;
 use tokio::{
     io::{AsyncBufReadExt, BufReader, Lines},
     net::{TcpListener, TcpStream},
@@ -154,8 +154,8 @@ async fn watch_resumes_from_the_last_revision_after_a_broken_connection() {
         serve_running(fake, "Cust1");
         serve_running(fake, "Cust2");
         config.tenants = vec![
-            tenant_status::core::tenant::ContextId::parse("Cust1").unwrap(),
-            tenant_status::core::tenant::ContextId::parse("Cust2").unwrap(),
+            tenant_status::ContextId::parse("Cust1").unwrap(),
+            tenant_status::ContextId::parse("Cust2").unwrap(),
         ];
     })
     .await;

@@ -6,9 +6,9 @@
 use std::time::{Duration, Instant};
 
 use tenant_status::{
+    ChangeType,
     cluster::{ClusterConfig, PARTITIONS, partition_of},
     config::Config,
-    core::tenant::ChangeType,
     pb,
     sim::fake_superoffice::{Failure, FakeSuperOffice},
 };
@@ -148,7 +148,7 @@ async fn each_tenant_is_polled_once_per_valid_until_fleet_wide() {
     }
     let tenants: Vec<_> = names
         .iter()
-        .map(|n| tenant_status::core::tenant::ContextId::parse(n).unwrap())
+        .map(|n| tenant_status::ContextId::parse(n).unwrap())
         .collect();
     let apps = replicas(&fake, &[server.url()], 3, |c| c.tenants = tenants.clone()).await;
     balanced(&apps.iter().collect::<Vec<_>>()).await;

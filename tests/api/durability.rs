@@ -7,8 +7,7 @@ use std::{path::Path, time::Duration};
 
 use serde_json::Value;
 use tenant_status::{
-    core::tenant::ChangeType,
-    pb,
+    ChangeType, pb,
     sim::fake_superoffice::{FakeSuperOffice, TenantSpec},
 };
 
@@ -60,7 +59,7 @@ async fn a_notification_whose_sender_gave_up_is_applied_and_its_retry_answered()
     eventually("the abandoned notification applied", || {
         app.store
             .get("Cust1")
-            .is_some_and(|r| r.state == tenant_status::core::tenant::TenantState::Suspended)
+            .is_some_and(|r| r.state == tenant_status::TenantState::Suspended)
     })
     .await;
     let revision = app.store.revision();

@@ -7,13 +7,13 @@ use std::{
 };
 
 use tenant_status::{
+    ChangeType,
     app::Application,
     config::Config,
-    core::store::Store,
-    core::tenant::ChangeType,
     pb::{self, WatchTenantResponse, tenant_status_service_client::TenantStatusServiceClient},
     sim::fake_superoffice::{FakeSuperOffice, TenantSpec},
     superoffice::StateSource,
+    testing::Store,
 };
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{Status, Streaming, transport::Channel};
@@ -65,7 +65,7 @@ pub async fn spawn_app_with(setup: impl FnOnce(&FakeSuperOffice, &mut Config)) -
 pub async fn spawn_app_tracking(ctx: &str, valid_for: Duration) -> TestApp {
     spawn_app_with(|fake, config| {
         fake.set(ctx, running(ctx, "sod2.superoffice.com", valid_for));
-        config.tenants = vec![tenant_status::core::tenant::ContextId::parse(ctx).unwrap()];
+        config.tenants = vec![tenant_status::ContextId::parse(ctx).unwrap()];
     })
     .await
 }

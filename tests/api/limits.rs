@@ -7,7 +7,7 @@
 use std::{net::IpAddr, time::Duration};
 
 use tenant_status::{
-    core::tenant::ChangeType,
+    ChangeType,
     pb::{self, tenant_status_service_client::TenantStatusServiceClient},
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

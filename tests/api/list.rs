@@ -1,9 +1,10 @@
 use std::time::{Duration, SystemTime};
 
 use tenant_status::{
-    core::store::PollResult,
-    core::tenant::{ContextId, Observation, TenantState as S},
+    ContextId, TenantState as S,
     pb::{self, TenantState},
+    testing::Observation,
+    testing::PollResult,
 };
 use tonic::Code;
 

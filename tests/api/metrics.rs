@@ -2,7 +2,7 @@
 
 use crate::helpers::*;
 use std::time::Duration;
-use tenant_status::core::tenant::ChangeType;
+use tenant_status::ChangeType;
 
 #[tokio::test]
 async fn metrics_tell_how_the_service_is_doing() {

@@ -5,7 +5,7 @@
 use crate::helpers::*;
 use std::time::Duration;
 use tenant_status::{
-    core::tenant::{ChangeType, ContextId},
+    ChangeType, ContextId,
     pb::{self, tenant_status_service_client::TenantStatusServiceClient},
     sim::fake_superoffice::Failure,
 };

@@ -8,7 +8,7 @@ use std::{
 };
 
 use tenant_status::{
-    core::tenant::ContextId,
+    ContextId,
     pb::{TenantState, WatchEventType as E},
     sim::fake_superoffice::{Failure, FakeSuperOffice},
     superoffice::SuperOfficeClient,

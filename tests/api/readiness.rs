@@ -2,7 +2,7 @@
 
 use crate::helpers::*;
 use std::time::Duration;
-use tenant_status::{core::tenant::ContextId, sim::fake_superoffice::Failure};
+use tenant_status::{ContextId, sim::fake_superoffice::Failure};
 
 #[tokio::test]
 async fn ready_once_the_first_poll_round_is_done_and_alive_throughout() {

@@ -24,9 +24,10 @@ use std::{
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tenant_status::{
-    core::store::PollResult,
-    core::tenant::{ChangeType, ContextId, Observation, TenantState as S},
+    ChangeType, ContextId, TenantState as S,
     pb::{self, WatchEventType as E, tenant_status_service_client::TenantStatusServiceClient},
+    testing::Observation,
+    testing::PollResult,
 };
 use tonic::transport::Channel;
 

@@ -2,11 +2,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use prost::Message;
-use tenant_status::{
-    core::store::PollResult,
-    core::tenant::{ContextId, Observation, TenantState},
-    pb,
-};
+use tenant_status::{ContextId, TenantState, pb, testing::Observation, testing::PollResult};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };

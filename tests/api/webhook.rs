@@ -8,8 +8,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{Value, json};
 use tenant_status::{
-    core::tenant::ChangeType,
-    pb,
+    ChangeType, pb,
     sim::fake_superoffice::{Failure, TenantSpec},
     sim::signer::Signer,
     token::unix_seconds,
@@ -49,7 +48,7 @@ async fn a_notification_reaches_a_watcher_at_once_and_a_poll_confirms_it() {
     // Acknowledged means stored.
     assert_eq!(
         app.store.get("Cust1").unwrap().state,
-        tenant_status::core::tenant::TenantState::Suspended
+        tenant_status::TenantState::Suspended
     );
     let ev = next_matching(&mut stream, "CHANGED", |ev| {
         kind(ev) == pb::WatchEventType::Changed
@@ -170,7 +169,7 @@ async fn the_poll_has_the_last_word_when_it_moves_on_or_the_hold_ends() {
         );
         config.tenants = ["Cust1", "Cust2"]
             .iter()
-            .map(|c| tenant_status::core::tenant::ContextId::parse(c).unwrap())
+            .map(|c| tenant_status::ContextId::parse(c).unwrap())
             .collect();
         config.webhook.notification_hold = Duration::from_secs(1);
     })
@@ -793,7 +792,7 @@ async fn resume_and_backup_restored_leave_the_state_to_the_poll() {
 async fn a_deleted_tenant_superoffice_forgets_is_removed_after_its_retention() {
     let app = spawn_app_with(|fake, config| {
         serve_running(fake, "Cust1");
-        config.tenants = vec![tenant_status::core::tenant::ContextId::parse("Cust1").unwrap()];
+        config.tenants = vec![tenant_status::ContextId::parse("Cust1").unwrap()];
         config.policy.deleted_retention = Duration::from_millis(500);
     })
     .await;
