@@ -1,6 +1,10 @@
 //! Configuration: the flags (`flags`), how they are loaded (`load`: flag >
 //! environment > file), and their validation into a `Config` here, each
 //! error naming its flag.
+//!
+//! One room although it is long: the validation of every serve flag into
+//! `Config`, so that a flag's check sits beside those of the flags it
+//! depends on and every error is worded the same way.
 
 mod cluster;
 mod flags;

@@ -13,6 +13,12 @@
 //!   watcher's inbox is marked in revision order, and a watcher registers
 //!   inside that section too.
 //! - The store knows nothing of tonic, axum or reqwest.
+//!
+//! One room although it is long: every method here takes the ordered
+//! section or reads what it guards (the map, the revision index, the
+//! tombstones, the fan-out), so the invariants above are kept in one file.
+//! The rules (`store/apply.rs`) and the pages (`store/page.rs`) already
+//! live apart.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},

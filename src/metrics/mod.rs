@@ -5,6 +5,11 @@
 //! Counters and histograms are updated where things happen (poller,
 //! webhook, gRPC handlers); figures the store already knows (tenants by
 //! state, the revision, coalesced events) are read at scrape time.
+//!
+//! One room although it is long: one registry, every figure in one place,
+//! so `/metrics` has one owner and no figure is registered twice; the
+//! replicas' figures (`cluster.rs`) and the process's (`process.rs`) are
+//! the parts that stand alone.
 
 use std::{
     sync::{Arc, Mutex, atomic::AtomicI64},

@@ -5,6 +5,10 @@
 //!
 //! Tests, the demo and the benchmarks talk to it over real sockets, exactly
 //! as tenant-status talks to SuperOffice.
+//!
+//! One room although it is long: one simulated server, whose script,
+//! injected failures and request log are one state under one lock that
+//! both its handlers and the tests steering it read.
 
 use std::{
     collections::{HashMap, VecDeque},

@@ -22,6 +22,11 @@
 //!
 //! A lookup waits at most `--superoffice-max-wait` for a permit: past it,
 //! the caller is told the budget is full rather than kept waiting.
+//!
+//! One room although it is long: the bound, the rate, the three lines, the
+//! pause after a 429 and the replica's share are one state under one lock
+//! (`Inner`), and each permit given and each answer reported changes
+//! several of them at once; split, every part would reach into that lock.
 
 use std::{
     collections::VecDeque,

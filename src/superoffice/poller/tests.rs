@@ -3,7 +3,10 @@
 
 use super::*;
 use crate::core::ledger::Solo;
+use crate::core::store::PollResult;
+use crate::core::tenant::TenantState;
 use crate::superoffice::budget::Limits;
+use crate::superoffice::{FetchOutcome, FetchResult};
 use rand::SeedableRng;
 use std::sync::Mutex;
 
