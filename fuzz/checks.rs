@@ -14,7 +14,7 @@ use std::{
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use tenant_status::{
-    core::tenant::{ContextId, TenantState},
+    ContextId, TenantState,
     sim::signer::Signer,
     superoffice::{FetchOutcome, parse_state_response},
     token::CONTEXT_CLAIM,

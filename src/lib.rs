@@ -44,17 +44,22 @@
 //!   `completions`): a client of the public contract, like any other.
 //!
 //! What is public is what the tests, the bench, the fuzz targets and a Rust
-//! user of the crate need: the application and its configuration, the core
-//! types, the generated protobuf types and client (`pb`), the parsers of
-//! network input, the verifier, the persistence format and the simulator.
+//! user of the crate need: the application and its configuration, the
+//! identifier, states and change types (at the root), the generated
+//! protobuf types and client (`pb`), the parsers of network input, the
+//! verifier, the persistence format and the simulator. `core` is the
+//! crate's own: the tests and the bench set a store up through `testing`.
+//! `unreachable_pub` keeps it so: an item no other crate can reach is
+//! `pub(crate)`, not `pub`.
 
+#![warn(unreachable_pub)]
 pub mod app;
 pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod codec;
 pub mod config;
-pub mod core;
+pub(crate) mod core;
 pub mod files;
 pub mod pb;
 pub mod persist;

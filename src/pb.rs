@@ -16,7 +16,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 
 /// The server of the same service, generated again with the pre-encoded
 /// replies of `serve::replies` (build.rs): what tenant-status serves.
-#[allow(dead_code)]
+#[allow(dead_code, unreachable_pub)]
 pub(crate) mod reply_server {
     include!(concat!(env!("OUT_DIR"), "/encoded/tenantstatus.v1.rs"));
 }

@@ -22,7 +22,7 @@ use crate::{core::store::Store, metrics::Metrics, token::Verifier};
 /// first poll round of the configured tenants is done (or timed out), and
 /// not while draining.
 #[derive(Default)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     first_round_done: AtomicBool,
     draining: AtomicBool,
     /// Other conditions: among replicas, why this one cannot take writes
@@ -32,21 +32,21 @@ pub struct Readiness {
 }
 
 /// A condition readiness also depends on: `Err` says why not ready.
-pub type Check = Arc<dyn Fn() -> Result<(), &'static str> + Send + Sync>;
+pub(crate) type Check = Arc<dyn Fn() -> Result<(), &'static str> + Send + Sync>;
 
 impl Readiness {
-    pub fn first_round_done(&self) {
+    pub(crate) fn first_round_done(&self) {
         self.first_round_done.store(true, Ordering::Release);
     }
 
-    pub fn draining(&self) {
+    pub(crate) fn draining(&self) {
         self.draining.store(true, Ordering::Release);
     }
 
     /// Makes readiness also depend on `check` (the replicas' connection to
     /// NATS and their reading of the shared log; the durability of what the
     /// webhook acknowledges).
-    pub fn also(&self, check: Check) {
+    pub(crate) fn also(&self, check: Check) {
         self.checks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -54,7 +54,7 @@ impl Readiness {
     }
 
     /// `Ok` when ready, or why not.
-    pub fn check(&self) -> Result<(), &'static str> {
+    pub(crate) fn check(&self) -> Result<(), &'static str> {
         if self.draining.load(Ordering::Acquire) {
             Err("shutting down")
         } else if let Some(why) = self
@@ -83,7 +83,7 @@ struct AdminState {
 
 /// The admin listener's routes; `extra` adds more (a replica's
 /// `/cluster/leases`), each path named in the 404's text.
-pub fn router(
+pub(crate) fn router(
     metrics: Arc<Metrics>,
     store: Arc<Store>,
     verifier: Arc<Verifier>,

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::args::StateArg;
 use crate::pb;
 
-pub fn state_from_arg(s: StateArg) -> pb::TenantState {
+pub(super) fn state_from_arg(s: StateArg) -> pb::TenantState {
     use pb::TenantState as S;
     match s {
         StateArg::Unknown => S::Unknown,
@@ -30,7 +30,7 @@ pub fn state_from_arg(s: StateArg) -> pb::TenantState {
 
 /// A state in words: "offline maintenance". A number this client does not
 /// know (a newer server) is shown as such, as the proto asks.
-pub fn state_words(state: i32) -> String {
+pub(super) fn state_words(state: i32) -> String {
     match pb::TenantState::try_from(state) {
         Ok(s) => s
             .as_str_name()
@@ -42,7 +42,7 @@ pub fn state_words(state: i32) -> String {
 }
 
 /// The host of an endpoint URL ("sod3.superoffice.com"), or "-".
-pub fn host(endpoint: &str) -> String {
+pub(super) fn host(endpoint: &str) -> String {
     url::Url::parse(endpoint)
         .ok()
         .and_then(|u| u.host_str().map(str::to_owned))
@@ -60,7 +60,7 @@ fn system_time(t: &Option<prost_types::Timestamp>) -> Option<SystemTime> {
 }
 
 /// How long before `now` a timestamp was: "4s ago", "3m ago", "2h ago".
-pub fn age(t: &Option<prost_types::Timestamp>, now: SystemTime) -> String {
+pub(super) fn age(t: &Option<prost_types::Timestamp>, now: SystemTime) -> String {
     let Some(t) = system_time(t) else {
         return "-".to_owned();
     };
@@ -106,7 +106,7 @@ fn notes(t: &pb::Tenant) -> String {
 }
 
 /// A table of records, a header and a row each, columns aligned.
-pub fn table(tenants: &[&pb::Tenant], now: SystemTime) -> String {
+pub(super) fn table(tenants: &[&pb::Tenant], now: SystemTime) -> String {
     let mut rows = vec![[
         "TENANT".to_owned(),
         "STATE".to_owned(),
@@ -173,7 +173,7 @@ fn enum_json(name: Option<&'static str>, number: i32) -> Value {
     name.map_or_else(|| json!(number), |n| json!(n))
 }
 
-pub fn tenant_json(t: &pb::Tenant) -> Value {
+pub(super) fn tenant_json(t: &pb::Tenant) -> Value {
     let notification = t.last_notification.as_ref().map_or(Value::Null, |n| {
         json!({
             "changeType": enum_json(
@@ -212,7 +212,7 @@ pub fn tenant_json(t: &pb::Tenant) -> Value {
 }
 
 /// A watch event, one JSON object (the client prints one a line).
-pub fn event_json(ev: &pb::WatchTenantResponse) -> Value {
+pub(super) fn event_json(ev: &pb::WatchTenantResponse) -> Value {
     json!({
         "type": enum_json(
             pb::WatchEventType::try_from(ev.r#type).ok().map(|k| k.as_str_name()),
@@ -226,7 +226,7 @@ pub fn event_json(ev: &pb::WatchTenantResponse) -> Value {
 
 /// A watch event as a line for people; heartbeats print nothing (a quiet
 /// stream is quiet), events of a kind this client does not know neither.
-pub fn event_line(ev: &pb::WatchTenantResponse, now: SystemTime) -> Option<String> {
+pub(super) fn event_line(ev: &pb::WatchTenantResponse, now: SystemTime) -> Option<String> {
     use pb::WatchEventType as K;
     let at = humantime::format_rfc3339_seconds(now);
     let record = |kind: &str, t: &pb::Tenant| {

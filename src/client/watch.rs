@@ -40,7 +40,7 @@ fn retryable(code: Code) -> bool {
 }
 
 /// The revision to resume from after `ev`, given the one before.
-pub fn resume_from(since: u64, ev: &pb::WatchTenantResponse) -> u64 {
+pub(super) fn resume_from(since: u64, ev: &pb::WatchTenantResponse) -> u64 {
     if ev.r#type == pb::WatchEventType::Reset as i32 {
         // What we held is void; the snapshot that follows sets it anew.
         0
@@ -55,7 +55,7 @@ pub fn resume_from(since: u64, ev: &pb::WatchTenantResponse) -> u64 {
 /// fails at once; after that, breaks are mended by reconnecting, each
 /// `note`d, waits growing from 250 ms to 10 s and starting over once a
 /// stream is synced again.
-pub async fn run(
+pub(super) async fn run(
     mut client: Client,
     names: Vec<String>,
     mut since: u64,

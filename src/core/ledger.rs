@@ -22,7 +22,7 @@ use crate::core::{
 };
 
 /// A write that may cross the network.
-pub type Write<'a, T> = BoxFuture<'a, Result<T, WriteError>>;
+pub(crate) type Write<'a, T> = BoxFuture<'a, Result<T, WriteError>>;
 
 /// Why a write was not made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -163,7 +163,7 @@ pub trait Fleet: Send + Sync + 'static {
 
 /// A process with no other replica: its store is the whole truth, it polls
 /// every tenant, and no other process has clients.
-pub struct Solo;
+pub(crate) struct Solo;
 
 impl Fleet for Solo {
     fn synced(&self, _since: u64) -> Write<'static, ()> {

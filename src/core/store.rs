@@ -134,7 +134,7 @@ pub struct Store {
 
 /// How long a notification's implied change holds against lagging polls
 /// unless `--notification-hold` says otherwise.
-pub const DEFAULT_NOTIFICATION_HOLD: Duration = Duration::from_secs(600);
+pub(crate) const DEFAULT_NOTIFICATION_HOLD: Duration = Duration::from_secs(600);
 
 impl Default for Store {
     fn default() -> Self {

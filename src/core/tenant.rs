@@ -7,7 +7,7 @@ use std::{borrow::Borrow, fmt, sync::Arc, time::SystemTime};
 
 /// The longest context identifier accepted. SuperOffice's are like
 /// `Cust12345`; the bound keeps hostile input out of URLs, logs and memory.
-pub const MAX_CONTEXT_ID_LEN: usize = 64;
+pub(crate) const MAX_CONTEXT_ID_LEN: usize = 64;
 
 /// A validated SuperOffice context identifier (`Cust12345`).
 ///
@@ -221,7 +221,7 @@ impl ChangeType {
 /// `url` with its host replaced by `host` (a Move to another endpoint
 /// host). When `url` is empty or unusable, SuperOffice's layout is assumed:
 /// `https://{host}/{ctx}{suffix}`.
-pub fn moved_url(url: &str, host: &str, ctx: &ContextId, suffix: &str) -> String {
+pub(crate) fn moved_url(url: &str, host: &str, ctx: &ContextId, suffix: &str) -> String {
     if let Ok(mut u) = url::Url::parse(url)
         && u.has_host()
         && u.set_host(Some(host)).is_ok()

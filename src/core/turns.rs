@@ -31,10 +31,10 @@ use tokio::{
 };
 
 /// How long a stream may hold a turn without asking for a page.
-pub const STALE: Duration = Duration::from_millis(20);
+pub(crate) const STALE: Duration = Duration::from_millis(20);
 
 /// The turns of one store.
-pub struct Turns {
+pub(crate) struct Turns {
     /// Who holds each turn (0: nobody) and when it last asked for a page
     /// (milliseconds since `epoch`).
     slots: Box<[(AtomicU64, AtomicU64)]>,
@@ -45,7 +45,7 @@ pub struct Turns {
 
 impl Turns {
     /// `n` turns (at least one).
-    pub fn new(n: usize) -> Self {
+    pub(crate) fn new(n: usize) -> Self {
         Self {
             slots: (0..n.max(1))
                 .map(|_| (AtomicU64::new(0), AtomicU64::new(0)))
@@ -61,12 +61,12 @@ impl Turns {
     /// fewer turns cost more CPU per snapshot (a stream that reads the
     /// records alone misses the caches that streams reading them together
     /// share).
-    pub fn per_core() -> Self {
+    pub(crate) fn per_core() -> Self {
         Self::new(2 * std::thread::available_parallelism().map_or(2, |n| n.get()))
     }
 
     /// A place in line for one stream; it holds no turn yet.
-    pub fn place(self: &Arc<Self>) -> Place {
+    pub(crate) fn place(self: &Arc<Self>) -> Place {
         Place {
             turns: Arc::clone(self),
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -108,7 +108,7 @@ impl Turns {
 }
 
 /// One stream's place in line: a turn once `poll_turn` has said so.
-pub struct Place {
+pub(crate) struct Place {
     turns: Arc<Turns>,
     id: u64,
     slot: Option<usize>,
@@ -121,7 +121,7 @@ type Wait = (Pin<Box<OwnedNotified>>, Pin<Box<Sleep>>);
 impl Place {
     /// Ready once this stream holds a turn (kept, or taken now); each call
     /// counts as asking for a page.
-    pub fn poll_turn(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    pub(crate) fn poll_turn(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let turns = &self.turns;
         if let Some(i) = self.slot {
             let (owner, active) = &turns.slots[i];
@@ -157,7 +157,7 @@ impl Place {
     }
 
     /// Gives the turn back (the snapshot is sent).
-    pub fn release(&mut self) {
+    pub(crate) fn release(&mut self) {
         if let Some(i) = self.slot.take()
             && self.turns.slots[i]
                 .0

@@ -53,7 +53,7 @@ pub enum WatchEvent {
 
 /// The learning of a watch's untracked names: resolves when each has an
 /// answer or a recorded failure (`core::backend::Tenants::watch`).
-pub type Learning = Pin<Box<dyn Future<Output = Result<(), LookupError>> + Send>>;
+pub(crate) type Learning = Pin<Box<dyn Future<Output = Result<(), LookupError>> + Send>>;
 
 struct State {
     watcher: Watcher,
@@ -75,13 +75,15 @@ struct State {
 }
 
 /// Opens a watch of `names` (every tenant when empty), with a snapshot of
-/// what changed after `since`.
+/// what changed after `since`: `watch_learning` with nothing to learn, the
+/// unit tests' shorthand.
 ///
 /// Every event carries a revision at least as large as every event before
 /// it, CHANGED and REMOVED strictly larger: the snapshot goes out in
 /// revision order, and so does each round of changes taken from the inbox.
 /// So any revision the client has seen is a safe `since` to resume from.
-pub fn watch(
+#[cfg(test)]
+pub(crate) fn watch(
     store: Arc<Store>,
     names: Vec<ContextId>,
     since: u64,
@@ -93,7 +95,7 @@ pub fn watch(
 /// As `watch`, while `learning` tracks names of `names` that were not
 /// tracked yet: the stream opens at once, each learned name's record goes
 /// out as part of the snapshot, and SYNCED comes once `learning` resolves.
-pub fn watch_learning(
+pub(crate) fn watch_learning(
     store: Arc<Store>,
     mut names: Vec<ContextId>,
     since: u64,

@@ -32,7 +32,7 @@ mod cluster;
 mod process;
 
 use crate::{core::store::Store, token::JwksStats};
-pub use cluster::{ClusterMetrics, Fenced};
+pub(crate) use cluster::{ClusterMetrics, Fenced};
 use process::ProcessCollector;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -534,7 +534,7 @@ impl Drop for StreamGuard {
 }
 
 /// The content type of `Metrics::render`'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// One method's pre-resolved series (`Metrics::rpc_handles`).
 #[derive(Clone)]

@@ -31,7 +31,7 @@ fn buffer_size<T: 'static>() -> usize {
 }
 
 /// `tonic_prost::ProstCodec` with `settings()`; named in build.rs.
-pub struct SmallBufferCodec<T, U>(PhantomData<(T, U)>);
+pub(crate) struct SmallBufferCodec<T, U>(PhantomData<(T, U)>);
 
 impl<T, U> Default for SmallBufferCodec<T, U> {
     fn default() -> Self {

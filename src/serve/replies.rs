@@ -26,7 +26,7 @@ use crate::{
 
 /// The record's `Tenant` message, encoded the first time it is asked for;
 /// every later answer and event of the record writes the same bytes.
-pub fn tenant_bytes(r: &TenantRecord) -> &Bytes {
+pub(crate) fn tenant_bytes(r: &TenantRecord) -> &Bytes {
     r.encoded
         .get_or_init(|| Bytes::from(tenant_to_pb(r).encode_to_vec()))
 }

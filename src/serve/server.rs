@@ -27,19 +27,19 @@ use crate::{
 };
 
 /// The gRPC service name health reports on (besides "" for the server).
-pub const SERVICE_NAME: &str = "tenantstatus.v1.TenantStatusService";
+pub(crate) const SERVICE_NAME: &str = "tenantstatus.v1.TenantStatusService";
 
 /// Health as grpc.health.v1 reports it, for the server ("") and our
 /// service (unknown until first set).
 #[derive(Clone, Default)]
-pub struct Health(HealthReporter);
+pub(crate) struct Health(HealthReporter);
 
 impl Health {
     fn service(&self) -> HealthServer<HealthService> {
         HealthServer::new(HealthService::from_health_reporter(self.0.clone()))
     }
 
-    pub async fn set(&self, serving: bool) {
+    pub(crate) async fn set(&self, serving: bool) {
         let status = if serving {
             ServingStatus::Serving
         } else {
@@ -86,7 +86,7 @@ pub struct ServeSettings {
 
 /// Builds the server on `listener`, serving `tenants` and `health` until
 /// `shutdown` completes; returns the future that serves.
-pub fn grpc_server<T: Tenants, S: Future<Output = ()> + Send + 'static>(
+pub(crate) fn grpc_server<T: Tenants, S: Future<Output = ()> + Send + 'static>(
     config: &ServeSettings,
     tenants: Arc<T>,
     health: &Health,

@@ -23,7 +23,7 @@ use crate::{
 /// The store, the (single-flight, budgeted) state source and the poller,
 /// together. Cheap to clone: a watch's learning takes a clone along.
 #[derive(Clone)]
-pub struct Tracker {
+pub(crate) struct Tracker {
     store: Arc<Store>,
     /// Where answers are written: `store` itself, or the replicas' log.
     ledger: Arc<dyn Ledger>,
@@ -70,14 +70,17 @@ impl Tracker {
         }
     }
 
-    pub fn poller(&self) -> &PollerHandle {
+    pub(crate) fn poller(&self) -> &PollerHandle {
         &self.poller
     }
 
     /// The tenant's record: from memory if tracked, else fetched once and
     /// tracked from then on. A tenant SuperOffice does not know is not
     /// tracked.
-    pub async fn get_or_fetch(&self, ctx: &ContextId) -> Result<Arc<TenantRecord>, LookupError> {
+    pub(crate) async fn get_or_fetch(
+        &self,
+        ctx: &ContextId,
+    ) -> Result<Arc<TenantRecord>, LookupError> {
         if let Some(r) = self.store.get(ctx) {
             return Ok(self.vouched(r));
         }
@@ -114,7 +117,7 @@ impl Tracker {
     /// watcher sees it when it appears; one whose fetch fails is tracked
     /// too, stale with the failure, and polled on as any tenant whose poll
     /// failed. Either way the watcher holds an answer or a failure for it.
-    pub async fn track_one_for_watch(&self, ctx: &ContextId) -> Result<(), LookupError> {
+    pub(crate) async fn track_one_for_watch(&self, ctx: &ContextId) -> Result<(), LookupError> {
         if self.store.contains(ctx) {
             return Ok(());
         }
