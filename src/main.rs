@@ -13,10 +13,11 @@ fn main() -> ExitCode {
     // its connection's task, which ran at once and wrote a few frames per
     // write; without it the connection writes its streams' frames together.
     // Measured on 2 cores, each mode in turns in one run (BENCHMARKS.md):
-    // fan-out server CPU per stream per change, 10,000 streams, 8.5-9.3 µs
-    // off against 10.7-16.4 µs on; GetTenantState under h2load 35k-44k/s
-    // off against 19k-26k/s on. The price: POST-to-watcher p99 at 1,000
-    // notifications a second, about 2 ms off against 0.8 ms on. Changing
+    // fan-out server CPU per stream per change, 10,000 streams, 8.5-9.7 µs
+    // off against 10.7-16.4 µs on (4 runs); GetTenantState under h2load
+    // 35k-44k/s off against 19k-26k/s on (3 runs). The price:
+    // POST-to-watcher p99 at 1,000 notifications a second, 1.5-2.0 ms off
+    // against 0.8 ms on in two runs of three. Changing
     // tokio's event interval (31, 127) or global queue interval (31) moved
     // nothing beyond the noise, so both stay at tokio's defaults.
     let runtime = match tenant_status::runtime::build() {
