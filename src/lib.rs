@@ -39,7 +39,10 @@
 //!   import it (only `cli`, which runs its commands).
 //! - `app`: wiring: `Application::build` binds, `run_until` serves and
 //!   drains; `Backing`, the mode as one value (alone or among replicas),
-//!   hands out the store, the ledger and the fleet. `cli`: runs a command line, for `main` and the bench.
+//!   hands out the store, the ledger and the fleet. `cli`: runs a command
+//!   line, for `main` and the bench.
+//! - `runtime`: the tokio runtime the service runs on, configured on
+//!   purpose (for `main` and the bench's child processes).
 //! - `client`: the client commands (`get`, `list`, `watch`,
 //!   `completions`): a client of the public contract, like any other.
 //!
@@ -63,6 +66,11 @@ pub(crate) mod core;
 pub mod files;
 pub mod pb;
 pub mod persist;
+// cargo-fuzz replaces the build's rustflags (and so drops `--cfg
+// tokio_unstable`) and sets `--cfg fuzzing`; the fuzz targets never run the
+// service, so its builds leave the runtime out rather than fail.
+#[cfg(not(fuzzing))]
+pub mod runtime;
 pub mod serve;
 pub mod sim;
 pub mod superoffice;

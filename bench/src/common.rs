@@ -29,11 +29,21 @@ pub struct Proc {
 impl Proc {
     /// Runs `bench <args>` as a child; its output goes to a log file.
     pub fn spawn(name: &str, args: &[String]) -> anyhow::Result<Self> {
+        Self::spawn_with_env(name, args, &[])
+    }
+
+    /// `spawn`, with `env` added to the child's environment.
+    fn spawn_with_env(
+        name: &str,
+        args: &[String],
+        env: &[(&'static str, String)],
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("locating the bench binary")?;
         let log = std::fs::File::create(work_dir().join("logs").join(format!("{name}.log")))?;
         let child = std::process::Command::new(exe)
             .args(args.iter().map(OsString::from))
             .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -42,15 +52,25 @@ impl Proc {
         Ok(Self { child })
     }
 
-    /// Runs tenant-status itself (`serve`, `fake-superoffice`, ...).
+    /// Runs tenant-status itself (`serve`, `fake-superoffice`, ...) with
+    /// the runtime it ships with.
     pub fn tenant_status(name: &str, args: &[String]) -> anyhow::Result<Self> {
+        Self::tenant_status_in(&RuntimeMode::shipped(), name, args)
+    }
+
+    /// Runs tenant-status with its runtime's settings overridden by `mode`.
+    pub fn tenant_status_in(
+        mode: &RuntimeMode,
+        name: &str,
+        args: &[String],
+    ) -> anyhow::Result<Self> {
         let mut all = vec![
             "child".to_owned(),
             "--".to_owned(),
             "tenant-status".to_owned(),
         ];
         all.extend_from_slice(args);
-        Self::spawn(name, &all)
+        Self::spawn_with_env(name, &all, &mode.env)
     }
 
     pub fn pid(&self) -> u32 {
@@ -77,6 +97,83 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Settings of the service's tokio runtime for one run of a scenario,
+/// given as `bench <scenario> --runtime <spec>` (repeatable; the modes
+/// are measured in turns): `shipped` (what src/runtime.rs builds), or
+/// comma-separated `lifo=on|off`, `event=<ticks>`, `gqi=<ticks>` (the
+/// global queue interval), each set on the service's process through the
+/// environment variables src/runtime.rs reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimeMode {
+    pub label: String,
+    pub env: Vec<(&'static str, String)>,
+}
+
+impl RuntimeMode {
+    pub fn shipped() -> Self {
+        Self {
+            label: "shipped".into(),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        use tenant_status::runtime::{
+            EVENT_INTERVAL_VAR, GLOBAL_QUEUE_INTERVAL_VAR, LIFO_SLOT_VAR,
+        };
+        let spec = spec.trim();
+        if spec == "shipped" {
+            return Ok(Self::shipped());
+        }
+        let mut env = Vec::new();
+        for part in spec.split(',') {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?} is not key=value (lifo, event, gqi)"))?;
+            let var = match k.trim() {
+                "lifo" => LIFO_SLOT_VAR,
+                "event" => EVENT_INTERVAL_VAR,
+                "gqi" => GLOBAL_QUEUE_INTERVAL_VAR,
+                other => return Err(format!("{other:?} is not one of lifo, event, gqi")),
+            };
+            env.push((var, v.trim().to_owned()));
+        }
+        // The service refuses what it cannot use; refuse it here first.
+        tenant_status::runtime::Settings::from_lookup(|name| {
+            env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.into())
+        })?;
+        Ok(Self {
+            label: spec.to_owned(),
+            env,
+        })
+    }
+}
+
+static RUNTIME_MODES: std::sync::OnceLock<Vec<RuntimeMode>> = std::sync::OnceLock::new();
+
+/// Sets the runtime modes of this run (once, from the command line).
+pub fn set_runtime_modes(modes: Vec<RuntimeMode>) {
+    let _ = RUNTIME_MODES.set(modes);
+}
+
+/// The runtime modes the lookups, fan-out and notifications scenarios
+/// measure in turns; just the shipped one unless `--runtime` was given.
+pub fn runtime_modes() -> Vec<RuntimeMode> {
+    match RUNTIME_MODES.get() {
+        Some(m) if !m.is_empty() => m.clone(),
+        _ => vec![RuntimeMode::shipped()],
+    }
+}
+
+/// " [mode]" after a measure's name when several modes are measured.
+pub fn mode_suffix(mode: &RuntimeMode) -> String {
+    if runtime_modes().len() > 1 {
+        format!(" [{}]", mode.label)
+    } else {
+        String::new()
     }
 }
 
@@ -204,11 +301,21 @@ pub async fn loaded_server(
     name: &str,
     tenants: usize,
 ) -> anyhow::Result<(Proc, Proc, u16, String)> {
+    loaded_server_in(&RuntimeMode::shipped(), name, tenants).await
+}
+
+/// `loaded_server` with the service's runtime in `mode`.
+pub async fn loaded_server_in(
+    mode: &RuntimeMode,
+    name: &str,
+    tenants: usize,
+) -> anyhow::Result<(Proc, Proc, u16, String)> {
     let fake_port = free_port();
     let fake = fake_superoffice(&format!("{name}-fake"), fake_port, tenants, "3600s", &[])?;
     let file = tenants_file(tenants)?;
     let (grpc, admin) = (free_port(), free_port());
-    let server = Proc::tenant_status(
+    let server = Proc::tenant_status_in(
+        mode,
         &format!("{name}-server"),
         &serve_args(
             grpc,

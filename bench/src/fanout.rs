@@ -38,12 +38,17 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
     if pin {
         common::pin(std::process::id(), "0")?;
     }
+    let modes = common::runtime_modes();
     let mut rows = Vec::new();
     for &streams in sizes {
-        let ours = measure(Target::Ours, streams, conns, dashboards, pin).await?;
+        // Each runtime mode in turn, then the bare server.
+        let mut ours_all = Vec::new();
+        for mode in &modes {
+            ours_all.push(measure(Target::Ours(mode), streams, conns, dashboards, pin).await?);
+        }
         let bare = measure(Target::Bare, streams, conns, dashboards, pin).await?;
         let chan = baseline(streams + dashboards).await;
-        let (lat, base) = (ours.latency, bare.latency);
+        let base = bare.latency;
         let target_ms = if streams <= 10_000 { 50.0 } else { 250.0 };
         let s = "2 fan-out";
         let pinned = if pin {
@@ -51,40 +56,44 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
         } else {
             ""
         };
-        rows.push(Row::new(
-            s,
-            &format!("{streams} streams + {dashboards} all-tenant, {conns} conns{pinned}: change to every stream, p50 / p99 / max"),
-            format!("{:.1} / {:.1} / {:.1} ms", lat.p50_ms, lat.p99_ms, lat.max_ms),
-            format!(
-                "bare tonic {:.1} / {:.1} / {:.1} ms; tokio watch alone {:.2} / {:.2} ms",
-                base.p50_ms, base.p99_ms, base.max_ms, chan.p50_ms, chan.p99_ms
-            ),
-            &format!("p99 < {target_ms:.0} ms"),
-            Some(lat.p99_ms < target_ms),
-        ));
-        let ratio = ours.server_us / bare.server_us.max(0.001);
-        rows.push(Row::new(
-            s,
-            &format!("server CPU per stream per change ({streams} streams)"),
-            format!(
-                "{:.1} µs ({ratio:.2}x; load process {:.1} µs)",
-                ours.server_us, ours.load_us
-            ),
-            format!(
-                "bare tonic {:.1} µs (load process {:.1} µs)",
-                bare.server_us, bare.load_us
-            ),
-            "<= 4 µs and <= 0.5x bare",
-            Some(ours.server_us <= 4.0 && ratio <= 0.5),
-        ));
-        rows.push(Row::new(
-            s,
-            &format!("server memory per stream ({streams} streams)"),
-            format!("{:.1} KiB", ours.per_stream / 1024.0),
-            format!("bare tonic {:.1} KiB", bare.per_stream / 1024.0),
-            "<= 4 KiB",
-            Some(ours.per_stream <= 4.0 * 1024.0),
-        ));
+        for (mode, ours) in modes.iter().zip(&ours_all) {
+            let m = common::mode_suffix(mode);
+            let lat = ours.latency;
+            rows.push(Row::new(
+                s,
+                &format!("{streams} streams + {dashboards} all-tenant, {conns} conns{pinned}: change to every stream, p50 / p99 / p99.9 / max{m}"),
+                format!("{:.1} / {:.1} / {:.1} / {:.1} ms", lat.p50_ms, lat.p99_ms, lat.p999_ms, lat.max_ms),
+                format!(
+                    "bare tonic {:.1} / {:.1} / {:.1} / {:.1} ms; tokio watch alone {:.2} / {:.2} ms",
+                    base.p50_ms, base.p99_ms, base.p999_ms, base.max_ms, chan.p50_ms, chan.p99_ms
+                ),
+                &format!("p99 < {target_ms:.0} ms"),
+                Some(lat.p99_ms < target_ms),
+            ));
+            let ratio = ours.server_us / bare.server_us.max(0.001);
+            rows.push(Row::new(
+                s,
+                &format!("server CPU per stream per change ({streams} streams){m}"),
+                format!(
+                    "{:.1} µs ({ratio:.2}x; load process {:.1} µs)",
+                    ours.server_us, ours.load_us
+                ),
+                format!(
+                    "bare tonic {:.1} µs (load process {:.1} µs)",
+                    bare.server_us, bare.load_us
+                ),
+                "<= 4 µs and <= 0.5x bare",
+                Some(ours.server_us <= 4.0 && ratio <= 0.5),
+            ));
+            rows.push(Row::new(
+                s,
+                &format!("server memory per stream ({streams} streams){m}"),
+                format!("{:.1} KiB", ours.per_stream / 1024.0),
+                format!("bare tonic {:.1} KiB", bare.per_stream / 1024.0),
+                "<= 4 KiB",
+                Some(ours.per_stream <= 4.0 * 1024.0),
+            ));
+        }
     }
     if pin {
         common::pin(std::process::id(), "0-1")?;
@@ -93,10 +102,11 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Row>> {
 }
 
 /// The server a run measures.
-#[derive(Clone, Copy, PartialEq)]
-enum Target {
-    /// tenant-status, changed by a signed notification to its webhook.
-    Ours,
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    /// tenant-status with its runtime in this mode, changed by a signed
+    /// notification to its webhook.
+    Ours(&'a common::RuntimeMode),
     /// `bench baseline-watch`, changed by a ListTenants call whose
     /// page_token names the new host (see `watch_baseline_server`).
     Bare,
@@ -115,7 +125,7 @@ struct Measured {
 /// memory per stream in bytes, and the CPU per stream-event (µs) of the
 /// server and of this load process.
 async fn measure(
-    target: Target,
+    target: Target<'_>,
     streams: usize,
     conns: usize,
     dashboards: usize,
@@ -133,8 +143,9 @@ async fn measure(
         common::free_port(),
     );
     let server = match target {
-        Target::Ours => {
-            let server = Proc::tenant_status(
+        Target::Ours(mode) => {
+            let server = Proc::tenant_status_in(
+                mode,
                 &format!("fanout-{streams}"),
                 &common::serve_args(
                     grpc,
@@ -239,7 +250,7 @@ async fn measure(
         );
         let body = fake.notification(ChangeType::Move, "Cust1", Some(&host(round)));
         let sent = Instant::now();
-        if target == Target::Ours {
+        if matches!(target, Target::Ours(_)) {
             let status = client
                 .post(&webhook)
                 .header("content-type", "application/json")

@@ -98,6 +98,13 @@ enum Cmd {
         #[arg(long)]
         addr: String,
     },
+    /// (internal) A tonic server configured as its documentation shows,
+    /// serving tonic-health's Check, on tokio's default runtime.
+    #[command(hide = true)]
+    BaselineHealth {
+        #[arg(long)]
+        addr: String,
+    },
     /// (internal) The bare tonic server of the fan-out baseline.
     #[command(hide = true)]
     BaselineWatch {
@@ -121,23 +128,42 @@ struct Opts {
     /// Where to write the results as JSON.
     #[arg(long, default_value = "target/bench/results.json")]
     out: PathBuf,
+    /// Settings of the service's tokio runtime to measure in turns
+    /// (lookups, fanout, notifications): `shipped`, or comma-separated
+    /// `lifo=on|off`, `event=<ticks>`, `gqi=<ticks>`. Repeatable; without
+    /// it, the shipped settings alone.
+    #[arg(long = "runtime", value_name = "SETTINGS", value_parser = parse_mode)]
+    runtime: Vec<common::RuntimeMode>,
+}
+
+fn parse_mode(spec: &str) -> Result<common::RuntimeMode, String> {
+    common::RuntimeMode::parse(spec)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let command = match cli.command {
+        // The service as a child process: on the runtime it ships with
+        // (src/runtime.rs), so what is measured is what runs in production.
+        Cmd::Child { args } => return child(args),
+        other => other,
+    };
+    // The load generator, the scenarios' own work and the baselines run on
+    // tokio's defaults (what `#[tokio::main]` builds), whatever the service
+    // chooses for itself: the baselines are "a tonic server as anyone would
+    // start one", and the load must not change when the service's runtime
+    // does. Built here on purpose rather than by `tenant_status::runtime`.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");
     runtime.block_on(async move {
-        let (opts, scenarios): (Opts, Vec<&str>) = match cli.command {
-            Cmd::Child { mut args } => {
-                if args.first().is_some_and(|a| a == "--") {
-                    args.remove(0);
-                }
-                return tenant_status::cli::run(args).await;
-            }
+        let (opts, scenarios): (Opts, Vec<&str>) = match command {
+            Cmd::Child { .. } => unreachable!("handled above"),
             Cmd::BaselineGrpc { addr } => return exit(lookups::baseline_server(&addr).await),
+            Cmd::BaselineHealth { addr } => {
+                return exit(lookups::baseline_health_server(&addr).await);
+            }
             Cmd::BaselineWatch { addr } => return exit(bare_watch::server(&addr).await),
             Cmd::BaselineHttp { addr } => {
                 return exit(notifications::baseline_server(&addr).await);
@@ -170,13 +196,14 @@ fn main() -> ExitCode {
             Cmd::Soak(o) => (o, vec!["soak"]),
             Cmd::Faults(o) => (o, vec!["faults"]),
         };
+        common::set_runtime_modes(opts.runtime.clone());
         let mut rows: Vec<Row> = Vec::new();
         let all = scenarios.len() > 1;
         for s in scenarios {
             if all {
                 // Each scenario in a fresh process of its own, so one's
                 // leftovers (50,000 closed streams, say) cannot slow the next.
-                match run_isolated(s, opts.quick) {
+                match run_isolated(s, &opts) {
                     Ok(r) => rows.extend(r),
                     Err(e) => {
                         eprintln!("bench {s} failed: {e:#}");
@@ -223,12 +250,15 @@ fn main() -> ExitCode {
 }
 
 /// Runs `bench <scenario>` as a child process and reads its rows back.
-fn run_isolated(scenario: &str, quick: bool) -> anyhow::Result<Vec<Row>> {
+fn run_isolated(scenario: &str, opts: &Opts) -> anyhow::Result<Vec<Row>> {
     let out = common::work_dir().join(format!("{scenario}.json"));
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     cmd.arg(scenario).arg("--out").arg(&out);
-    if quick {
+    if opts.quick {
         cmd.arg("--quick");
+    }
+    for mode in &opts.runtime {
+        cmd.arg("--runtime").arg(&mode.label);
     }
     // Its table goes to the log; the combined one is printed at the end.
     cmd.stdout(std::process::Stdio::null());
@@ -236,6 +266,23 @@ fn run_isolated(scenario: &str, quick: bool) -> anyhow::Result<Vec<Row>> {
     anyhow::ensure!(status.success(), "bench {scenario} exited with {status}");
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&out)?)?;
     Ok(serde_json::from_value(doc["rows"].clone())?)
+}
+
+/// `bench child -- tenant-status ...`: the service as `main` runs it.
+fn child(mut args: Vec<OsString>) -> ExitCode {
+    if args.first().is_some_and(|a| a == "--") {
+        args.remove(0);
+    }
+    let runtime = match tenant_status::runtime::build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tenant-status: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(tenant_status::cli::run(args));
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    code
 }
 
 fn exit(r: anyhow::Result<()>) -> ExitCode {
