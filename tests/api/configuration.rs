@@ -108,3 +108,32 @@ fn tenants_come_from_the_variable_named_after_the_flag_and_from_its_older_name()
         "the current name wins: {text}"
     );
 }
+
+/// A runtime setting that cannot be used stops the start like a flag that
+/// cannot be used: exit 2, with a sentence naming the variable.
+#[test]
+fn a_runtime_variable_that_cannot_be_used_exits_2_naming_it() {
+    for (var, value) in [
+        ("TENANT_STATUS_RUNTIME_LIFO_SLOT", "sometimes"),
+        ("TENANT_STATUS_RUNTIME_EVENT_INTERVAL", "0"),
+        ("TENANT_STATUS_RUNTIME_GLOBAL_QUEUE_INTERVAL", "many"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tenant-status"))
+            .args(["check-config", "--superoffice-env", "sod"])
+            .env_remove("TENANT_STATUS_CONFIG")
+            .env(var, value)
+            .output()
+            .expect("the binary runs");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: {text}");
+        assert!(text.contains(var), "{var}={value}: {text}");
+    }
+    // And a usable one is taken.
+    let out = Command::new(env!("CARGO_BIN_EXE_tenant-status"))
+        .args(["check-config", "--superoffice-env", "sod"])
+        .env_remove("TENANT_STATUS_CONFIG")
+        .env("TENANT_STATUS_RUNTIME_LIFO_SLOT", "on")
+        .output()
+        .expect("the binary runs");
+    assert!(out.status.success(), "{out:?}");
+}
