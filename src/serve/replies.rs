@@ -24,23 +24,48 @@ use crate::{
     serve::grpc::tenant_to_pb,
 };
 
-/// The record's `Tenant` message, encoded the first time it is asked for;
-/// every later answer and event of the record writes the same bytes.
-pub(crate) fn tenant_bytes(r: &TenantRecord) -> &Bytes {
-    r.encoded
-        .get_or_init(|| Bytes::from(tenant_to_pb(r).encode_to_vec()))
+/// The record's cached encoding: the whole `WatchTenantResponse` of its
+/// SNAPSHOT event (type, tenant, context identifier, revision) as prost
+/// encodes it, made the first time any reply of the record is sent.
+///
+/// Every reply of a record reads one contiguous run of these bytes: a
+/// SNAPSHOT event is all of them, a CHANGED event the same after its own
+/// type field, and a lookup's answer the tenant field inside them. Before,
+/// an event read the tenant's bytes, the identifier and the revision from
+/// three places, and its length from a fourth; in a reconnect storm that
+/// reading was over a third of a snapshot's CPU (BENCHMARKS.md, Storm).
+pub(crate) fn snapshot_bytes(r: &TenantRecord) -> &Bytes {
+    r.encoded.get_or_init(|| {
+        Bytes::from(
+            pb::WatchTenantResponse {
+                r#type: pb::WatchEventType::Snapshot as i32,
+                tenant: Some(tenant_to_pb(r)),
+                context_identifier: r.context_identifier.to_string(),
+                revision: r.revision,
+            }
+            .encode_to_vec(),
+        )
+    })
 }
 
-/// Writes a length-delimited field `tag` holding `bytes`, as prost writes
-/// a present message field.
-fn put_message(tag: u32, bytes: &[u8], buf: &mut impl BufMut) {
-    encoding::encode_key(tag, WireType::LengthDelimited, buf);
-    encoding::encode_varint(bytes.len() as u64, buf);
-    buf.put_slice(bytes);
-}
+/// The length of the type field that starts the cached bytes: its key and
+/// a one-byte value (every event type is below 128).
+const TYPE_FIELD: usize = 2;
 
-fn message_len(tag: u32, len: usize) -> usize {
-    encoding::key_len(tag) + encoding::encoded_len_varint(len as u64) + len
+/// The key of the tenant field (2) in the cached bytes, and where its
+/// length starts.
+const TENANT_KEY: usize = TYPE_FIELD;
+const TENANT_LEN: usize = TENANT_KEY + 1;
+
+/// The tenant field of the cached bytes without its key: the length and
+/// the `Tenant` message, as any message field holding it is written.
+fn tenant_field(bytes: &[u8]) -> &[u8] {
+    let mut rest = bytes.get(TENANT_LEN..).unwrap_or_default();
+    let Ok(len) = encoding::decode_varint(&mut rest) else {
+        return &[];
+    };
+    let end = bytes.len() - rest.len() + len as usize;
+    bytes.get(TENANT_LEN..end).unwrap_or_default()
 }
 
 /// `GetTenantStateResponse { tenant: Some(..) }` from the cached bytes.
@@ -61,14 +86,21 @@ impl TenantReply {
         }
     }
 
-    fn tenant(&self) -> &[u8] {
-        self.record.as_deref().map_or(&[], |r| tenant_bytes(r))
+    /// The tenant field's length and message, read from the record's
+    /// cached event.
+    fn tenant(&self) -> Option<&[u8]> {
+        self.record
+            .as_deref()
+            .map(|r| tenant_field(snapshot_bytes(r)))
     }
 }
 
 impl Message for TenantReply {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        put_message(1, self.tenant(), buf);
+        if let Some(field) = self.tenant() {
+            encoding::encode_key(1, WireType::LengthDelimited, buf);
+            buf.put_slice(field);
+        }
     }
 
     /// Server-side only: never decoded; anything read is skipped.
@@ -83,7 +115,8 @@ impl Message for TenantReply {
     }
 
     fn encoded_len(&self) -> usize {
-        message_len(1, self.tenant().len())
+        self.tenant()
+            .map_or(0, |field| encoding::key_len(1) + field.len())
     }
 
     fn clear(&mut self) {
@@ -91,9 +124,9 @@ impl Message for TenantReply {
     }
 }
 
-/// A `WatchTenantResponse`, its tenant (if any) from the cached bytes.
-/// Holds the event's record or identifier as they were (moved in, not
-/// cloned), and reads the bytes, identifier and revision from them.
+/// A `WatchTenantResponse`: a SNAPSHOT or CHANGED event is the record's
+/// cached event (`snapshot_bytes`), with its own type. Holds the event's
+/// record or identifier as they were (moved in, not cloned).
 #[derive(Debug, Default, Clone)]
 pub struct WatchReply {
     r#type: i32,
@@ -134,31 +167,41 @@ impl WatchReply {
         }
     }
 
-    fn tenant(&self) -> Option<&Bytes> {
-        self.record.as_deref().map(tenant_bytes)
+    /// The record's cached event, after its type field.
+    fn after_type(&self) -> Option<&[u8]> {
+        self.record
+            .as_deref()
+            .map(|r| snapshot_bytes(r).get(TYPE_FIELD..).unwrap_or_default())
     }
 
-    fn ctx(&self) -> &str {
-        match (&self.record, &self.removed) {
-            (Some(r), _) => r.context_identifier.as_str(),
-            (None, Some(c)) => c.as_str(),
-            (None, None) => "",
+    fn type_len(&self) -> usize {
+        if self.r#type != 0 {
+            encoding::int32::encoded_len(1, &self.r#type)
+        } else {
+            0
         }
     }
 
-    fn revision(&self) -> u64 {
-        self.record.as_ref().map_or(self.revision, |r| r.revision)
+    fn ctx(&self) -> &str {
+        self.removed.as_ref().map_or("", |c| c.as_str())
     }
 }
 
 impl Message for WatchReply {
     /// In tag order, proto3 defaults left out: as prost encodes it.
     fn encode_raw(&self, buf: &mut impl BufMut) {
+        if let Some(r) = &self.record {
+            let cached = snapshot_bytes(r);
+            if self.r#type == pb::WatchEventType::Snapshot as i32 {
+                buf.put_slice(cached);
+            } else {
+                encoding::int32::encode(1, &self.r#type, buf);
+                buf.put_slice(cached.get(TYPE_FIELD..).unwrap_or_default());
+            }
+            return;
+        }
         if self.r#type != 0 {
             encoding::int32::encode(1, &self.r#type, buf);
-        }
-        if let Some(t) = self.tenant() {
-            put_message(2, t, buf);
         }
         let ctx = self.ctx();
         if !ctx.is_empty() {
@@ -166,9 +209,8 @@ impl Message for WatchReply {
             encoding::encode_varint(ctx.len() as u64, buf);
             buf.put_slice(ctx.as_bytes());
         }
-        let revision = self.revision();
-        if revision != 0 {
-            encoding::uint64::encode(4, &revision, buf);
+        if self.revision != 0 {
+            encoding::uint64::encode(4, &self.revision, buf);
         }
     }
 
@@ -184,18 +226,17 @@ impl Message for WatchReply {
     }
 
     fn encoded_len(&self) -> usize {
+        if let Some(rest) = self.after_type() {
+            return self.type_len() + rest.len();
+        }
         let ctx = self.ctx();
-        (if self.r#type != 0 {
-            encoding::int32::encoded_len(1, &self.r#type)
-        } else {
-            0
-        }) + self.tenant().map_or(0, |t| message_len(2, t.len()))
+        self.type_len()
             + if ctx.is_empty() {
                 0
             } else {
-                message_len(3, ctx.len())
+                encoding::key_len(3) + encoding::encoded_len_varint(ctx.len() as u64) + ctx.len()
             }
-            + match self.revision() {
+            + match self.revision {
                 0 => 0,
                 revision => encoding::uint64::encoded_len(4, &revision),
             }
@@ -262,6 +303,13 @@ mod tests {
             };
             out.push(full);
         }
+        // A tenant message of 16 KiB or more: its length takes three bytes,
+        // which moves where the tenant's bytes start in the cached event.
+        out.push(TenantRecord {
+            last_error: "e".repeat(20_000),
+            revision: 1,
+            ..TenantRecord::unknown(&ctx("CustLongError"), now)
+        });
         out
     }
 
@@ -275,15 +323,52 @@ mod tests {
             };
             assert_eq!(ours.encode_to_vec(), prost.encode_to_vec(), "{r:?}");
             assert_eq!(ours.encoded_len(), prost.encoded_len());
-            // Cached now: the same bytes again, shared.
+            // Cached now, as the record's SNAPSHOT event; the answer's
+            // tenant is read from inside those bytes, not a copy of them.
             assert!(r.encoded.is_filled());
-            assert_eq!(tenant_bytes(&r).as_ptr(), ours.tenant().as_ptr());
+            let cached = snapshot_bytes(&r);
+            assert_eq!(
+                pb::WatchTenantResponse::decode(&cached[..]).unwrap(),
+                event_to_pb(WatchEvent::Snapshot(Arc::clone(&r)))
+            );
+            let field = ours.tenant().unwrap().as_ptr_range();
+            assert!(cached.as_ptr_range().contains(&field.start));
+            assert!(field.end <= cached.as_ptr_range().end);
         }
+        assert_eq!(TenantReply::default().encode_to_vec(), Vec::<u8>::new());
+        assert_eq!(TenantReply::default().encoded_len(), 0);
     }
 
     #[test]
     fn every_watch_event_is_what_prost_encodes() {
         for r in records() {
+            // The cache is the SNAPSHOT event whichever reply fills it
+            // first: then every event and answer is still prost's.
+            for first in 0..3 {
+                let r = Arc::new(r.clone());
+                let _ = match first {
+                    0 => WatchReply::new(WatchEvent::Changed(Arc::clone(&r))).encode_to_vec(),
+                    1 => TenantReply::new(Arc::clone(&r)).encode_to_vec(),
+                    _ => WatchReply::new(WatchEvent::Snapshot(Arc::clone(&r))).encode_to_vec(),
+                };
+                assert!(r.encoded.is_filled());
+                assert_eq!(
+                    TenantReply::new(Arc::clone(&r)).encode_to_vec(),
+                    pb::GetTenantStateResponse {
+                        tenant: Some(tenant_to_pb(&r))
+                    }
+                    .encode_to_vec()
+                );
+                for e in [
+                    WatchEvent::Snapshot(Arc::clone(&r)),
+                    WatchEvent::Changed(Arc::clone(&r)),
+                ] {
+                    let ours = WatchReply::new(e.clone());
+                    let prost = event_to_pb(e.clone());
+                    assert_eq!(ours.encode_to_vec(), prost.encode_to_vec(), "{e:?}");
+                    assert_eq!(ours.encoded_len(), prost.encoded_len(), "{e:?}");
+                }
+            }
             let r = Arc::new(r);
             let events = [
                 WatchEvent::Reset,
