@@ -109,6 +109,8 @@ pub(crate) fn watch_learning(
     let watcher = store.register_watcher(names);
     let floor = watcher.floor();
     let mut pending = VecDeque::new();
+    let mut marks = HashMap::new();
+    let mut covered = floor;
     // A resume the store cannot serve without a gap starts over, and says
     // so: a silent gap would leave the client holding removed tenants.
     let resumable_from = store.resumable_from();
@@ -119,7 +121,9 @@ pub(crate) fn watch_learning(
         since
     };
     // Records at or below the floor are the snapshot; every change above
-    // it is marked in the inbox and follows SYNCED.
+    // it is marked in the inbox. Each snapshot takes the inbox before its
+    // SYNCED (a paged one at its end, see `WatchStream`), so a record
+    // replaced after the floor was read goes out before SYNCED.
     let snapshot = if watcher.names().is_empty() {
         // Every tenant: read from the store's revision order a page at a
         // time as the client takes it, never collected whole (100 watchers
@@ -161,7 +165,30 @@ pub(crate) fn watch_learning(
         }
         sort_by_revision(&mut pending);
         if learning.is_none() {
-            pending.push_back(WatchEvent::Synced(floor));
+            // As at the end of a paged snapshot: read the store's revision,
+            // then take the inbox, so that a tenant replaced between the
+            // floor and its read goes out before SYNCED (once: its newer
+            // version replaces the one read).
+            let revision = store.revision();
+            let consistent = store.consistent();
+            watcher.take_now(&mut marks);
+            pending.retain(|e| !matches!(e, WatchEvent::Snapshot(r) if marks.contains_key(&r.context_identifier)));
+            let mut late: VecDeque<WatchEvent> = marks
+                .drain()
+                .map(|(ctx, slot)| match slot {
+                    Slot::Present(r) => WatchEvent::Snapshot(r),
+                    Slot::Removed(rev) => WatchEvent::Removed(ctx, rev),
+                })
+                .collect();
+            sort_by_revision(&mut late);
+            pending.extend(late);
+            covered = pending.back().map_or(floor, event_revision).max(floor);
+            let at = if consistent && store.consistent() {
+                revision.max(covered)
+            } else {
+                covered
+            };
+            pending.push_back(WatchEvent::Synced(at));
         }
         None
     };
@@ -170,12 +197,12 @@ pub(crate) fn watch_learning(
     let state = State {
         closing: Box::pin(store.closing().cancelled_owned()),
         watcher,
-        marks: HashMap::new(),
+        marks,
         pending,
         snapshot,
         learning,
         heartbeat: hb,
-        covered: floor,
+        covered,
         done: false,
     };
     WatchStream(state)
@@ -227,7 +254,25 @@ impl Stream for WatchStream {
                     None => {
                         // Dropped: its turn goes to the next in line.
                         st.snapshot = None;
-                        return Poll::Ready(Some(WatchEvent::Synced(st.covered)));
+                        // A record at or below the floor that changed again
+                        // before its page was read left the pages; its new
+                        // version is marked in the inbox. Read the store's
+                        // revision, then take the inbox, as a heartbeat does:
+                        // every change up to that revision goes out before
+                        // SYNCED, so SYNCED holds a consistent prefix rather
+                        // than one missing the version replaced mid-read.
+                        let store = st.watcher.store();
+                        let revision = store.revision();
+                        let consistent = store.consistent();
+                        st.watcher.take_now(&mut st.marks);
+                        st.queue_marked(true);
+                        let at = if consistent && st.watcher.store().consistent() {
+                            revision.max(st.covered)
+                        } else {
+                            st.covered
+                        };
+                        st.pending.push_back(WatchEvent::Synced(at));
+                        continue;
                     }
                 }
             }
@@ -415,6 +460,42 @@ mod tests {
             .unwrap()
             .record
             .revision
+    }
+
+    /// A tenant at or below the floor that changes again before its page
+    /// is read goes out before SYNCED, and SYNCED says the revision it
+    /// holds: at SYNCED the client holds every tenant's latest version up
+    /// to it, never the one version older (a watch-all stream opened, the
+    /// tenant changed, then the stream read its pages).
+    #[tokio::test]
+    async fn a_change_during_the_snapshot_goes_out_before_synced() {
+        let store = Arc::new(Store::new());
+        let (x, y) = (ctx("X"), ctx("Y"));
+        change(&store, &x, "https://one");
+        let y_rev = change(&store, &y, "https://one");
+        let mut s = Box::pin(watch(
+            Arc::clone(&store),
+            Vec::new(),
+            0,
+            Duration::from_secs(3600),
+        ));
+        // After the floor was read, before the first page.
+        let x_rev = change(&store, &x, "https://two");
+        let mut held = HashMap::new();
+        loop {
+            match s.next().await.unwrap() {
+                WatchEvent::Snapshot(r) | WatchEvent::Changed(r) => {
+                    held.insert(r.context_identifier.clone(), r.revision);
+                }
+                WatchEvent::Synced(at) => {
+                    assert_eq!(at, x_rev, "SYNCED names the revision held");
+                    break;
+                }
+                e => panic!("unexpected {e:?}"),
+            }
+        }
+        assert_eq!(held.get(&x), Some(&x_rev), "X's change came before SYNCED");
+        assert_eq!(held.get(&y), Some(&y_rev));
     }
 
     /// Tenants changed while the reader was away go out in the order of
@@ -656,9 +737,9 @@ mod tests {
     /// A watch of every tenant reads its snapshot a page at a time: it
     /// goes out in revision order with the removals a resume is owed in
     /// their places, and a tenant changed or removed while the snapshot is
-    /// read goes out once, after SYNCED.
+    /// read goes out once, before SYNCED, which names the revision held.
     #[tokio::test]
-    async fn a_snapshot_read_in_pages_is_ordered_complete_and_followed_by_what_changed() {
+    async fn a_snapshot_read_in_pages_is_ordered_complete_and_holds_what_changed_meanwhile() {
         let store = Arc::new(Store::new());
         let names: Vec<_> = (0..1000).map(|i| ctx(&format!("Cust{i}"))).collect();
         for n in &names {
@@ -696,14 +777,16 @@ mod tests {
         let late = names[999].clone();
         let gone = names[996].clone();
         assert!(owed.contains_key(&late) && owed.contains_key(&gone));
+        // Their earlier versions left the pages (at or below the floor);
+        // their new ones are owed before SYNCED, which says it holds them.
         let late_rev = change(&store, &late, "https://c");
         let gone_rev = store.remove(&gone).unwrap();
-        owed.remove(&late);
-        owed.remove(&gone);
+        owed.insert(late.clone(), late_rev);
+        owed.insert(gone.clone(), gone_rev);
         loop {
             match s.next().await.unwrap() {
-                WatchEvent::Synced(floor) => {
-                    assert!(floor < late_rev, "SYNCED at the floor of the watch");
+                WatchEvent::Synced(at) => {
+                    assert_eq!(at, gone_rev, "SYNCED at the revision held");
                     break;
                 }
                 e => record(e, &mut sent),
@@ -716,13 +799,14 @@ mod tests {
         let got: HashMap<_, _> = sent.iter().cloned().collect();
         assert_eq!(got.len(), sent.len(), "each tenant once");
         assert_eq!(got, owed);
+        // Nothing of them follows: the next change is the next event.
+        let after = change(&store, &late, "https://d");
         match s.next().await.unwrap() {
             WatchEvent::Changed(r) => {
-                assert_eq!((r.context_identifier.clone(), r.revision), (late, late_rev))
+                assert_eq!((r.context_identifier.clone(), r.revision), (late, after))
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(s.next().await.unwrap(), WatchEvent::Removed(gone, gone_rev));
     }
 
     /// A shutdown while a snapshot is read ends the stream at once, without
