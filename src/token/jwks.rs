@@ -35,6 +35,10 @@ pub(super) struct Jwks {
     budget: OnceLock<Arc<Budget>>,
 }
 
+/// The first wait before fetching again while no key is known; it doubles
+/// up to the refetch interval.
+const NO_KEYS_FIRST_RETRY: Duration = Duration::from_secs(1);
+
 /// The largest JWKS read; the body is cut off as it streams past it.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
@@ -109,15 +113,30 @@ impl Jwks {
     /// keys whole, so a withdrawn key is no longer trusted. A failed one
     /// keeps the known keys, and is tried again after the refetch interval.
     /// Runs until dropped.
+    ///
+    /// With no key at all (the first fetch failed), every notification is
+    /// refused until one arrives, so it is tried again sooner: after 1 s,
+    /// doubling up to the refetch interval. One request at a time, each
+    /// through the budget, so a SuperOffice that is down sees no more than
+    /// that.
     pub(super) async fn keep_fresh(&self) {
+        let mut keyless_retry = NO_KEYS_FIRST_RETRY;
         loop {
             let next = {
                 let mut last = self.last_fetch.lock().await;
                 *last = Some(Instant::now());
                 match self.fetch().await {
-                    Ok(max_age) => self
-                        .refresh_interval
-                        .min(max_age.map_or(Duration::MAX, |m| m.max(self.refetch_interval))),
+                    Ok(max_age) => {
+                        keyless_retry = NO_KEYS_FIRST_RETRY;
+                        self.refresh_interval
+                            .min(max_age.map_or(Duration::MAX, |m| m.max(self.refetch_interval)))
+                    }
+                    Err(e) if self.len() == 0 => {
+                        let retry = keyless_retry.min(self.refetch_interval);
+                        keyless_retry = keyless_retry.saturating_mul(2);
+                        tracing::warn!(url = %self.url, error = format!("{e:#}"), retry_in = ?retry, "could not fetch SuperOffice's JWKS, and no key is known: notifications are refused until it is fetched");
+                        retry
+                    }
                     Err(e) => {
                         tracing::warn!(url = %self.url, error = format!("{e:#}"), "could not fetch SuperOffice's JWKS; keeping the keys we had");
                         self.refetch_interval.min(self.refresh_interval)

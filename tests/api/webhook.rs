@@ -688,6 +688,42 @@ async fn a_failed_jwks_refresh_keeps_the_known_keys_and_is_counted() {
     assert_eq!(m["tenant_status_jwks_keys"], 1.0);
 }
 
+/// With no key at all (the JWKS could not be used at start), every
+/// notification is refused, so the JWKS is fetched again within seconds
+/// (1 s, then doubling) rather than after the refetch interval (60 s by
+/// default).
+#[tokio::test]
+async fn with_no_key_at_start_the_jwks_is_fetched_again_within_seconds() {
+    let app = spawn_app_with(|fake, _| {
+        // A broken publication at start: no usable key.
+        fake.withdraw_own_key(true);
+    })
+    .await;
+    eventually("the first JWKS fetch", || app.fake.jwks_requests() >= 1).await;
+    let body = app.fake.notification(ChangeType::Suspend, "Cust1", None);
+    let (status, json) = app.post_notification(&body).await;
+    assert_eq!(status.as_u16(), 401, "{json}");
+    assert_eq!(json["reason"], "token_no_keys", "{json}");
+    app.fake.withdraw_own_key(false);
+    eventually("a key, long before the 60 s refetch interval", || {
+        app.fake.jwks_requests() >= 2
+    })
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, text) = app.admin_get("/metrics").await;
+        if parse_metrics(&text).get("tenant_status_jwks_keys") == Some(&1.0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        app.notify(ChangeType::Suspend, "Cust1", None).await,
+        reqwest::StatusCode::NO_CONTENT
+    );
+}
+
 #[tokio::test]
 async fn a_shorter_cache_control_max_age_brings_the_refresh_forward() {
     let app = spawn_app_with(|fake, config| {
