@@ -49,7 +49,9 @@ async fn a_flood_from_many_addresses_meets_the_total_limit() {
                 .send()
         })
     });
+    let started = std::time::Instant::now();
     let answers = futures_util::future::join_all(sends).await;
+    let took = started.elapsed();
     let (mut limited, mut through) = (0, 0);
     for r in answers {
         let r = r.expect("the webhook answers every request");
@@ -74,11 +76,16 @@ async fn a_flood_from_many_addresses_meets_the_total_limit() {
         }
     }
     assert_eq!(limited + through, 200);
-    // 10 at once, plus 10 a second for as long as the 200 took.
+    // The total limit lets 10 through at once, plus 10 a second for as long
+    // as the 200 took (bounded by the time they took, not by a time of
+    // ours, so a loaded machine that takes longer lets more through and
+    // still holds; one more for the refill's rounding).
+    let allowed = 10 + (10.0 * took.as_secs_f64()).ceil() as usize + 1;
     assert!(
-        limited >= 100,
-        "{limited} of 200 limited, {through} through"
+        through <= allowed,
+        "{through} of 200 got through in {took:?}: the total limit allows {allowed}"
     );
+    assert!(limited > 0, "{limited} of 200 limited in {took:?}");
     assert_eq!(app.store.revision(), revision, "the flood changed nothing");
     // The gRPC side answers throughout.
     assert_eq!(app.get("Cust1").await.unwrap().context_identifier, "Cust1");
@@ -102,7 +109,12 @@ async fn a_flood_from_many_addresses_meets_the_total_limit() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let body = app.fake.notification(ChangeType::Suspend, "Cust1", None);
     let (status, json) = app.post_notification(&body).await;
-    assert_eq!(status.as_u16(), 204, "{json}");
+    let (_, text) = app.admin_get("/metrics").await;
+    let jwks: Vec<_> = text
+        .lines()
+        .filter(|l| l.starts_with("tenant_status_jwks"))
+        .collect();
+    assert_eq!(status.as_u16(), 204, "{json} {jwks:?}");
 }
 
 #[tokio::test]
