@@ -303,6 +303,32 @@ pub async fn eventually(what: &str, f: impl Fn() -> bool) {
     }
 }
 
+/// Waits until the service trusts a key from the JWKS (its
+/// `tenant_status_jwks_keys` gauge above 0), failing after 10 s with the
+/// JWKS's metrics. On a loaded machine the first fetch may still be under
+/// way or retrying when a test means to post.
+pub async fn until_jwks_keys(app: &TestApp) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, text) = app.admin_get("/metrics").await;
+        if parse_metrics(&text)
+            .get("tenant_status_jwks_keys")
+            .is_some_and(|k| *k > 0.0)
+        {
+            return;
+        }
+        let jwks: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("tenant_status_jwks"))
+            .collect();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no JWKS key within 10 s: {jwks:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub fn kind(ev: &WatchTenantResponse) -> pb::WatchEventType {
     pb::WatchEventType::try_from(ev.r#type).expect("a known event type")
 }

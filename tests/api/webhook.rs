@@ -709,15 +709,7 @@ async fn with_no_key_at_start_the_jwks_is_fetched_again_within_seconds() {
         app.fake.jwks_requests() >= 2
     })
     .await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, text) = app.admin_get("/metrics").await;
-        if parse_metrics(&text).get("tenant_status_jwks_keys") == Some(&1.0) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{text}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_jwks_keys(&app).await;
     assert_eq!(
         app.notify(ChangeType::Suspend, "Cust1", None).await,
         reqwest::StatusCode::NO_CONTENT
